@@ -1,0 +1,62 @@
+//! The hub's limits and periods. Defaults are the seed's (see PROTOCOL.md).
+
+use crate::ids::NodeId;
+
+/// Everything the core decides with. Every collection the core keeps is
+/// bounded by one of these numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node, stamped on append requests so only the sender's node acks.
+    pub node_id: NodeId,
+    /// Seeds the hub's RNG (direct-message id prefix). Same seed, same ids.
+    pub seed: u64,
+    /// A text frame longer than this closes the connection with 1009.
+    pub max_message_bytes: usize,
+    /// `content` of `send_message` / `send_direct`, in UTF-8 bytes.
+    pub max_content_bytes: usize,
+    pub max_room_name_bytes: usize,
+    /// The client's request `id`.
+    pub max_client_id_bytes: usize,
+    /// `reply_to` of `send_message`.
+    pub max_reply_to_bytes: usize,
+    pub max_rooms_per_connection: usize,
+    /// Messages kept per room for recovery.
+    pub history_max_messages: usize,
+    /// How long a message stays recoverable.
+    pub history_max_age_ms: u64,
+    pub ping_interval_ms: u64,
+    /// No traffic (pong or anything else) for this long closes the connection.
+    pub pong_wait_ms: u64,
+    /// Token refill per second for messages that reach other people
+    /// (`send_message`, `send_direct`, `typing`, `stop_typing`). 0 = no limit.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Requests a connection may queue behind a join that waits for its room
+    /// to open (cluster and store modes); beyond it they get `RATE_LIMITED`.
+    pub max_deferred_requests: usize,
+    /// Out-of-order sequenced messages held per room while a gap is filled.
+    pub max_gap_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: NodeId(0),
+            seed: 0,
+            max_message_bytes: 4096,
+            max_content_bytes: 2000,
+            max_room_name_bytes: 64,
+            max_client_id_bytes: 64,
+            max_reply_to_bytes: 64,
+            max_rooms_per_connection: 100,
+            history_max_messages: 1000,
+            history_max_age_ms: 24 * 60 * 60 * 1000,
+            ping_interval_ms: 54_000,
+            pong_wait_ms: 60_000,
+            rate_limit_per_second: 1,
+            rate_limit_burst: 10,
+            max_deferred_requests: 64,
+            max_gap_buffer: 4096,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! What crosses the core's boundary: [`Input`] facts in, [`Output`]
+//! instructions out, and the sequencing seam between the hub and whoever owns
+//! each room's order (the in-memory [`crate::MemorySequencer`], an embedded
+//! store, or a broker).
+//!
+//! The seam, in order:
+//! 1. A member sends a message: the hub validates it and emits
+//!    [`Output::Append`]. It does not number it.
+//! 2. The sequencer assigns the room's next offset and hands back
+//!    [`Input::Sequenced`] (or [`Input::AppendFailed`]).
+//! 3. Only then does the hub fan the message out and keep it for recovery;
+//!    [`Input::Appended`] acks the sender (if the sender is on this node).
+//!
+//! Rooms are opened the same way: the first local join emits
+//! [`Output::OpenRoom`]; the sequencer answers [`Input::RoomOpened`] with the
+//! room's epoch, head offset and retained history; the hub then completes the
+//! joins that waited. When the last local member leaves, [`Output::CloseRoom`]
+//! lets the sequencer stop sending that room's messages to this node.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomName, UserRef};
+use crate::time::Timestamp;
+
+/// A fact from the outside world.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A WebSocket upgrade completed for an authenticated identity.
+    Connected { conn: ConnId, identity: Identity },
+    /// A complete text frame (UTF-8 already checked by the codec).
+    Text { conn: ConnId, frame: Bytes },
+    /// A binary frame: not part of the protocol.
+    Binary { conn: ConnId },
+    /// A pong, or any other traffic: the peer is alive.
+    Activity { conn: ConnId },
+    /// The connection's bounded send queue overflowed.
+    QueueOverflow { conn: ConnId },
+    /// The connection is gone (closed by either side, or failed).
+    Disconnected { conn: ConnId },
+    /// Time passed; nothing else happened.
+    Tick,
+    /// The sequencer numbered a message for a room.
+    Sequenced(SequencedMessage),
+    /// The sequencer stored and numbered an append from this node: ack it.
+    /// Separate from [`Input::Sequenced`] because delivery and the sender's
+    /// ack travel different paths in a cluster (the broker's publish versus
+    /// the append call's reply).
+    Appended(AppendReceipt),
+    /// The sequencer could not take an append; the sender gets `UNAVAILABLE`.
+    AppendFailed(AppendRequest),
+    /// The answer to [`Output::OpenRoom`].
+    RoomOpened(RoomSnapshot),
+    /// [`Output::OpenRoom`] could not be served; waiting joins get `UNAVAILABLE`.
+    RoomOpenFailed { room: RoomName },
+    /// Graceful shutdown began: every connection is closed with 1001.
+    Shutdown,
+}
+
+/// An instruction to the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Queue `frame` (a complete JSON text) on `conn`'s send queue.
+    /// `ephemeral` frames (typing indicators) may be dropped instead of
+    /// overflowing a queue that is under pressure.
+    Send {
+        conn: ConnId,
+        frame: Bytes,
+        ephemeral: bool,
+    },
+    /// Send a WebSocket ping.
+    Ping { conn: ConnId },
+    /// Send a close frame, then drop the connection. The hub has already
+    /// forgotten it; a later `Disconnected` for it is ignored.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: &'static str,
+    },
+    /// Give this message the room's next offset; answer with
+    /// [`Input::Sequenced`] or [`Input::AppendFailed`].
+    Append(Box<AppendRequest>),
+    /// Start delivering `room`'s messages to this node and answer with
+    /// [`Input::RoomOpened`]. With `after`, the room is already open and the
+    /// hub saw a gap: the snapshot should carry the messages after it.
+    OpenRoom {
+        room: RoomName,
+        after: Option<Position>,
+    },
+    /// No local members are left: stop delivering `room`'s messages here.
+    CloseRoom { room: RoomName },
+}
+
+/// Close codes the hub uses (RFC 6455 and the protocol's own).
+pub mod close {
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Token expired while connected.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// Frame larger than the message size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Slow consumer: its send queue overflowed; rejoin with `since`.
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// No pong or other traffic within the pong wait.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    /// The room's history moved on without this connection (a gap the
+    /// sequencer could no longer fill, or a new epoch); rejoin with `since`.
+    pub const RESYNC: u16 = 4002;
+}
+
+/// A place in a room's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub offset: u64,
+}
+
+/// Which connection, on which node, asked for an append, and the client's
+/// request id to ack it with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub node: NodeId,
+    pub conn: ConnId,
+    pub request_id: Option<Arc<str>>,
+}
+
+/// A validated message waiting for its place in a room's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendRequest {
+    pub room: RoomName,
+    pub sender: UserRef,
+    pub content: Arc<str>,
+    pub reply_to: Option<Arc<str>>,
+    /// When the server accepted it; shown to every recipient.
+    pub timestamp: Timestamp,
+    /// `None` for messages published by a backend, not a connection.
+    pub origin: Option<Origin>,
+}
+
+/// A message with its place in the room's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequencedMessage {
+    pub room: RoomName,
+    pub epoch: Epoch,
+    pub offset: u64,
+    /// The server message id, unique across rooms and epochs.
+    pub id: Arc<str>,
+    pub sender: UserRef,
+    pub content: Arc<str>,
+    pub reply_to: Option<Arc<str>>,
+    pub timestamp: Timestamp,
+    pub origin: Option<Origin>,
+}
+
+impl SequencedMessage {
+    pub fn new(request: AppendRequest, epoch: Epoch, offset: u64, id: Arc<str>) -> Self {
+        SequencedMessage {
+            room: request.room,
+            epoch,
+            offset,
+            id,
+            sender: request.sender,
+            content: request.content,
+            reply_to: request.reply_to,
+            timestamp: request.timestamp,
+            origin: request.origin,
+        }
+    }
+
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+/// Proof that an append was stored and numbered, for the sender's ack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendReceipt {
+    pub origin: Origin,
+    pub room: RoomName,
+    pub message_id: Arc<str>,
+    pub offset: u64,
+}
+
+impl SequencedMessage {
+    /// The receipt for the sender, when a connection sent it.
+    pub fn receipt(&self) -> Option<AppendReceipt> {
+        self.origin.as_ref().map(|origin| AppendReceipt {
+            origin: origin.clone(),
+            room: self.room.clone(),
+            message_id: self.id.clone(),
+            offset: self.offset,
+        })
+    }
+}
+
+/// A room's state as its sequencer knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSnapshot {
+    pub room: RoomName,
+    pub epoch: Epoch,
+    /// The last offset assigned (0 when the room has no messages yet).
+    pub head: u64,
+    /// Retained messages in offset order, contiguous, ending at `head`
+    /// (possibly empty, possibly starting after offset 1).
+    pub messages: Vec<SequencedMessage>,
+}

@@ -1,0 +1,996 @@
+//! The Hub: every decision about who gets what, driven by inputs and time.
+//!
+//! Drive it like this (the shell's loop):
+//! 1. `hub.handle(input, now)` for each fact, in the order they happened;
+//! 2. `while let Some(out) = hub.poll_output() { ... }` until empty;
+//! 3. sleep until `hub.poll_timeout()` or the next input, then
+//!    `hub.handle(Input::Tick, now)`.
+//!
+//! Nothing here reads a clock, spawns, locks or does I/O. Outputs depend only
+//! on the config and the sequence of `(input, now)` pairs.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use rustc_hash::FxHashMap;
+
+use crate::config::Config;
+use crate::error::ErrorCode;
+use crate::event::{
+    AppendReceipt, AppendRequest, Input, Origin, Output, Position, RoomSnapshot, SequencedMessage,
+    close,
+};
+use crate::ids::{ConnId, Identity, RoomName, UserRef};
+use crate::limiter::{ConnLimiter, RateLimits};
+use crate::request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
+use crate::room::{Logged, Presence, Recovery, Room, RoomLog, RoomState, WaitingJoin};
+use crate::time::Timestamp;
+use crate::wire;
+
+/// The pure, deterministic state machine behind one roomhub node.
+pub struct Hub {
+    config: Config,
+    limits: ParseLimits,
+    now: Timestamp,
+    conns: FxHashMap<ConnId, Conn>,
+    /// Every local connection of a user, in connection order.
+    user_conns: FxHashMap<Arc<str>, Vec<ConnId>>,
+    rooms: FxHashMap<RoomName, Room>,
+    /// One entry per connection: its next heartbeat or expiry deadline.
+    timers: BTreeSet<(Timestamp, ConnId)>,
+    out: VecDeque<Output>,
+    rate: RateLimits,
+    direct_id_prefix: String,
+    direct_seq: u64,
+    shutting_down: bool,
+}
+
+struct Conn {
+    identity: Identity,
+    /// Rooms joined, in join order; at most `max_rooms_per_connection`.
+    rooms: Vec<RoomName>,
+    /// A join waiting for its room to open. Later requests are deferred so
+    /// that one connection's requests take effect in the order sent.
+    waiting_for: Option<RoomName>,
+    deferred: VecDeque<Request>,
+    limiter: Option<ConnLimiter>,
+    last_seen: Timestamp,
+    next_ping: Timestamp,
+    /// The key of this connection's entry in `Hub::timers`.
+    timer_at: Timestamp,
+}
+
+/// Counts for metrics and checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub connections: usize,
+    pub users: usize,
+    pub rooms: usize,
+}
+
+impl Hub {
+    pub fn new(config: Config) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        Hub {
+            limits: ParseLimits::from(&config),
+            rate: RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst),
+            direct_id_prefix: format!("d{:x}-{:08x}", config.node_id.0, rng.next_u32()),
+            config,
+            now: Timestamp::ZERO,
+            conns: FxHashMap::default(),
+            user_conns: FxHashMap::default(),
+            rooms: FxHashMap::default(),
+            timers: BTreeSet::new(),
+            out: VecDeque::new(),
+            direct_seq: 0,
+            shutting_down: false,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Takes one fact at time `now`. Timers due at or before `now` fire
+    /// first. A `now` earlier than one seen before counts as no time passing.
+    pub fn handle(&mut self, input: Input, now: Timestamp) {
+        self.advance(now);
+        match input {
+            Input::Connected { conn, identity } => self.on_connected(conn, identity),
+            Input::Text { conn, frame } => self.on_text(conn, &frame),
+            Input::Binary { conn } => {
+                if self.touch(conn) {
+                    self.send_error(
+                        conn,
+                        None,
+                        ErrorCode::UnsupportedFrame,
+                        "binary frames are not supported; send JSON text frames",
+                    );
+                }
+            }
+            Input::Activity { conn } => {
+                self.touch(conn);
+            }
+            Input::QueueOverflow { conn } => {
+                self.close(
+                    conn,
+                    close::SLOW_CONSUMER,
+                    "slow consumer: send queue overflowed",
+                );
+            }
+            Input::Disconnected { conn } => {
+                self.drop_conn(conn);
+            }
+            Input::Tick => {}
+            Input::Sequenced(msg) => self.on_sequenced(msg),
+            Input::Appended(receipt) => self.on_appended(&receipt),
+            Input::AppendFailed(request) => self.on_append_failed(request),
+            Input::RoomOpened(snapshot) => self.on_room_opened(snapshot),
+            Input::RoomOpenFailed { room } => self.on_room_open_failed(&room),
+            Input::Shutdown => self.on_shutdown(),
+        }
+    }
+
+    /// The next instruction for the shell, in the order decided.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the hub next needs `handle(Input::Tick, now)`.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            connections: self.conns.len(),
+            users: self.user_conns.len(),
+            rooms: self.rooms.len(),
+        }
+    }
+
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Rooms a connection has joined, in join order.
+    pub fn rooms_of(&self, conn: ConnId) -> Vec<RoomName> {
+        self.conns
+            .get(&conn)
+            .map(|c| c.rooms.clone())
+            .unwrap_or_default()
+    }
+
+    /// Users present in a room on this node, or `None` if it is not open here.
+    pub fn room_users(&self, room: &str) -> Option<Vec<UserRef>> {
+        let room = RoomName::parse(room, usize::MAX).ok()?;
+        let r = self.rooms.get(&room)?;
+        Some(r.users.values().map(|p| p.user.clone()).collect())
+    }
+
+    /// Names of the rooms open or opening here, sorted.
+    pub fn room_names(&self) -> Vec<RoomName> {
+        let mut names: Vec<RoomName> = self.rooms.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Checks the hub's internal consistency; for fuzzers and model tests.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.timers.len() != self.conns.len() {
+            return Err(format!(
+                "{} timers for {} connections",
+                self.timers.len(),
+                self.conns.len()
+            ));
+        }
+        for (id, c) in &self.conns {
+            if !self.timers.contains(&(c.timer_at, *id)) {
+                return Err(format!("{id} has no timer entry"));
+            }
+            if c.rooms.len() > self.config.max_rooms_per_connection {
+                return Err(format!("{id} is in {} rooms", c.rooms.len()));
+            }
+            if c.deferred.len() > self.config.max_deferred_requests {
+                return Err(format!("{id} has {} deferred requests", c.deferred.len()));
+            }
+            for room in &c.rooms {
+                let in_room = self.rooms.get(room).is_some_and(|r| r.members.contains(id));
+                if !in_room {
+                    return Err(format!("{id} lists {room} but is not a member"));
+                }
+            }
+            let listed = self
+                .user_conns
+                .get(&c.identity.user.id)
+                .is_some_and(|v| v.contains(id));
+            if !listed {
+                return Err(format!("{id} missing from its user's connections"));
+            }
+        }
+        let user_conn_total: usize = self.user_conns.values().map(Vec::len).sum();
+        if user_conn_total != self.conns.len() {
+            return Err("user connection lists disagree with connections".into());
+        }
+        for (name, room) in &self.rooms {
+            if room.is_deserted() {
+                return Err(format!("room {name} is deserted but kept"));
+            }
+            let mut per_user: FxHashMap<&str, u32> = FxHashMap::default();
+            for m in &room.members {
+                let Some(c) = self.conns.get(m) else {
+                    return Err(format!("room {name} has departed member {m}"));
+                };
+                if !c.rooms.contains(name) {
+                    return Err(format!("room {name} has {m} who does not list it"));
+                }
+                *per_user.entry(&c.identity.user.id).or_default() += 1;
+            }
+            if per_user.len() != room.users.len() {
+                return Err(format!("room {name} presence lists the wrong users"));
+            }
+            for (user, p) in &room.users {
+                if per_user.get(&**user) != Some(&p.connections) {
+                    return Err(format!("room {name} counts {user} wrong"));
+                }
+            }
+            match &room.state {
+                RoomState::Opening { .. } if !room.members.is_empty() => {
+                    return Err(format!("room {name} has members before it opened"));
+                }
+                RoomState::Open(log) if log.ahead.len() > self.config.max_gap_buffer => {
+                    return Err(format!("room {name} holds too many messages ahead"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ---- time ----
+
+    fn advance(&mut self, now: Timestamp) {
+        if now > self.now {
+            self.now = now;
+        }
+        self.rate.advance_to(self.now);
+        self.fire_timers();
+    }
+
+    fn fire_timers(&mut self) {
+        // Each pass either drops a connection or moves its deadline past
+        // `now`, so the loop ends after at most one pass per connection.
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop_first();
+            let now = self.now;
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            // Keep the one-entry-per-connection rule while deciding.
+            conn.timer_at = Timestamp(u64::MAX);
+            self.timers.insert((conn.timer_at, id));
+            if conn.identity.expires_at.is_some_and(|exp| exp <= now) {
+                self.close(id, close::POLICY_VIOLATION, "token expired");
+                continue;
+            }
+            if now.ms_since(conn.last_seen) >= self.config.pong_wait_ms {
+                self.close(id, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                continue;
+            }
+            if conn.next_ping <= now {
+                conn.next_ping = now.plus_ms(self.config.ping_interval_ms);
+                self.out.push_back(Output::Ping { conn: id });
+            }
+            self.reschedule(id);
+        }
+    }
+
+    fn reschedule(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut at = conn
+            .next_ping
+            .min(conn.last_seen.plus_ms(self.config.pong_wait_ms));
+        if let Some(exp) = conn.identity.expires_at {
+            at = at.min(exp);
+        }
+        if at != conn.timer_at {
+            self.timers.remove(&(conn.timer_at, id));
+            self.timers.insert((at, id));
+            conn.timer_at = at;
+        }
+    }
+
+    /// Records traffic from a connection; false if it is unknown.
+    fn touch(&mut self, id: ConnId) -> bool {
+        match self.conns.get_mut(&id) {
+            // The timer entry is left early on purpose: when it fires, the
+            // deadline is recomputed from `last_seen`. That keeps per-frame
+            // work O(1).
+            Some(c) => {
+                c.last_seen = self.now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ---- connections ----
+
+    fn on_connected(&mut self, id: ConnId, identity: Identity) {
+        if self.shutting_down {
+            self.out.push_back(Output::Close {
+                conn: id,
+                code: close::GOING_AWAY,
+                reason: "server shutting down",
+            });
+            return;
+        }
+        if self.conns.contains_key(&id) {
+            // A shell bug, not peer input: keep the existing connection.
+            return;
+        }
+        if identity.expires_at.is_some_and(|exp| exp <= self.now) {
+            self.out.push_back(Output::Close {
+                conn: id,
+                code: close::POLICY_VIOLATION,
+                reason: "token expired",
+            });
+            return;
+        }
+        self.user_conns
+            .entry(identity.user.id.clone())
+            .or_default()
+            .push(id);
+        let conn = Conn {
+            identity,
+            rooms: Vec::new(),
+            waiting_for: None,
+            deferred: VecDeque::new(),
+            limiter: self.rate.new_limiter(),
+            last_seen: self.now,
+            next_ping: self.now.plus_ms(self.config.ping_interval_ms),
+            timer_at: Timestamp(u64::MAX),
+        };
+        self.conns.insert(id, conn);
+        self.timers.insert((Timestamp(u64::MAX), id));
+        self.reschedule(id);
+    }
+
+    /// Closes a connection the hub gave up on, and forgets it.
+    fn close(&mut self, id: ConnId, code: u16, reason: &'static str) {
+        if self.conns.contains_key(&id) {
+            self.out.push_back(Output::Close {
+                conn: id,
+                code,
+                reason,
+            });
+            self.drop_conn(id);
+        }
+    }
+
+    fn drop_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        self.timers.remove(&(conn.timer_at, id));
+        if let Some(list) = self.user_conns.get_mut(&conn.identity.user.id) {
+            list.retain(|c| *c != id);
+            if list.is_empty() {
+                self.user_conns.remove(&conn.identity.user.id);
+            }
+        }
+        for room in &conn.rooms {
+            self.remove_member(id, &conn.identity.user, room);
+        }
+        if let Some(room) = &conn.waiting_for {
+            if let Some(RoomState::Opening { waiting, .. }) =
+                self.rooms.get_mut(room).map(|r| &mut r.state)
+            {
+                waiting.retain(|w| w.conn != id);
+            }
+            self.close_if_deserted(room);
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.shutting_down = true;
+        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        ids.sort_unstable();
+        for conn in ids {
+            self.out.push_back(Output::Close {
+                conn,
+                code: close::GOING_AWAY,
+                reason: "server shutting down",
+            });
+        }
+        for room in self.room_names() {
+            self.out.push_back(Output::CloseRoom { room });
+        }
+        self.conns.clear();
+        self.user_conns.clear();
+        self.timers.clear();
+        self.rooms.clear();
+    }
+
+    // ---- requests ----
+
+    fn on_text(&mut self, id: ConnId, frame: &[u8]) {
+        if !self.touch(id) {
+            return;
+        }
+        if frame.len() > self.config.max_message_bytes {
+            self.close(id, close::MESSAGE_TOO_BIG, "message too big");
+            return;
+        }
+        let request = match parse_request(frame, &self.limits) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(id, e),
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.waiting_for.is_none() {
+            self.execute(id, request);
+        } else if conn.deferred.len() < self.config.max_deferred_requests {
+            conn.deferred.push_back(request);
+        } else {
+            self.send_error(
+                id,
+                request.id.as_deref(),
+                ErrorCode::RateLimited,
+                "too many requests queued behind a pending join",
+            );
+        }
+    }
+
+    fn execute(&mut self, id: ConnId, request: Request) {
+        let Request { id: req_id, kind } = request;
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if kind.is_rate_limited() && conn.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+            return self.send_error(
+                id,
+                req_id.as_deref(),
+                ErrorCode::RateLimited,
+                "rate limit exceeded; slow down",
+            );
+        }
+        let is_member = |room: &RoomName| conn.rooms.contains(room);
+        match kind {
+            RequestKind::Join { room, since } => self.join(id, req_id, room, since),
+            RequestKind::Leave { room } if is_member(&room) => {
+                let user = conn.identity.user.clone();
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.rooms.retain(|r| *r != room);
+                }
+                self.remove_member(id, &user, &room);
+                self.ack(id, req_id.as_deref(), Some(&room), None);
+            }
+            RequestKind::Send {
+                room,
+                content,
+                reply_to,
+            } if is_member(&room) => {
+                let request = AppendRequest {
+                    room,
+                    sender: conn.identity.user.clone(),
+                    content,
+                    reply_to,
+                    timestamp: self.now,
+                    origin: Some(Origin {
+                        node: self.config.node_id,
+                        conn: id,
+                        request_id: req_id,
+                    }),
+                };
+                self.out.push_back(Output::Append(Box::new(request)));
+            }
+            RequestKind::Typing { room, typing } if is_member(&room) => {
+                let frame = wire::user_typing(&room, &conn.identity.user, typing, self.now);
+                self.broadcast(&room, Some(id), &frame, true);
+                self.ack(id, req_id.as_deref(), Some(&room), None);
+            }
+            RequestKind::OnlineUsers { room } if is_member(&room) => {
+                if let Some(r) = self.rooms.get(&room) {
+                    let frame = wire::online_users(&room, &r.user_list(), self.now);
+                    self.send(id, frame, false);
+                }
+                self.ack(id, req_id.as_deref(), Some(&room), None);
+            }
+            RequestKind::Leave { .. }
+            | RequestKind::Send { .. }
+            | RequestKind::Typing { .. }
+            | RequestKind::OnlineUsers { .. } => self.send_error(
+                id,
+                req_id.as_deref(),
+                ErrorCode::NotInRoom,
+                "join the room first",
+            ),
+            RequestKind::Direct { to, content } => self.direct(id, req_id, &to, &content),
+        }
+    }
+
+    fn join(&mut self, id: ConnId, req_id: Option<Arc<str>>, room: RoomName, since: Option<Since>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !conn.identity.may_join(&room) {
+            return self.send_error(
+                id,
+                req_id.as_deref(),
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+            );
+        }
+        if !conn.rooms.contains(&room) && conn.rooms.len() >= self.config.max_rooms_per_connection {
+            return self.send_error(
+                id,
+                req_id.as_deref(),
+                ErrorCode::TooManyRooms,
+                "room limit per connection reached; leave a room first",
+            );
+        }
+        let wait = WaitingJoin {
+            conn: id,
+            request_id: req_id,
+            since,
+        };
+        match self.rooms.get_mut(&room).map(|r| &mut r.state) {
+            Some(RoomState::Open(_)) => self.complete_join(&room, wait),
+            Some(RoomState::Opening { waiting, .. }) => {
+                waiting.push(wait);
+                conn.waiting_for = Some(room);
+            }
+            None => {
+                self.rooms.insert(room.clone(), Room::opening(wait));
+                conn.waiting_for = Some(room.clone());
+                self.out.push_back(Output::OpenRoom { room, after: None });
+            }
+        }
+    }
+
+    /// Makes `wait.conn` a member of the open `room`, replays what it missed,
+    /// and answers with `room_info`. Joining again is harmless.
+    fn complete_join(&mut self, name: &RoomName, wait: WaitingJoin) {
+        let now = self.now;
+        let (Some(conn), Some(room)) = (self.conns.get_mut(&wait.conn), self.rooms.get_mut(name))
+        else {
+            return;
+        };
+        let Room {
+            members,
+            users,
+            state: RoomState::Open(log),
+        } = room
+        else {
+            return;
+        };
+        if members.insert(wait.conn) {
+            conn.rooms.push(name.clone());
+            let user = &conn.identity.user;
+            let presence = users.entry(user.id.clone()).or_insert_with(|| Presence {
+                user: user.clone(),
+                connections: 0,
+            });
+            presence.connections += 1;
+            if presence.connections == 1 {
+                let frame = wire::presence(name, user, true, now);
+                fan_out(&mut self.out, members, Some(wait.conn), &frame, false);
+            }
+        }
+        log.trim_by_age(now, self.config.history_max_age_ms);
+        let recovered = wait.since.as_ref().map(|since| match log.recover(since) {
+            Recovery::Complete(frames) => {
+                for frame in frames {
+                    self.out.push_back(Output::Send {
+                        conn: wait.conn,
+                        frame: frame.clone(),
+                        ephemeral: false,
+                    });
+                }
+                true
+            }
+            Recovery::Impossible => false,
+        });
+        let user_list: Vec<&UserRef> = users.values().map(|p| &p.user).collect();
+        let info = wire::RoomInfo {
+            room: name,
+            users: &user_list,
+            offset: log.head,
+            epoch: &log.epoch,
+            recovered,
+        };
+        let frame = wire::room_info(&info, now);
+        self.send(wait.conn, frame, false);
+        self.ack(wait.conn, wait.request_id.as_deref(), Some(name), None);
+    }
+
+    /// Removes a connection from a room's members and presence; the caller
+    /// updates the connection's own room list.
+    fn remove_member(&mut self, id: ConnId, user: &UserRef, name: &RoomName) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        if !room.members.swap_remove(&id) {
+            return;
+        }
+        if let Some(presence) = room.users.get_mut(&user.id) {
+            presence.connections -= 1;
+            if presence.connections == 0 {
+                room.users.swap_remove(&user.id);
+                let frame = wire::presence(name, user, false, self.now);
+                fan_out(&mut self.out, &room.members, None, &frame, false);
+            }
+        }
+        self.close_if_deserted(name);
+    }
+
+    fn close_if_deserted(&mut self, name: &RoomName) {
+        if self.rooms.get(name).is_some_and(Room::is_deserted) {
+            self.rooms.remove(name);
+            self.out.push_back(Output::CloseRoom { room: name.clone() });
+        }
+    }
+
+    fn direct(&mut self, id: ConnId, req_id: Option<Arc<str>>, to: &str, content: &str) {
+        let recipients: Vec<ConnId> = self
+            .user_conns
+            .get(to)
+            .map(|list| list.iter().copied().filter(|c| *c != id).collect())
+            .unwrap_or_default();
+        let Some(sender) = self.conns.get(&id).map(|c| &c.identity.user) else {
+            return;
+        };
+        if recipients.is_empty() {
+            return self.send_error(
+                id,
+                req_id.as_deref(),
+                ErrorCode::RecipientOffline,
+                "the recipient is not connected",
+            );
+        }
+        self.direct_seq += 1;
+        let message_id = format!("{}-{}", self.direct_id_prefix, self.direct_seq);
+        let frame = wire::direct_message(&message_id, sender, content, self.now);
+        for conn in recipients {
+            self.send(conn, frame.clone(), false);
+        }
+        self.ack(id, req_id.as_deref(), None, Some((&message_id, None)));
+    }
+
+    /// Runs requests a connection queued while its join waited.
+    fn run_deferred(&mut self, id: ConnId) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if conn.waiting_for.is_some() {
+                return;
+            }
+            let Some(request) = conn.deferred.pop_front() else {
+                return;
+            };
+            self.execute(id, request);
+        }
+    }
+
+    // ---- sequencing ----
+
+    fn on_sequenced(&mut self, msg: SequencedMessage) {
+        let max_early = self.config.max_gap_buffer;
+        match self.rooms.get_mut(&msg.room).map(|r| &mut r.state) {
+            // Not open on this node: nobody here to deliver to.
+            None => {}
+            // Beyond the bound, the snapshot or a later resync carries it.
+            Some(RoomState::Opening { early, .. }) if early.len() < max_early => early.push(msg),
+            Some(RoomState::Opening { .. }) => {}
+            Some(RoomState::Open(_)) => {
+                let room = msg.room.clone();
+                self.accept(&room, msg);
+            }
+        }
+    }
+
+    /// Takes a sequenced message for an open room: delivers it if it is the
+    /// next one, holds it if it is early, ignores it if already seen.
+    fn accept(&mut self, name: &RoomName, msg: SequencedMessage) {
+        let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
+            return;
+        };
+        if msg.epoch != log.epoch {
+            // A new lineage: the resync snapshot tells us what happened.
+            self.request_resync(name);
+        } else if msg.offset <= log.head {
+            // Already delivered (a resync overlapped the live stream).
+        } else if msg.offset == log.head + 1 {
+            self.deliver(name, &msg);
+            self.deliver_ahead(name);
+        } else {
+            if log.ahead.len() < self.config.max_gap_buffer {
+                log.ahead.insert(msg.offset, msg);
+            }
+            self.request_resync(name);
+        }
+    }
+
+    fn request_resync(&mut self, name: &RoomName) {
+        if let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state)
+            && !log.resyncing
+        {
+            log.resyncing = true;
+            let after = Position {
+                epoch: log.epoch.clone(),
+                offset: log.head,
+            };
+            self.out.push_back(Output::OpenRoom {
+                room: name.clone(),
+                after: Some(after),
+            });
+        }
+    }
+
+    fn deliver_ahead(&mut self, name: &RoomName) {
+        loop {
+            let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
+                return;
+            };
+            let Some(next) = log.ahead.remove(&(log.head + 1)) else {
+                return;
+            };
+            self.deliver(name, &next);
+        }
+    }
+
+    /// Logs the message at `head + 1` and sends it to every member
+    /// connection except the one that sent it. Serialized once.
+    fn deliver(&mut self, name: &RoomName, msg: &SequencedMessage) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let RoomState::Open(log) = &mut room.state else {
+            return;
+        };
+        let frame = wire::new_message(msg);
+        let sender_conn = msg
+            .origin
+            .as_ref()
+            .filter(|o| o.node == self.config.node_id)
+            .map(|o| o.conn);
+        fan_out(&mut self.out, &room.members, sender_conn, &frame, false);
+        log.push(
+            Logged {
+                offset: msg.offset,
+                timestamp: msg.timestamp,
+                frame,
+            },
+            self.config.history_max_messages,
+        );
+        log.trim_by_age(self.now, self.config.history_max_age_ms);
+    }
+
+    fn on_appended(&mut self, receipt: &AppendReceipt) {
+        if receipt.origin.node == self.config.node_id {
+            self.ack(
+                receipt.origin.conn,
+                receipt.origin.request_id.as_deref(),
+                Some(&receipt.room),
+                Some((&receipt.message_id, Some(receipt.offset))),
+            );
+        }
+    }
+
+    fn on_append_failed(&mut self, request: AppendRequest) {
+        if let Some(origin) = request.origin
+            && origin.node == self.config.node_id
+        {
+            self.send_error(
+                origin.conn,
+                origin.request_id.as_deref(),
+                ErrorCode::Unavailable,
+                "the message could not be stored; retry",
+            );
+        }
+    }
+
+    fn on_room_opened(&mut self, snapshot: RoomSnapshot) {
+        let name = snapshot.room.clone();
+        let Some(room) = self.rooms.get_mut(&name) else {
+            // Everyone left before it opened; CloseRoom was already emitted.
+            return;
+        };
+        match &mut room.state {
+            RoomState::Opening { waiting, early } => {
+                let waiting = std::mem::take(waiting);
+                let early = std::mem::take(early);
+                room.state = RoomState::Open(log_from(&self.config, self.now, snapshot));
+                for msg in early {
+                    self.accept(&name, msg);
+                }
+                for wait in waiting {
+                    let id = wait.conn;
+                    let Some(conn) = self.conns.get_mut(&id) else {
+                        continue;
+                    };
+                    conn.waiting_for = None;
+                    self.complete_join(&name, wait);
+                    self.run_deferred(id);
+                }
+            }
+            RoomState::Open(log) => {
+                log.resyncing = false;
+                if snapshot.epoch != log.epoch {
+                    return self.evict_members(&name, "room history was reset; rejoin");
+                }
+                for msg in snapshot.messages {
+                    if self.open_head(&name) == Some(msg.offset.wrapping_sub(1)) {
+                        self.deliver(&name, &msg);
+                    }
+                }
+                self.deliver_ahead(&name);
+                let caught_up = match self.rooms.get(&name).map(|r| &r.state) {
+                    Some(RoomState::Open(log)) => log.head >= snapshot.head && log.ahead.is_empty(),
+                    _ => true,
+                };
+                if !caught_up {
+                    // Messages were trimmed before we could fetch them: the
+                    // members cannot be given a gap-free stream any more.
+                    self.evict_members(&name, "missed messages are gone; rejoin with since");
+                }
+            }
+        }
+    }
+
+    fn open_head(&self, name: &RoomName) -> Option<u64> {
+        match &self.rooms.get(name)?.state {
+            RoomState::Open(log) => Some(log.head),
+            RoomState::Opening { .. } => None,
+        }
+    }
+
+    /// Closes every local member of a room whose stream can no longer be
+    /// continued without a gap. They rejoin with `since` and are told
+    /// honestly whether recovery worked.
+    fn evict_members(&mut self, name: &RoomName, reason: &'static str) {
+        let members: Vec<ConnId> = self
+            .rooms
+            .get(name)
+            .map(|r| r.members.iter().copied().collect())
+            .unwrap_or_default();
+        for conn in members {
+            self.close(conn, close::RESYNC, reason);
+        }
+    }
+
+    fn on_room_open_failed(&mut self, name: &RoomName) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let waiting = match &mut room.state {
+            RoomState::Opening { waiting, .. } => std::mem::take(waiting),
+            RoomState::Open(log) => {
+                // A failed resync: the next gap asks again.
+                log.resyncing = false;
+                return;
+            }
+        };
+        self.rooms.remove(name);
+        for wait in waiting {
+            let Some(conn) = self.conns.get_mut(&wait.conn) else {
+                continue;
+            };
+            conn.waiting_for = None;
+            self.send_error(
+                wait.conn,
+                wait.request_id.as_deref(),
+                ErrorCode::Unavailable,
+                "the room cannot be opened now; retry",
+            );
+            self.run_deferred(wait.conn);
+        }
+    }
+
+    // ---- sending ----
+
+    fn send(&mut self, conn: ConnId, frame: Bytes, ephemeral: bool) {
+        self.out.push_back(Output::Send {
+            conn,
+            frame,
+            ephemeral,
+        });
+    }
+
+    fn broadcast(
+        &mut self,
+        name: &RoomName,
+        except: Option<ConnId>,
+        frame: &Bytes,
+        ephemeral: bool,
+    ) {
+        if let Some(room) = self.rooms.get(name) {
+            fan_out(&mut self.out, &room.members, except, frame, ephemeral);
+        }
+    }
+
+    fn ack(
+        &mut self,
+        conn: ConnId,
+        req_id: Option<&str>,
+        room: Option<&RoomName>,
+        sent: Option<(&str, Option<u64>)>,
+    ) {
+        if let Some(req_id) = req_id
+            && self.conns.contains_key(&conn)
+        {
+            let frame = wire::ack(req_id, room, sent, self.now);
+            self.send(conn, frame, false);
+        }
+    }
+
+    fn reply_error(&mut self, conn: ConnId, e: RequestError) {
+        self.send_error(conn, e.id.as_deref(), e.code, &e.message);
+    }
+
+    fn send_error(&mut self, conn: ConnId, req_id: Option<&str>, code: ErrorCode, message: &str) {
+        if self.conns.contains_key(&conn) {
+            let frame = wire::error(req_id, code, message, self.now);
+            self.send(conn, frame, false);
+        }
+    }
+}
+
+/// The fan-out loop: one pointer clone of the same bytes per recipient.
+fn fan_out(
+    out: &mut VecDeque<Output>,
+    members: &indexmap::IndexSet<ConnId, rustc_hash::FxBuildHasher>,
+    except: Option<ConnId>,
+    frame: &Bytes,
+    ephemeral: bool,
+) {
+    out.reserve(members.len());
+    for &conn in members {
+        if Some(conn) != except {
+            out.push_back(Output::Send {
+                conn,
+                frame: frame.clone(),
+                ephemeral,
+            });
+        }
+    }
+}
+
+/// Builds a room's log from its sequencer's snapshot.
+fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog {
+    let first = snapshot
+        .messages
+        .first()
+        .map_or(snapshot.head + 1, |m| m.offset);
+    let mut log = RoomLog::new(snapshot.epoch, first.saturating_sub(1));
+    for msg in &snapshot.messages {
+        if msg.offset != log.head + 1 {
+            // A snapshot with a hole: keep only what follows it.
+            log.restart_at(msg.offset.saturating_sub(1));
+        }
+        log.push(
+            Logged {
+                offset: msg.offset,
+                timestamp: msg.timestamp,
+                frame: wire::new_message(msg),
+            },
+            config.history_max_messages,
+        );
+    }
+    if log.head < snapshot.head {
+        log.restart_at(snapshot.head);
+    }
+    log.trim_by_age(now, config.history_max_age_ms);
+    log
+}

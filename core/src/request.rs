@@ -1,0 +1,376 @@
+//! Client frames in: parsing one text frame into a typed [`Request`] or a
+//! [`RequestError`] carrying the protocol error code and the client's `id`.
+//!
+//! [`parse_request`] is a pure function of the bytes and the limits, so it can
+//! be fuzzed and benchmarked alone. Rules a client author can rely on:
+//! - the frame must be a JSON object with a string `type`; otherwise
+//!   `INVALID_FORMAT`;
+//! - a wrong JSON type in the envelope (`type`, `id`, `room`) is
+//!   `INVALID_FORMAT`; `payload` of the wrong type, or anything wrong inside
+//!   it, is `INVALID_PAYLOAD`;
+//! - `null` counts as absent everywhere, and so does an empty `room` string;
+//! - duplicate keys: the last one wins (as `JSON.parse` does);
+//! - unknown fields are ignored; `sender` and `timestamp` are ignored.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::error::ErrorCode;
+use crate::ids::{Epoch, RoomName};
+
+/// A well-formed client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The client's message id, echoed in the `ack` or `error` answering it.
+    pub id: Option<Arc<str>>,
+    pub kind: RequestKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Join {
+        room: RoomName,
+        since: Option<Since>,
+    },
+    Leave {
+        room: RoomName,
+    },
+    Send {
+        room: RoomName,
+        content: Arc<str>,
+        reply_to: Option<Arc<str>>,
+    },
+    /// `typing` (true) and `stop_typing` (false).
+    Typing {
+        room: RoomName,
+        typing: bool,
+    },
+    OnlineUsers {
+        room: RoomName,
+    },
+    Direct {
+        to: Arc<str>,
+        content: Arc<str>,
+    },
+}
+
+impl RequestKind {
+    /// Requests that reach other people and so draw on the rate limit.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self,
+            RequestKind::Send { .. } | RequestKind::Typing { .. } | RequestKind::Direct { .. }
+        )
+    }
+}
+
+/// Where a rejoining client left off: the last offset it saw in `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: Epoch,
+}
+
+/// A request the server refuses; answered with an `error` frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestError {
+    pub id: Option<Arc<str>>,
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl RequestError {
+    pub fn new(
+        id: Option<Arc<str>>,
+        code: ErrorCode,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        RequestError {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The limits parsing enforces; a view of [`Config`].
+#[derive(Clone, Copy, Debug)]
+pub struct ParseLimits {
+    pub max_content_bytes: usize,
+    pub max_room_name_bytes: usize,
+    pub max_client_id_bytes: usize,
+    pub max_reply_to_bytes: usize,
+}
+
+impl From<&Config> for ParseLimits {
+    fn from(c: &Config) -> Self {
+        ParseLimits {
+            max_content_bytes: c.max_content_bytes,
+            max_room_name_bytes: c.max_room_name_bytes,
+            max_client_id_bytes: c.max_client_id_bytes,
+            max_reply_to_bytes: c.max_reply_to_bytes,
+        }
+    }
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits::from(&Config::default())
+    }
+}
+
+/// Parses one client text frame.
+pub fn parse_request(frame: &[u8], limits: &ParseLimits) -> Result<Request, RequestError> {
+    let value: Value = serde_json::from_slice(frame).map_err(|e| {
+        let message = if e.is_syntax() || e.is_eof() {
+            "frame is not valid JSON"
+        } else {
+            "frame could not be read as JSON"
+        };
+        RequestError::new(None, ErrorCode::InvalidFormat, message)
+    })?;
+    let Value::Object(mut envelope) = value else {
+        return Err(RequestError::new(
+            None,
+            ErrorCode::InvalidFormat,
+            "frame must be a JSON object",
+        ));
+    };
+
+    let id = match envelope.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= limits.max_client_id_bytes => Some(Arc::from(s)),
+        Some(Value::String(_)) => {
+            return Err(RequestError::new(
+                None,
+                ErrorCode::InvalidFormat,
+                "id is longer than the limit",
+            ));
+        }
+        Some(_) => {
+            return Err(RequestError::new(
+                None,
+                ErrorCode::InvalidFormat,
+                "id must be a string",
+            ));
+        }
+    };
+    let fail = |code, message: &'static str| Err(RequestError::new(id.clone(), code, message));
+
+    let kind = match envelope.remove("type") {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => return fail(ErrorCode::InvalidFormat, "type is required"),
+        Some(_) => return fail(ErrorCode::InvalidFormat, "type must be a string"),
+    };
+    let kind = match kind.as_str() {
+        "join_room" => Kind::Join,
+        "leave_room" => Kind::Leave,
+        "send_message" => Kind::Send,
+        "typing" => Kind::Typing(true),
+        "stop_typing" => Kind::Typing(false),
+        "online_users" => Kind::OnlineUsers,
+        "send_direct" => Kind::Direct,
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(RequestError::new(
+                id,
+                ErrorCode::UnknownType,
+                format!("unknown message type: {shown:?}"),
+            ));
+        }
+    };
+    let room = match envelope.remove("room") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return fail(ErrorCode::InvalidFormat, "room must be a string"),
+    };
+    let payload = match envelope.remove("payload") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        // Typing indicators and presence queries carry nothing; a stray payload is harmless.
+        Some(_) if matches!(kind, Kind::Typing(_) | Kind::OnlineUsers) => None,
+        Some(_) => return fail(ErrorCode::InvalidPayload, "payload must be an object"),
+    };
+
+    let parsed = Parsed {
+        limits,
+        id: &id,
+        room,
+        payload,
+    };
+    let kind = match kind {
+        Kind::Join => parsed.join()?,
+        Kind::Leave => RequestKind::Leave {
+            room: parsed.room(RoomFrom::PayloadFirst)?,
+        },
+        Kind::Send => parsed.send()?,
+        Kind::Typing(typing) => RequestKind::Typing {
+            room: parsed.room(RoomFrom::EnvelopeFirst)?,
+            typing,
+        },
+        Kind::OnlineUsers => RequestKind::OnlineUsers {
+            room: parsed.room(RoomFrom::EnvelopeFirst)?,
+        },
+        Kind::Direct => parsed.direct()?,
+    };
+    Ok(Request { id, kind })
+}
+
+enum Kind {
+    Join,
+    Leave,
+    Send,
+    Typing(bool),
+    OnlineUsers,
+    Direct,
+}
+
+enum RoomFrom {
+    /// `join_room` / `leave_room`: the seed puts the room in `payload.room_id`.
+    PayloadFirst,
+    EnvelopeFirst,
+}
+
+struct Parsed<'a> {
+    limits: &'a ParseLimits,
+    id: &'a Option<Arc<str>>,
+    room: Option<String>,
+    payload: Option<Map<String, Value>>,
+}
+
+impl Parsed<'_> {
+    fn err(&self, code: ErrorCode, message: &'static str) -> RequestError {
+        RequestError::new(self.id.clone(), code, message)
+    }
+
+    fn field(&self, name: &str) -> Option<&Value> {
+        match self.payload.as_ref()?.get(name)? {
+            Value::Null => None,
+            v => Some(v),
+        }
+    }
+
+    fn payload_room_id(&self) -> Result<Option<&str>, RequestError> {
+        match self.field("room_id") {
+            None => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.err(
+                ErrorCode::InvalidPayload,
+                "payload.room_id must be a string",
+            )),
+        }
+    }
+
+    fn room(&self, from: RoomFrom) -> Result<RoomName, RequestError> {
+        let in_payload = self.payload_room_id()?;
+        let in_envelope = self.room.as_deref();
+        let chosen = match from {
+            RoomFrom::PayloadFirst => in_payload.or(in_envelope),
+            RoomFrom::EnvelopeFirst => in_envelope.or(in_payload),
+        };
+        let name = chosen.ok_or_else(|| self.err(ErrorCode::MissingRoom, "room is required"))?;
+        RoomName::parse(name, self.limits.max_room_name_bytes)
+            .map_err(|e| self.err(ErrorCode::InvalidRoom, e.describe()))
+    }
+
+    fn content(&self) -> Result<Arc<str>, RequestError> {
+        match self.field("content") {
+            Some(Value::String(s)) if s.is_empty() => Err(self.err(
+                ErrorCode::InvalidPayload,
+                "payload.content must not be empty",
+            )),
+            Some(Value::String(s)) if s.len() > self.limits.max_content_bytes => Err(self.err(
+                ErrorCode::ContentTooLong,
+                "payload.content is longer than the limit",
+            )),
+            Some(Value::String(s)) => Ok(Arc::from(s.as_str())),
+            Some(_) => Err(self.err(
+                ErrorCode::InvalidPayload,
+                "payload.content must be a string",
+            )),
+            None => Err(self.err(ErrorCode::InvalidPayload, "payload.content is required")),
+        }
+    }
+
+    fn join(&self) -> Result<RequestKind, RequestError> {
+        let room = self.room(RoomFrom::PayloadFirst)?;
+        let since = match self.field("since") {
+            None => None,
+            Some(Value::Object(s)) => {
+                let offset = s.get("offset").and_then(Value::as_u64).ok_or_else(|| {
+                    self.err(
+                        ErrorCode::InvalidPayload,
+                        "payload.since.offset must be a non-negative integer",
+                    )
+                })?;
+                let epoch = match s.get("epoch") {
+                    Some(Value::String(e)) if e.len() <= 128 => Epoch::new(e),
+                    _ => {
+                        return Err(self.err(
+                            ErrorCode::InvalidPayload,
+                            "payload.since.epoch must be a string",
+                        ));
+                    }
+                };
+                Some(Since { offset, epoch })
+            }
+            Some(_) => {
+                return Err(self.err(
+                    ErrorCode::InvalidPayload,
+                    "payload.since must be an object {offset, epoch}",
+                ));
+            }
+        };
+        Ok(RequestKind::Join { room, since })
+    }
+
+    fn send(&self) -> Result<RequestKind, RequestError> {
+        let room = self.room(RoomFrom::EnvelopeFirst)?;
+        let content = self.content()?;
+        let reply_to = match self.field("reply_to") {
+            None => None,
+            Some(Value::String(s)) if s.len() <= self.limits.max_reply_to_bytes => {
+                Some(Arc::from(s.as_str()))
+            }
+            Some(Value::String(_)) => {
+                return Err(self.err(
+                    ErrorCode::InvalidPayload,
+                    "payload.reply_to is longer than the limit",
+                ));
+            }
+            Some(_) => {
+                return Err(self.err(
+                    ErrorCode::InvalidPayload,
+                    "payload.reply_to must be a string",
+                ));
+            }
+        };
+        Ok(RequestKind::Send {
+            room,
+            content,
+            reply_to,
+        })
+    }
+
+    fn direct(&self) -> Result<RequestKind, RequestError> {
+        // User ids may be numbers in a JWT, so `to` may be too.
+        let to: Arc<str> = match self.field("to") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Arc::from(s.as_str()),
+            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Arc::from(n.to_string()),
+            None => return Err(self.err(ErrorCode::InvalidPayload, "payload.to is required")),
+            Some(_) => {
+                return Err(self.err(
+                    ErrorCode::InvalidPayload,
+                    "payload.to must be a user id (string or integer)",
+                ));
+            }
+        };
+        let content = self.content()?;
+        Ok(RequestKind::Direct { to, content })
+    }
+}

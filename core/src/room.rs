@@ -1,0 +1,228 @@
+//! One room as this node sees it: local member connections, per-user
+//! presence, and the cached tail of the room's history used for fan-out
+//! bookkeeping and recovery.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use indexmap::{IndexMap, IndexSet};
+use rustc_hash::FxBuildHasher;
+
+use crate::event::SequencedMessage;
+use crate::ids::{ConnId, Epoch, UserRef};
+use crate::request::Since;
+use crate::time::Timestamp;
+
+pub(crate) struct Room {
+    /// Local member connections. Iteration order is insertion order with
+    /// swap-removal: deterministic, and a dense array for fan-out.
+    pub(crate) members: IndexSet<ConnId, FxBuildHasher>,
+    /// Users present, with how many of their connections are members.
+    pub(crate) users: IndexMap<Arc<str>, Presence, FxBuildHasher>,
+    pub(crate) state: RoomState,
+}
+
+pub(crate) struct Presence {
+    pub(crate) user: UserRef,
+    pub(crate) connections: u32,
+}
+
+pub(crate) enum RoomState {
+    /// `OpenRoom` was emitted; joins wait for the snapshot.
+    Opening {
+        waiting: Vec<WaitingJoin>,
+        /// Messages sequenced before the snapshot arrived.
+        early: Vec<SequencedMessage>,
+    },
+    Open(RoomLog),
+}
+
+pub(crate) struct WaitingJoin {
+    pub(crate) conn: ConnId,
+    pub(crate) request_id: Option<Arc<str>>,
+    pub(crate) since: Option<Since>,
+}
+
+impl Room {
+    pub(crate) fn opening(first: WaitingJoin) -> Self {
+        Room {
+            members: IndexSet::default(),
+            users: IndexMap::default(),
+            state: RoomState::Opening {
+                waiting: vec![first],
+                early: Vec::new(),
+            },
+        }
+    }
+
+    pub(crate) fn user_list(&self) -> Vec<&UserRef> {
+        self.users.values().map(|p| &p.user).collect()
+    }
+
+    /// Nobody is in the room and nobody is waiting to get in.
+    pub(crate) fn is_deserted(&self) -> bool {
+        self.members.is_empty()
+            && match &self.state {
+                RoomState::Opening { waiting, .. } => waiting.is_empty(),
+                RoomState::Open(_) => true,
+            }
+    }
+}
+
+/// A message as kept for recovery: its serialized `new_message` frame.
+pub(crate) struct Logged {
+    pub(crate) offset: u64,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) frame: Bytes,
+}
+
+/// The contiguous tail of a room's history up to `head`, bounded by count and
+/// age, plus messages that arrived ahead of a gap.
+pub(crate) struct RoomLog {
+    pub(crate) epoch: Epoch,
+    /// Highest offset delivered to members, with every earlier retained one.
+    pub(crate) head: u64,
+    ring: VecDeque<Logged>,
+    /// Messages beyond `head + 1`, held until the gap is filled.
+    pub(crate) ahead: BTreeMap<u64, SequencedMessage>,
+    /// An `OpenRoom { after }` is outstanding for this room.
+    pub(crate) resyncing: bool,
+}
+
+/// What a rejoining connection can be given.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recovery<'a> {
+    /// Every missed frame, in offset order (possibly none).
+    Complete(Vec<&'a Bytes>),
+    /// The epoch changed or the messages are gone.
+    Impossible,
+}
+
+impl RoomLog {
+    pub(crate) fn new(epoch: Epoch, head: u64) -> Self {
+        RoomLog {
+            epoch,
+            head,
+            ring: VecDeque::new(),
+            ahead: BTreeMap::new(),
+            resyncing: false,
+        }
+    }
+
+    /// Records the message at `head + 1`.
+    pub(crate) fn push(&mut self, logged: Logged, max_messages: usize) {
+        debug_assert_eq!(logged.offset, self.head + 1, "log must stay contiguous");
+        self.head = logged.offset;
+        self.ring.push_back(logged);
+        while self.ring.len() > max_messages {
+            self.ring.pop_front();
+        }
+    }
+
+    /// Forgets the retained tail: the history continues after a hole.
+    pub(crate) fn restart_at(&mut self, head: u64) {
+        self.ring.clear();
+        self.head = head;
+    }
+
+    /// Drops messages older than the retention age.
+    pub(crate) fn trim_by_age(&mut self, now: Timestamp, max_age_ms: u64) {
+        while self
+            .ring
+            .front()
+            .is_some_and(|m| now.ms_since(m.timestamp) > max_age_ms)
+        {
+            self.ring.pop_front();
+        }
+    }
+
+    /// The frames after `since`, if every one of them is still retained.
+    pub(crate) fn recover(&self, since: &Since) -> Recovery<'_> {
+        if since.epoch != self.epoch || since.offset > self.head {
+            return Recovery::Impossible;
+        }
+        if since.offset == self.head {
+            return Recovery::Complete(Vec::new());
+        }
+        let first_needed = since.offset + 1;
+        let Some(front) = self.ring.front() else {
+            return Recovery::Impossible;
+        };
+        if front.offset > first_needed {
+            return Recovery::Impossible;
+        }
+        // The ring is contiguous, so the index follows from the offset.
+        let skip = usize::try_from(first_needed - front.offset).unwrap_or(usize::MAX);
+        Recovery::Complete(self.ring.iter().skip(skip).map(|m| &m.frame).collect())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn retained(&self) -> usize {
+        self.ring.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(epoch: &str, offsets: std::ops::RangeInclusive<u64>, max: usize) -> RoomLog {
+        let mut log = RoomLog::new(Epoch::new(epoch), offsets.start() - 1);
+        for o in offsets {
+            log.push(
+                Logged {
+                    offset: o,
+                    timestamp: Timestamp(o * 1000),
+                    frame: Bytes::from(format!("m{o}")),
+                },
+                max,
+            );
+        }
+        log
+    }
+
+    fn since(offset: u64, epoch: &str) -> Since {
+        Since {
+            offset,
+            epoch: Epoch::new(epoch),
+        }
+    }
+
+    fn frames(r: Recovery<'_>) -> Vec<String> {
+        match r {
+            Recovery::Complete(f) => f
+                .into_iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect(),
+            Recovery::Impossible => panic!("expected recovery"),
+        }
+    }
+
+    #[test]
+    fn recovers_exactly_the_missed_tail() {
+        let log = log_with("e", 1..=5, 10);
+        assert_eq!(frames(log.recover(&since(2, "e"))), ["m3", "m4", "m5"]);
+        assert_eq!(frames(log.recover(&since(0, "e"))).len(), 5);
+        assert!(frames(log.recover(&since(5, "e"))).is_empty());
+    }
+
+    #[test]
+    fn refuses_other_epochs_future_offsets_and_trimmed_history() {
+        let log = log_with("e", 1..=20, 10);
+        assert_eq!(log.retained(), 10);
+        assert_eq!(log.recover(&since(3, "other")), Recovery::Impossible);
+        assert_eq!(log.recover(&since(21, "e")), Recovery::Impossible);
+        assert_eq!(log.recover(&since(9, "e")), Recovery::Impossible);
+        assert_eq!(frames(log.recover(&since(10, "e"))).len(), 10);
+    }
+
+    #[test]
+    fn age_trim_makes_old_messages_unrecoverable() {
+        let mut log = log_with("e", 1..=5, 10);
+        log.trim_by_age(Timestamp(5_500), 2_000);
+        assert_eq!(log.retained(), 2);
+        assert_eq!(log.recover(&since(2, "e")), Recovery::Impossible);
+        assert_eq!(frames(log.recover(&since(3, "e"))), ["m4", "m5"]);
+    }
+}

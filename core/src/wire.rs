@@ -1,0 +1,212 @@
+//! Server frames out: every message the server sends, serialized once into
+//! [`Bytes`] that can be handed to any number of recipients.
+//!
+//! Field order is fixed by the structs below, so the same inputs give the
+//! same bytes.
+
+use bytes::Bytes;
+use serde::{Serialize, Serializer};
+
+use crate::error::ErrorCode;
+use crate::event::SequencedMessage;
+use crate::ids::{Epoch, RoomName, UserRef};
+use crate::time::Timestamp;
+
+#[derive(Serialize)]
+struct Frame<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<P>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<&'a UserRef>,
+    #[serde(serialize_with = "rfc3339")]
+    timestamp: Timestamp,
+}
+
+impl<'a, P: Serialize> Frame<'a, P> {
+    fn new(kind: &'static str, timestamp: Timestamp) -> Self {
+        Frame {
+            kind,
+            room: None,
+            id: None,
+            offset: None,
+            payload: None,
+            sender: None,
+            timestamp,
+        }
+    }
+
+    fn encode(&self) -> Bytes {
+        // Serializing plain structs of strings and integers into a Vec cannot
+        // fail: there are no maps with non-string keys and no I/O.
+        Bytes::from(serde_json::to_vec(self).expect("server frames always serialize"))
+    }
+}
+
+fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+#[derive(Serialize)]
+struct ChatPayload<'a> {
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RoomInfoPayload<'a> {
+    room_id: &'a str,
+    users: &'a [&'a UserRef],
+    count: usize,
+    offset: u64,
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct OnlineUsersPayload<'a> {
+    room_id: &'a str,
+    users: &'a [&'a UserRef],
+    count: usize,
+}
+
+#[derive(Serialize)]
+struct TypingPayload {
+    typing: bool,
+}
+
+#[derive(Serialize)]
+struct SentPayload<'a> {
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorPayload<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+/// `new_message`: the same bytes go to every member and into the history.
+pub fn new_message(m: &SequencedMessage) -> Bytes {
+    Frame {
+        room: Some(m.room.as_str()),
+        id: Some(&m.id),
+        offset: Some(m.offset),
+        payload: Some(ChatPayload {
+            content: &m.content,
+            reply_to: m.reply_to.as_deref(),
+        }),
+        sender: Some(&m.sender),
+        ..Frame::new("new_message", m.timestamp)
+    }
+    .encode()
+}
+
+pub struct RoomInfo<'a> {
+    pub room: &'a RoomName,
+    pub users: &'a [&'a UserRef],
+    pub offset: u64,
+    pub epoch: &'a Epoch,
+    pub recovered: Option<bool>,
+}
+
+pub fn room_info(info: &RoomInfo<'_>, now: Timestamp) -> Bytes {
+    Frame {
+        room: Some(info.room.as_str()),
+        payload: Some(RoomInfoPayload {
+            room_id: info.room.as_str(),
+            users: info.users,
+            count: info.users.len(),
+            offset: info.offset,
+            epoch: info.epoch.as_str(),
+            recovered: info.recovered,
+        }),
+        ..Frame::new("room_info", now)
+    }
+    .encode()
+}
+
+pub fn online_users(room: &RoomName, users: &[&UserRef], now: Timestamp) -> Bytes {
+    Frame {
+        room: Some(room.as_str()),
+        payload: Some(OnlineUsersPayload {
+            room_id: room.as_str(),
+            users,
+            count: users.len(),
+        }),
+        ..Frame::new("online_users", now)
+    }
+    .encode()
+}
+
+/// `user_joined` (`joined == true`) or `user_left`.
+pub fn presence(room: &RoomName, user: &UserRef, joined: bool, now: Timestamp) -> Bytes {
+    let kind = if joined { "user_joined" } else { "user_left" };
+    Frame {
+        room: Some(room.as_str()),
+        payload: Some(user),
+        sender: Some(user),
+        ..Frame::new(kind, now)
+    }
+    .encode()
+}
+
+pub fn user_typing(room: &RoomName, user: &UserRef, typing: bool, now: Timestamp) -> Bytes {
+    Frame {
+        room: Some(room.as_str()),
+        payload: Some(TypingPayload { typing }),
+        sender: Some(user),
+        ..Frame::new("user_typing", now)
+    }
+    .encode()
+}
+
+pub fn direct_message(id: &str, sender: &UserRef, content: &str, now: Timestamp) -> Bytes {
+    Frame {
+        id: Some(id),
+        payload: Some(ChatPayload {
+            content,
+            reply_to: None,
+        }),
+        sender: Some(sender),
+        ..Frame::new("direct_message", now)
+    }
+    .encode()
+}
+
+/// `ack` for a request that carried `id`. For messages, `sent` carries the
+/// server message id and, for room messages, the offset.
+pub fn ack(
+    id: &str,
+    room: Option<&RoomName>,
+    sent: Option<(&str, Option<u64>)>,
+    now: Timestamp,
+) -> Bytes {
+    Frame {
+        room: room.map(RoomName::as_str),
+        id: Some(id),
+        payload: sent.map(|(message_id, offset)| SentPayload { message_id, offset }),
+        ..Frame::new("ack", now)
+    }
+    .encode()
+}
+
+pub fn error(id: Option<&str>, code: ErrorCode, message: &str, now: Timestamp) -> Bytes {
+    Frame {
+        id,
+        payload: Some(ErrorPayload { code, message }),
+        ..Frame::new("error", now)
+    }
+    .encode()
+}
