@@ -994,3 +994,7 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
     log.trim_by_age(now, config.history_max_age_ms);
     log
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

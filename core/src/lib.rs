@@ -21,6 +21,8 @@ pub mod request;
 mod room;
 pub mod sequencer;
 pub mod single;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod wire;
 

@@ -374,3 +374,224 @@ impl Parsed<'_> {
         Ok(RequestKind::Direct { to, content })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Request, RequestError> {
+        parse_request(text.as_bytes(), &ParseLimits::default())
+    }
+
+    fn code(text: &str) -> ErrorCode {
+        parse(text).expect_err("should be refused").code
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name, 64).unwrap()
+    }
+
+    #[test]
+    fn invalid_format() {
+        for bad in [
+            "",
+            "not json",
+            "{",
+            "[]",
+            "42",
+            "null",
+            r#""join_room""#,
+            r#"{}"#,
+            r#"{"type": null}"#,
+            r#"{"type": 5}"#,
+            r#"{"type": "join_room", "room": 5}"#,
+            r#"{"type": "join_room", "id": 7}"#,
+            r#"{"type": "join_room", "room": "a\ud800"}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidFormat, "{bad}");
+        }
+        let long_id = format!(
+            r#"{{"type":"join_room","room":"a","id":"{}"}}"#,
+            "x".repeat(65)
+        );
+        assert_eq!(code(&long_id), ErrorCode::InvalidFormat);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(code(&deep), ErrorCode::InvalidFormat);
+    }
+
+    #[test]
+    fn unknown_type_echoes_id_and_bounds_the_message() {
+        let e = parse(&format!(r#"{{"type":"{}","id":"r1"}}"#, "z".repeat(500))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(e.id.as_deref(), Some("r1"));
+        assert!(e.message.len() < 120);
+    }
+
+    #[test]
+    fn invalid_payload() {
+        for bad in [
+            r#"{"type":"join_room","room":"a","payload":"x"}"#,
+            r#"{"type":"join_room","payload":{"room_id":5}}"#,
+            r#"{"type":"join_room","room":"a","payload":{"since":5}}"#,
+            r#"{"type":"join_room","room":"a","payload":{"since":{"offset":-1,"epoch":"e"}}}"#,
+            r#"{"type":"join_room","room":"a","payload":{"since":{"offset":1}}}"#,
+            r#"{"type":"send_message","room":"a"}"#,
+            r#"{"type":"send_message","room":"a","payload":{}}"#,
+            r#"{"type":"send_message","room":"a","payload":{"content":5}}"#,
+            r#"{"type":"send_message","room":"a","payload":{"content":""}}"#,
+            r#"{"type":"send_message","room":"a","payload":{"content":"x","reply_to":1}}"#,
+            r#"{"type":"send_direct","payload":{"content":"x"}}"#,
+            r#"{"type":"send_direct","payload":{"to":1.5,"content":"x"}}"#,
+            r#"{"type":"send_direct","payload":{"to":"bob"}}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidPayload, "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_and_invalid_room() {
+        assert_eq!(code(r#"{"type":"join_room"}"#), ErrorCode::MissingRoom);
+        assert_eq!(
+            code(r#"{"type":"join_room","room":""}"#),
+            ErrorCode::MissingRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"join_room","room":"","payload":{"room_id":""}}"#),
+            ErrorCode::MissingRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"send_message","payload":{"content":"x"}}"#),
+            ErrorCode::MissingRoom
+        );
+        assert_eq!(code(r#"{"type":"typing"}"#), ErrorCode::MissingRoom);
+        let long = format!(r#"{{"type":"join_room","room":"{}"}}"#, "r".repeat(65));
+        assert_eq!(code(&long), ErrorCode::InvalidRoom);
+        assert_eq!(
+            code(r#"{"type":"join_room","room":"a\u0000b"}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"leave_room","room":"tab\there"}"#),
+            ErrorCode::InvalidRoom
+        );
+    }
+
+    #[test]
+    fn content_too_long_counts_utf8_bytes() {
+        let ok = format!(
+            r#"{{"type":"send_message","room":"a","payload":{{"content":"{}"}}}}"#,
+            "é".repeat(1000)
+        );
+        assert!(parse(&ok).is_ok());
+        let long = format!(
+            r#"{{"type":"send_message","room":"a","payload":{{"content":"{}"}}}}"#,
+            "é".repeat(1001)
+        );
+        assert_eq!(code(&long), ErrorCode::ContentTooLong);
+    }
+
+    #[test]
+    fn every_request_type_parses() {
+        let cases = [
+            (
+                r#"{"type":"join_room","room":"","payload":{"room_id":"general"},"id":"1"}"#,
+                RequestKind::Join {
+                    room: room("general"),
+                    since: None,
+                },
+            ),
+            (
+                r#"{"type":"join_room","room":"general","payload":{"since":{"offset":3,"epoch":"e1"}}}"#,
+                RequestKind::Join {
+                    room: room("general"),
+                    since: Some(Since {
+                        offset: 3,
+                        epoch: Epoch::new("e1"),
+                    }),
+                },
+            ),
+            (
+                r#"{"type":"leave_room","payload":{"room_id":"g"}}"#,
+                RequestKind::Leave { room: room("g") },
+            ),
+            (
+                r#"{"type":"send_message","room":"g","payload":{"content":"hi","reply_to":"m1"}}"#,
+                RequestKind::Send {
+                    room: room("g"),
+                    content: "hi".into(),
+                    reply_to: Some("m1".into()),
+                },
+            ),
+            (
+                r#"{"type":"typing","room":"g"}"#,
+                RequestKind::Typing {
+                    room: room("g"),
+                    typing: true,
+                },
+            ),
+            (
+                r#"{"type":"stop_typing","payload":{"room_id":"g"}}"#,
+                RequestKind::Typing {
+                    room: room("g"),
+                    typing: false,
+                },
+            ),
+            (
+                r#"{"type":"online_users","room":"g","payload":"ignored"}"#,
+                RequestKind::OnlineUsers { room: room("g") },
+            ),
+            (
+                r#"{"type":"send_direct","payload":{"to":42,"content":"psst"}}"#,
+                RequestKind::Direct {
+                    to: "42".into(),
+                    content: "psst".into(),
+                },
+            ),
+        ];
+        for (text, kind) in cases {
+            assert_eq!(parse(text).expect(text).kind, kind, "{text}");
+        }
+    }
+
+    #[test]
+    fn client_fields_the_server_decides_are_ignored() {
+        let r = parse(
+            r#"{"type":"send_message","room":"g","payload":{"content":"hi"},
+                "sender":{"id":"admin","name":"Admin"},"timestamp":"1999-01-01T00:00:00Z","extra":[1]}"#,
+        )
+        .unwrap();
+        assert!(matches!(r.kind, RequestKind::Send { .. }));
+    }
+
+    #[test]
+    fn duplicate_keys_last_one_wins() {
+        let r = parse(r#"{"type":"typing","type":"join_room","room":"a","room":"b"}"#).unwrap();
+        assert_eq!(
+            r.kind,
+            RequestKind::Join {
+                room: room("b"),
+                since: None
+            }
+        );
+    }
+
+    #[test]
+    fn join_prefers_payload_room_id_and_others_prefer_room() {
+        let j = parse(r#"{"type":"join_room","room":"env","payload":{"room_id":"pay"}}"#).unwrap();
+        assert_eq!(
+            j.kind,
+            RequestKind::Join {
+                room: room("pay"),
+                since: None
+            }
+        );
+        let t = parse(r#"{"type":"typing","room":"env","payload":{"room_id":"pay"}}"#).unwrap();
+        assert_eq!(
+            t.kind,
+            RequestKind::Typing {
+                room: room("env"),
+                typing: true
+            }
+        );
+    }
+}

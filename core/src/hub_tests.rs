@@ -1,0 +1,926 @@
+//! Behaviour of the hub, one protocol rule at a time.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::event::close;
+use crate::ids::{Epoch, NodeId, RoomAccess};
+use crate::testkit::{START, TestWorld};
+
+fn world() -> TestWorld {
+    TestWorld::new(Config::default())
+}
+
+fn join(w: &mut TestWorld, conn: ConnId, room: &str) -> Value {
+    w.send_json(conn, json!({"type": "join_room", "room": room}));
+    let frames = w.take(conn);
+    frames
+        .into_iter()
+        .find(|f| f["type"] == "room_info")
+        .expect("room_info after join")
+}
+
+fn say(w: &mut TestWorld, conn: ConnId, room: &str, text: &str, id: &str) {
+    w.send_json(
+        conn,
+        json!({"type": "send_message", "room": room, "id": id, "payload": {"content": text}}),
+    );
+}
+
+fn error_code(frame: &Value) -> &str {
+    assert_eq!(frame["type"], "error", "{frame}");
+    frame["payload"]["code"].as_str().unwrap()
+}
+
+#[test]
+fn join_answers_room_info_with_offset_and_epoch() {
+    let mut w = world();
+    let a = w.connect("alice");
+    w.send_json(
+        a,
+        json!({"type": "join_room", "room": "", "payload": {"room_id": "general"}, "id": "j1"}),
+    );
+    let frames = w.take(a);
+    assert_eq!(frames.len(), 2);
+    let info = &frames[0];
+    assert_eq!(info["type"], "room_info");
+    assert_eq!(info["payload"]["room_id"], "general");
+    assert_eq!(
+        info["payload"]["users"],
+        json!([{"id": "alice", "name": "alice"}])
+    );
+    assert_eq!(info["payload"]["count"], 1);
+    assert_eq!(info["payload"]["offset"], 0);
+    assert!(
+        info["payload"]["epoch"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(info["payload"].get("recovered").is_none());
+    assert_eq!(info["timestamp"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(
+        frames[1],
+        json!({"type": "ack", "room": "general", "id": "j1", "timestamp": "2026-01-01T00:00:00.000Z"})
+    );
+}
+
+#[test]
+fn second_user_joining_is_announced_to_the_others() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    let info = join(&mut w, b, "g");
+    assert_eq!(info["payload"]["count"], 2);
+    let joined = w.take_one(a);
+    assert_eq!(joined["type"], "user_joined");
+    assert_eq!(joined["room"], "g");
+    assert_eq!(joined["payload"], json!({"id": "bob", "name": "bob"}));
+    assert_eq!(joined["sender"], json!({"id": "bob", "name": "bob"}));
+}
+
+#[test]
+fn send_message_reaches_others_not_the_sending_connection_and_is_acked() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let a2 = w.connect("alice");
+    let b = w.connect("bob");
+    for c in [a, a2, b] {
+        join(&mut w, c, "g");
+    }
+    w.take_all();
+    w.advance_ms(1500);
+    w.send_json(
+        a,
+        json!({"type": "send_message", "room": "g", "id": "m1",
+               "payload": {"content": "hello", "reply_to": "x1"},
+               "sender": {"id": "mallory", "name": "M"}, "timestamp": "1999-01-01T00:00:00Z"}),
+    );
+    let ack = w.take_one(a);
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["id"], "m1");
+    assert_eq!(ack["room"], "g");
+    assert_eq!(ack["payload"]["offset"], 1);
+    let message_id = ack["payload"]["message_id"].as_str().unwrap().to_string();
+    for c in [a2, b] {
+        let m = w.take_one(c);
+        assert_eq!(m["type"], "new_message");
+        assert_eq!(m["room"], "g");
+        assert_eq!(m["id"], message_id.as_str());
+        assert_eq!(m["offset"], 1);
+        assert_eq!(m["payload"], json!({"content": "hello", "reply_to": "x1"}));
+        assert_eq!(
+            m["sender"],
+            json!({"id": "alice", "name": "alice"}),
+            "server decides the sender"
+        );
+        assert_eq!(
+            m["timestamp"], "2026-01-01T00:00:01.500Z",
+            "server decides the time"
+        );
+    }
+}
+
+#[test]
+fn offsets_increase_per_room() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "x");
+    join(&mut w, a, "y");
+    join(&mut w, b, "x");
+    join(&mut w, b, "y");
+    w.take_all();
+    say(&mut w, a, "x", "1", "1");
+    say(&mut w, a, "x", "2", "2");
+    say(&mut w, a, "y", "3", "3");
+    let offsets: Vec<(String, u64)> = w
+        .take(b)
+        .iter()
+        .map(|m| {
+            (
+                m["room"].as_str().unwrap().to_string(),
+                m["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(offsets, [("x".into(), 1), ("x".into(), 2), ("y".into(), 1)]);
+}
+
+#[test]
+fn typing_and_stop_typing_are_distinguishable_and_go_to_other_members() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    join(&mut w, b, "g");
+    w.take_all();
+    w.send_json(a, json!({"type": "typing", "room": "g"}));
+    w.send_json(
+        a,
+        json!({"type": "stop_typing", "payload": {"room_id": "g"}}),
+    );
+    assert!(w.take(a).is_empty());
+    let frames = w.take(b);
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0]["type"], "user_typing");
+    assert_eq!(frames[0]["payload"]["typing"], true);
+    assert_eq!(frames[0]["sender"]["id"], "alice");
+    assert_eq!(frames[1]["payload"]["typing"], false);
+}
+
+#[test]
+fn typing_is_ephemeral_and_messages_are_not() {
+    let mut hub = Hub::new(Config::default());
+    let mut seq = crate::MemorySequencer::new(1, crate::HistoryLimits::from_config(hub.config()));
+    let mut feed = Vec::new();
+    let t = START;
+    for (c, u) in [(1, "a"), (2, "b")] {
+        hub.handle(
+            Input::Connected {
+                conn: ConnId(c),
+                identity: Identity::user(u),
+            },
+            t,
+        );
+        hub.handle(text(c, r#"{"type":"join_room","room":"g"}"#), t);
+        while let Some(o) = hub.poll_output() {
+            seq.serve(&o, t, &mut feed);
+        }
+        for i in feed.drain(..) {
+            hub.handle(i, t);
+        }
+    }
+    while hub.poll_output().is_some() {}
+    hub.handle(text(1, r#"{"type":"typing","room":"g"}"#), t);
+    assert!(matches!(
+        hub.poll_output(),
+        Some(Output::Send {
+            conn: ConnId(2),
+            ephemeral: true,
+            ..
+        })
+    ));
+    hub.handle(
+        text(
+            1,
+            r#"{"type":"send_message","room":"g","payload":{"content":"x"}}"#,
+        ),
+        t,
+    );
+    let Some(Output::Append(req)) = hub.poll_output() else {
+        panic!("append expected")
+    };
+    seq.serve(&Output::Append(req), t, &mut feed);
+    for i in feed.drain(..) {
+        hub.handle(i, t);
+    }
+    assert!(matches!(
+        hub.poll_output(),
+        Some(Output::Send {
+            conn: ConnId(2),
+            ephemeral: false,
+            ..
+        })
+    ));
+}
+
+fn text(conn: u64, s: &str) -> Input {
+    Input::Text {
+        conn: ConnId(conn),
+        frame: Bytes::copy_from_slice(s.as_bytes()),
+    }
+}
+
+#[test]
+fn requests_needing_membership_get_not_in_room_and_reach_nobody() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, b, "g");
+    w.take_all();
+    for req in [
+        json!({"type": "send_message", "room": "g", "id": "1", "payload": {"content": "x"}}),
+        json!({"type": "typing", "room": "g", "id": "2"}),
+        json!({"type": "stop_typing", "room": "g", "id": "3"}),
+        json!({"type": "online_users", "room": "g", "id": "4"}),
+        json!({"type": "leave_room", "room": "g", "id": "5"}),
+    ] {
+        let id = req["id"].clone();
+        w.send_json(a, req);
+        let e = w.take_one(a);
+        assert_eq!(error_code(&e), "NOT_IN_ROOM");
+        assert_eq!(e["id"], id);
+    }
+    assert!(w.take(b).is_empty(), "nothing reaches the room");
+}
+
+#[test]
+fn online_users_lists_each_user_once() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let a2 = w.connect("alice");
+    let b = w.connect("bob");
+    for c in [a, a2, b] {
+        join(&mut w, c, "g");
+    }
+    w.take_all();
+    w.send_json(b, json!({"type": "online_users", "room": "g", "id": "q"}));
+    let frames = w.take(b);
+    assert_eq!(frames[0]["type"], "online_users");
+    assert_eq!(frames[0]["payload"]["room_id"], "g");
+    assert_eq!(frames[0]["payload"]["count"], 2);
+    assert_eq!(
+        frames[0]["payload"]["users"],
+        json!([{"id": "alice", "name": "alice"}, {"id": "bob", "name": "bob"}])
+    );
+    assert_eq!(frames[1]["type"], "ack");
+}
+
+#[test]
+fn presence_counts_a_user_once_and_leaves_with_the_last_connection() {
+    let mut w = world();
+    let b = w.connect("bob");
+    join(&mut w, b, "g");
+    let a1 = w.connect("alice");
+    let a2 = w.connect("alice");
+    join(&mut w, a1, "g");
+    assert_eq!(w.take_types(b), ["user_joined"]);
+    let info = join(&mut w, a2, "g");
+    assert_eq!(info["payload"]["count"], 2);
+    assert!(
+        w.take(b).is_empty(),
+        "second connection of alice is not a new user"
+    );
+    w.send_json(a1, json!({"type": "leave_room", "room": "g", "id": "l"}));
+    assert_eq!(w.take_types(a1), ["ack"]);
+    assert!(w.take(b).is_empty(), "alice is still present through a2");
+    w.input(Input::Disconnected { conn: a2 });
+    let left = w.take_one(b);
+    assert_eq!(left["type"], "user_left");
+    assert_eq!(left["payload"], json!({"id": "alice", "name": "alice"}));
+}
+
+#[test]
+fn rejoining_is_idempotent() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    join(&mut w, b, "g");
+    w.take_all();
+    let info = join(&mut w, b, "g");
+    assert_eq!(info["payload"]["count"], 2);
+    assert!(w.take(a).is_empty(), "no second user_joined");
+    assert_eq!(w.node.hub.rooms_of(b).len(), 1);
+    w.node.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn empty_rooms_are_removed_but_their_history_is_kept() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let info = join(&mut w, a, "g");
+    let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
+    say(&mut w, a, "g", "one", "1");
+    say(&mut w, a, "g", "two", "2");
+    w.send_json(a, json!({"type": "leave_room", "room": "g"}));
+    assert_eq!(w.node.hub.stats().rooms, 0);
+    w.take_all();
+    w.send_json(a, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch}}}));
+    let frames = w.take(a);
+    let contents: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| f["payload"]["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["one", "two"]);
+    assert_eq!(frames[2]["payload"]["recovered"], true);
+    assert_eq!(frames[2]["payload"]["offset"], 2);
+}
+
+#[test]
+fn send_direct_reaches_every_connection_of_the_user() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b1 = w.connect("bob");
+    let b2 = w.connect("bob");
+    w.send_json(
+        a,
+        json!({"type": "send_direct", "id": "d1", "payload": {"to": "bob", "content": "psst"}}),
+    );
+    let ack = w.take_one(a);
+    assert_eq!(ack["type"], "ack");
+    let mid = ack["payload"]["message_id"].clone();
+    for c in [b1, b2] {
+        let m = w.take_one(c);
+        assert_eq!(m["type"], "direct_message");
+        assert_eq!(m["id"], mid);
+        assert_eq!(m["payload"], json!({"content": "psst"}));
+        assert_eq!(m["sender"]["id"], "alice");
+    }
+}
+
+#[test]
+fn send_direct_to_nobody_is_recipient_offline() {
+    let mut w = world();
+    let a = w.connect("alice");
+    w.send_json(
+        a,
+        json!({"type": "send_direct", "id": "d", "payload": {"to": "ghost", "content": "x"}}),
+    );
+    assert_eq!(error_code(&w.take_one(a)), "RECIPIENT_OFFLINE");
+    // To yourself with no other connection: nobody to deliver to.
+    w.send_json(
+        a,
+        json!({"type": "send_direct", "payload": {"to": "alice", "content": "x"}}),
+    );
+    assert_eq!(error_code(&w.take_one(a)), "RECIPIENT_OFFLINE");
+}
+
+#[test]
+fn rooms_claim_forbids_other_rooms() {
+    let mut w = world();
+    let mut id = Identity::user("carol");
+    id.rooms = Some(RoomAccess::new(["lobby", "team-*"]));
+    let c = w.connect_as("carol", id);
+    assert_eq!(join(&mut w, c, "lobby")["payload"]["room_id"], "lobby");
+    assert_eq!(
+        join(&mut w, c, "team-red")["payload"]["room_id"],
+        "team-red"
+    );
+    w.send_json(c, json!({"type": "join_room", "room": "secret", "id": "s"}));
+    let e = w.take_one(c);
+    assert_eq!(error_code(&e), "FORBIDDEN");
+    assert_eq!(e["id"], "s");
+}
+
+#[test]
+fn rooms_per_connection_are_bounded() {
+    let mut w = TestWorld::new(Config {
+        max_rooms_per_connection: 2,
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    join(&mut w, a, "r1");
+    join(&mut w, a, "r2");
+    w.send_json(a, json!({"type": "join_room", "room": "r3"}));
+    assert_eq!(error_code(&w.take_one(a)), "TOO_MANY_ROOMS");
+    // Rejoining a room already joined is not a new room.
+    assert_eq!(join(&mut w, a, "r2")["payload"]["room_id"], "r2");
+}
+
+#[test]
+fn rate_limit_burst_then_refill() {
+    let mut w = world();
+    let a = w.connect("alice");
+    join(&mut w, a, "g");
+    w.take_all();
+    for i in 0..10 {
+        say(&mut w, a, "g", "x", &i.to_string());
+    }
+    assert_eq!(w.take_types(a), vec!["ack"; 10]);
+    say(&mut w, a, "g", "x", "over");
+    let e = w.take_one(a);
+    assert_eq!(error_code(&e), "RATE_LIMITED");
+    assert_eq!(e["id"], "over");
+    w.advance_ms(1000);
+    say(&mut w, a, "g", "x", "later");
+    assert_eq!(w.take_types(a), ["ack"]);
+    // Joins and presence queries do not draw on the message budget.
+    assert_eq!(join(&mut w, a, "h")["type"], "room_info");
+}
+
+#[test]
+fn rate_limit_zero_turns_it_off() {
+    let mut w = TestWorld::new(Config {
+        rate_limit_per_second: 0,
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    join(&mut w, a, "g");
+    w.take_all();
+    for i in 0..100 {
+        say(&mut w, a, "g", "x", &i.to_string());
+    }
+    assert_eq!(w.take_types(a), vec!["ack"; 100]);
+}
+
+#[test]
+fn binary_frames_get_unsupported_frame_and_the_connection_stays() {
+    let mut w = world();
+    let a = w.connect("alice");
+    w.input(Input::Binary { conn: a });
+    assert_eq!(error_code(&w.take_one(a)), "UNSUPPORTED_FRAME");
+    assert_eq!(join(&mut w, a, "g")["type"], "room_info");
+}
+
+#[test]
+fn bad_requests_never_cost_the_connection() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, b, "g");
+    for bad in [
+        "nope",
+        "[1]",
+        r#"{"type":"fly"}"#,
+        r#"{"type":"join_room"}"#,
+        r#"{"type":"join_room","room":"\u0001"}"#,
+    ] {
+        w.send(a, bad);
+    }
+    let codes: Vec<String> = w
+        .take(a)
+        .iter()
+        .map(|f| error_code(f).to_string())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "INVALID_FORMAT",
+            "INVALID_FORMAT",
+            "UNKNOWN_TYPE",
+            "MISSING_ROOM",
+            "INVALID_ROOM"
+        ]
+    );
+    join(&mut w, a, "g");
+    w.take_all();
+    say(&mut w, a, "g", "still here", "ok");
+    assert_eq!(w.take_one(b)["payload"]["content"], "still here");
+}
+
+#[test]
+fn oversize_frames_close_with_1009() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let big = format!(r#"{{"type":"typing","room":"{}"}}"#, "x".repeat(5000));
+    w.send(a, &big);
+    assert_eq!(w.closed[&a].0, close::MESSAGE_TOO_BIG);
+    assert!(!w.node.hub.is_connected(a));
+}
+
+#[test]
+fn pings_are_due_every_interval_and_traffic_keeps_a_connection_alive() {
+    let mut w = world();
+    let a = w.connect("alice");
+    assert_eq!(w.node.poll_timeout(), Some(START.plus_ms(54_000)));
+    w.advance_ms(54_000);
+    assert_eq!(w.pings.get(&a), Some(&1));
+    w.input(Input::Activity { conn: a });
+    w.advance_ms(54_000);
+    assert_eq!(w.pings.get(&a), Some(&2));
+    w.input(Input::Activity { conn: a });
+    w.advance_ms(59_000);
+    assert!(w.node.hub.is_connected(a));
+}
+
+#[test]
+fn silence_past_the_pong_wait_closes_and_leaves_rooms() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    join(&mut w, b, "g");
+    w.take_all();
+    for _ in 0..6 {
+        w.advance_ms(10_000);
+        w.input(Input::Activity { conn: b });
+    }
+    assert_eq!(
+        w.closed.get(&a).map(|c| c.0),
+        Some(close::HEARTBEAT_TIMEOUT)
+    );
+    assert!(w.node.hub.is_connected(b));
+    assert_eq!(w.take_types(b), ["user_left"]);
+}
+
+#[test]
+fn token_expiry_closes_with_1008() {
+    let mut w = world();
+    let mut id = Identity::user("alice");
+    id.expires_at = Some(START.plus_ms(5_000));
+    let a = w.connect_as("alice", id);
+    w.advance_ms(4_999);
+    assert!(w.node.hub.is_connected(a));
+    w.advance_ms(1);
+    assert_eq!(
+        w.closed[&a],
+        (close::POLICY_VIOLATION, "token expired".to_string())
+    );
+    let mut expired = Identity::user("late");
+    expired.expires_at = Some(w.now);
+    let l = w.connect_as("late", expired);
+    assert_eq!(w.closed[&l].0, close::POLICY_VIOLATION);
+}
+
+#[test]
+fn slow_consumer_is_closed_with_4000_and_leaves() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    join(&mut w, b, "g");
+    w.take_all();
+    w.input(Input::QueueOverflow { conn: b });
+    assert_eq!(w.closed[&b].0, close::SLOW_CONSUMER);
+    assert_eq!(w.take_types(a), ["user_left"]);
+    w.node.hub.check_invariants().unwrap();
+    // A late disconnect for a connection the hub already dropped is ignored.
+    w.input(Input::Disconnected { conn: b });
+    w.node.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn shutdown_closes_everyone_with_1001_and_refuses_newcomers() {
+    let mut w = world();
+    let conns: Vec<ConnId> = ["a", "b", "c"].iter().map(|u| w.connect(u)).collect();
+    join(&mut w, conns[0], "g");
+    join(&mut w, conns[1], "g");
+    w.take_all();
+    w.input(Input::Shutdown);
+    for c in &conns {
+        assert_eq!(w.closed[c].0, close::GOING_AWAY);
+    }
+    assert!(
+        w.take_all().is_empty(),
+        "no presence chatter while shutting down"
+    );
+    let late = w.connect("d");
+    assert_eq!(w.closed[&late].0, close::GOING_AWAY);
+    assert_eq!(w.node.hub.stats(), HubStats::default());
+}
+
+#[test]
+fn recovery_replays_exactly_what_was_missed() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    let info = join(&mut w, b, "g");
+    let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
+    say(&mut w, a, "g", "1", "1");
+    let seen = w.take(b).last().unwrap()["offset"].as_u64().unwrap();
+    w.input(Input::Disconnected { conn: b });
+    say(&mut w, a, "g", "2", "2");
+    say(&mut w, a, "g", "3", "3");
+    let b2 = w.connect("bob");
+    w.send_json(b2, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": seen, "epoch": epoch}}}));
+    let frames = w.take(b2);
+    let got: Vec<(u64, &str)> = frames[..2]
+        .iter()
+        .map(|f| {
+            (
+                f["offset"].as_u64().unwrap(),
+                f["payload"]["content"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(2, "2"), (3, "3")]);
+    assert_eq!(frames[2]["type"], "room_info");
+    assert_eq!(frames[2]["payload"]["recovered"], true);
+    assert_eq!(frames.len(), 3);
+}
+
+#[test]
+fn recovery_is_refused_honestly_for_another_epoch_or_trimmed_history() {
+    let mut w = TestWorld::new(Config {
+        history_max_messages: 3,
+        rate_limit_per_second: 0,
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    let info = join(&mut w, a, "g");
+    let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
+    for i in 0..5 {
+        say(&mut w, a, "g", "m", &i.to_string());
+    }
+    w.take_all();
+    let b = w.connect("bob");
+    let rejoin = |w: &mut TestWorld, offset: u64, epoch: &str| {
+        w.send_json(b, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": offset, "epoch": epoch}}}));
+        w.take(b)
+    };
+    let other = rejoin(&mut w, 1, "some-other-epoch");
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0]["payload"]["recovered"], false);
+    let trimmed = rejoin(&mut w, 1, &epoch);
+    assert_eq!(trimmed.len(), 1, "nothing partial is replayed");
+    assert_eq!(trimmed[0]["payload"]["recovered"], false);
+    let future = rejoin(&mut w, 99, &epoch);
+    assert_eq!(future[0]["payload"]["recovered"], false);
+    let kept = rejoin(&mut w, 2, &epoch);
+    assert_eq!(kept.len(), 4);
+    assert_eq!(kept[3]["payload"]["recovered"], true);
+}
+
+#[test]
+fn recovery_respects_the_age_limit() {
+    let mut w = TestWorld::new(Config {
+        history_max_age_ms: 60_000,
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    let epoch = join(&mut w, a, "g")["payload"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    say(&mut w, a, "g", "old", "1");
+    w.advance_ms(30_000);
+    w.input(Input::Activity { conn: a });
+    say(&mut w, a, "g", "new", "2");
+    w.advance_ms(40_000);
+    let b = w.connect("bob");
+    w.send_json(b, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch.clone()}}}));
+    assert_eq!(w.take(b)[0]["payload"]["recovered"], false);
+    w.send_json(b, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 1, "epoch": epoch}}}));
+    let frames = w.take(b);
+    assert_eq!(frames[0]["payload"]["content"], "new");
+    assert_eq!(frames[1]["payload"]["recovered"], true);
+}
+
+/// A hub whose sequencer is played by the test, to exercise the seam.
+struct Manual {
+    hub: Hub,
+    now: Timestamp,
+}
+
+impl Manual {
+    fn new() -> Self {
+        Manual {
+            hub: Hub::new(Config::default()),
+            now: START,
+        }
+    }
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.hub.handle(input, self.now);
+        std::iter::from_fn(|| self.hub.poll_output()).collect()
+    }
+    fn text(&mut self, conn: u64, s: &str) -> Vec<Output> {
+        self.input(text(conn, s))
+    }
+}
+
+fn sends_to(outs: &[Output], conn: u64) -> Vec<Value> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send { conn: c, frame, .. } if c.0 == conn => {
+                serde_json::from_slice(frame).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn msg(room: &str, epoch: &str, offset: u64) -> SequencedMessage {
+    SequencedMessage {
+        room: RoomName::parse(room, 64).unwrap(),
+        epoch: Epoch::new(epoch),
+        offset,
+        id: format!("{epoch}-{offset}").into(),
+        sender: UserRef {
+            id: "z".into(),
+            name: "z".into(),
+        },
+        content: format!("m{offset}").into(),
+        reply_to: None,
+        timestamp: START,
+        origin: None,
+    }
+}
+
+/// A snapshot retaining offsets `first..=head` (none when `first > head`).
+fn snapshot(room: &str, epoch: &str, head: u64, first: u64) -> RoomSnapshot {
+    RoomSnapshot {
+        room: RoomName::parse(room, 64).unwrap(),
+        epoch: Epoch::new(epoch),
+        head,
+        messages: (first..=head).map(|o| msg(room, epoch, o)).collect(),
+    }
+}
+
+#[test]
+fn the_hub_does_not_number_messages_itself() {
+    let mut m = Manual::new();
+    m.input(Input::Connected {
+        conn: ConnId(1),
+        identity: Identity::user("a"),
+    });
+    let outs = m.text(1, r#"{"type":"join_room","room":"g","id":"j"}"#);
+    assert_eq!(
+        outs,
+        [Output::OpenRoom {
+            room: RoomName::parse("g", 64).unwrap(),
+            after: None
+        }]
+    );
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 7, 5)));
+    let frames = sends_to(&outs, 1);
+    assert_eq!(frames[0]["payload"]["offset"], 7);
+    assert_eq!(frames[0]["payload"]["epoch"], "E");
+    let outs = m.text(
+        1,
+        r#"{"type":"send_message","room":"g","id":"s","payload":{"content":"hi"}}"#,
+    );
+    let [Output::Append(req)] = outs.as_slice() else {
+        panic!("{outs:?}")
+    };
+    assert_eq!(
+        req.origin.as_ref().unwrap().request_id.as_deref(),
+        Some("s")
+    );
+    // Nothing is acked until the sequencer says so.
+    let failed = m.input(Input::AppendFailed((**req).clone()));
+    let e = &sends_to(&failed, 1)[0];
+    assert_eq!(error_code(e), "UNAVAILABLE");
+    assert_eq!(e["id"], "s");
+}
+
+#[test]
+fn joins_wait_for_the_room_to_open_and_later_requests_keep_their_order() {
+    let mut m = Manual::new();
+    m.input(Input::Connected {
+        conn: ConnId(1),
+        identity: Identity::user("a"),
+    });
+    m.text(1, r#"{"type":"join_room","room":"g","id":"j"}"#);
+    // Sent before the room opened: must run after the join, not fail.
+    assert!(
+        m.text(1, r#"{"type":"online_users","room":"g","id":"o"}"#)
+            .is_empty()
+    );
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    let types: Vec<String> = sends_to(&outs, 1)
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["room_info", "ack", "online_users", "ack"]);
+}
+
+#[test]
+fn a_room_that_cannot_open_answers_unavailable() {
+    let mut m = Manual::new();
+    m.input(Input::Connected {
+        conn: ConnId(1),
+        identity: Identity::user("a"),
+    });
+    m.text(1, r#"{"type":"join_room","room":"g","id":"j"}"#);
+    let outs = m.input(Input::RoomOpenFailed {
+        room: RoomName::parse("g", 64).unwrap(),
+    });
+    let e = &sends_to(&outs, 1)[0];
+    assert_eq!(error_code(e), "UNAVAILABLE");
+    assert_eq!(e["id"], "j");
+    assert_eq!(m.hub.stats().rooms, 0);
+    m.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn gaps_are_held_back_and_filled_before_delivery() {
+    let mut m = Manual::new();
+    m.input(Input::Connected {
+        conn: ConnId(1),
+        identity: Identity::user("a"),
+    });
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    m.input(Input::RoomOpened(snapshot("g", "E", 2, 1)));
+    let outs = m.input(Input::Sequenced(msg("g", "E", 5)));
+    assert_eq!(
+        outs,
+        [Output::OpenRoom {
+            room: RoomName::parse("g", 64).unwrap(),
+            after: Some(Position {
+                epoch: Epoch::new("E"),
+                offset: 2
+            })
+        }],
+        "offset 5 is held until 3 and 4 arrive"
+    );
+    assert!(
+        m.input(Input::Sequenced(msg("g", "E", 6))).is_empty(),
+        "one resync at a time"
+    );
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 5, 1)));
+    let offsets: Vec<u64> = sends_to(&outs, 1)
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [3, 4, 5, 6]);
+    assert!(
+        m.input(Input::Sequenced(msg("g", "E", 6))).is_empty(),
+        "duplicates are dropped"
+    );
+}
+
+#[test]
+fn an_unfillable_gap_closes_members_so_they_recover_honestly() {
+    let mut m = Manual::new();
+    m.input(Input::Connected {
+        conn: ConnId(1),
+        identity: Identity::user("a"),
+    });
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    m.input(Input::RoomOpened(snapshot("g", "E", 2, 1)));
+    m.input(Input::Sequenced(msg("g", "E", 9)));
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 9, 6)));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Close {
+            code: close::RESYNC,
+            ..
+        }
+    )));
+    assert!(!m.hub.is_connected(ConnId(1)));
+    m.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn messages_from_other_nodes_reach_every_local_member() {
+    let mut m = Manual::new();
+    for c in 1..=2 {
+        m.input(Input::Connected {
+            conn: ConnId(c),
+            identity: Identity::user("a"),
+        });
+        m.text(c, r#"{"type":"join_room","room":"g"}"#);
+        m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    }
+    let mut remote = msg("g", "E", 1);
+    remote.origin = Some(Origin {
+        node: NodeId(9),
+        conn: ConnId(1),
+        request_id: Some("x".into()),
+    });
+    let outs = m.input(Input::Sequenced(remote.clone()));
+    assert_eq!(
+        sends_to(&outs, 1).len(),
+        1,
+        "conn 1 here is not the sender on node 9"
+    );
+    assert_eq!(sends_to(&outs, 2).len(), 1);
+    let receipt = remote.receipt().unwrap();
+    assert!(
+        m.input(Input::Appended(receipt)).is_empty(),
+        "node 9 acks its own sender"
+    );
+}
+
+#[test]
+fn same_inputs_give_the_same_bytes() {
+    let run = || {
+        let mut w = world();
+        let a = w.connect("alice");
+        let b = w.connect("bob");
+        join(&mut w, a, "g");
+        join(&mut w, b, "g");
+        say(&mut w, a, "g", "hi", "1");
+        w.send_json(
+            b,
+            json!({"type": "send_direct", "payload": {"to": "alice", "content": "yo"}}),
+        );
+        w.advance_ms(70_000);
+        w.transcript().to_string()
+    };
+    assert_eq!(run(), run());
+}
