@@ -178,6 +178,21 @@ fn describe(input: &Input, names: &BTreeMap<ConnId, String>) -> String {
         Input::QueueOverflow { conn } => format!("{}'s send queue overflows", name(conn)),
         Input::Disconnected { conn } => format!("{} disconnects", name(conn)),
         Input::Shutdown => "server shutdown begins".to_string(),
+        Input::AppendFailed(req) => {
+            let who = req
+                .origin
+                .as_ref()
+                .map_or("a backend".to_string(), |o| name(&o.conn));
+            format!("the sequencer refuses {who}'s message to {}", req.room)
+        }
+        Input::Sequenced(m) => format!(
+            "the sequencer delivers {}@{} to {}",
+            m.epoch.as_str(),
+            m.offset,
+            m.room
+        ),
+        Input::RoomOpened(s) => format!("room {} opens at {}@{}", s.room, s.epoch.as_str(), s.head),
+        Input::RoomOpenFailed { room } => format!("room {room} cannot be opened"),
         other => format!("{other:?}"),
     }
 }

@@ -1,0 +1,40 @@
+//! Helpers shared by roomhub's protocol transcript tests: short ways to say
+//! "this connection joins / says / rejoins" against a [`TestWorld`].
+
+use roomhub_core::ConnId;
+use roomhub_core::testkit::TestWorld;
+use serde_json::{Value, json};
+
+pub use roomhub_core::testkit;
+
+/// `join_room` the way the seed's wscat line does (`room` in the envelope).
+pub fn join(w: &mut TestWorld, conn: ConnId, room: &str) {
+    w.send_json(conn, json!({"type": "join_room", "room": room}));
+}
+
+/// `join_room` with `since`, from the last `room_info` or message seen.
+pub fn rejoin(w: &mut TestWorld, conn: ConnId, room: &str, offset: u64, epoch: &str) {
+    w.send_json(
+        conn,
+        json!({"type": "join_room", "payload": {"room_id": room, "since": {"offset": offset, "epoch": epoch}}}),
+    );
+}
+
+pub fn say(w: &mut TestWorld, conn: ConnId, room: &str, content: &str, id: Option<&str>) {
+    let mut frame = json!({"type": "send_message", "room": room, "payload": {"content": content}});
+    if let Some(id) = id {
+        frame["id"] = Value::from(id);
+    }
+    w.send_json(conn, frame);
+}
+
+/// The epoch a connection was told in its most recent `room_info`.
+pub fn epoch_seen(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .rev()
+        .find(|f| f["type"] == "room_info")
+        .and_then(|f| f["payload"]["epoch"].as_str())
+        .expect("a room_info with an epoch")
+        .to_string()
+}
