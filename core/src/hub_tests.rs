@@ -924,3 +924,38 @@ fn same_inputs_give_the_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_broadcast_is_serialized_once_and_shared_by_every_recipient() {
+    let mut node = crate::SingleNode::new(Config::default(), 3);
+    for c in 1..=50 {
+        node.handle(
+            Input::Connected {
+                conn: ConnId(c),
+                identity: Identity::user(&format!("u{c}")),
+            },
+            START,
+        );
+        node.handle(text(c, r#"{"type":"join_room","room":"g"}"#), START);
+    }
+    while node.poll_output().is_some() {}
+    node.handle(
+        text(
+            1,
+            r#"{"type":"send_message","room":"g","payload":{"content":"one copy"}}"#,
+        ),
+        START,
+    );
+    let frames: Vec<Bytes> = std::iter::from_fn(|| node.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { frame, .. } => Some(frame),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames.len(), 49);
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.as_ptr() == frames[0].as_ptr() && f.len() == frames[0].len())
+    );
+}
