@@ -46,6 +46,8 @@ pub struct Hub {
     direct_id_prefix: String,
     direct_seq: u64,
     shutting_down: bool,
+    /// Errors answered, indexed like [`ErrorCode::ALL`].
+    errors_sent: [u64; ErrorCode::ALL.len()],
 }
 
 struct Conn {
@@ -87,6 +89,7 @@ impl Hub {
             out: VecDeque::new(),
             direct_seq: 0,
             shutting_down: false,
+            errors_sent: [0; ErrorCode::ALL.len()],
         }
     }
 
@@ -150,6 +153,14 @@ impl Hub {
             users: self.user_conns.len(),
             rooms: self.rooms.len(),
         }
+    }
+
+    /// How many `error` frames of each code the hub has answered with.
+    pub fn errors_sent(&self) -> impl Iterator<Item = (ErrorCode, u64)> + '_ {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .zip(self.errors_sent.iter().copied())
     }
 
     pub fn is_connected(&self, conn: ConnId) -> bool {
@@ -941,6 +952,9 @@ impl Hub {
 
     fn send_error(&mut self, conn: ConnId, req_id: Option<&str>, code: ErrorCode, message: &str) {
         if self.conns.contains_key(&conn) {
+            if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+                self.errors_sent[i] += 1;
+            }
             let frame = wire::error(req_id, code, message, self.now);
             self.send(conn, frame, false);
         }

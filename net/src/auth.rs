@@ -1,0 +1,339 @@
+//! Authentication before the upgrade: where the token comes from, and what a
+//! valid token says about its holder.
+//!
+//! Tokens are JWTs: HS256 with a shared secret, or RS256/ES256 with a public
+//! key. The algorithm is fixed by the configured key, never by the token, so
+//! `alg: none` and HS/RS confusion are refused. `exp` and `nbf` are checked
+//! against the server's own clock (the one the core runs on), not the
+//! library's, so simulations and the core agree on when a token expires.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use roomhub_core::{Identity, RoomAccess, Timestamp, UserRef};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The subprotocol roomhub selects when a browser passes its token in
+/// `Sec-WebSocket-Protocol`: offer `["roomhub.v1", token]`.
+pub const SUBPROTOCOL: &str = "roomhub.v1";
+
+/// Limits on what a token may claim: identities are copied into every frame.
+const MAX_ID_BYTES: usize = 256;
+const MAX_NAME_BYTES: usize = 256;
+const MAX_ROOM_PATTERNS: usize = 1000;
+
+/// Where the token was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Query,
+    Header,
+    /// In `Sec-WebSocket-Protocol`; `offered_ours` tells whether the client
+    /// also offered [`SUBPROTOCOL`], which is then selected. Otherwise the
+    /// token entry itself is echoed, since a browser drops a connection whose
+    /// selected subprotocol it did not offer.
+    Subprotocol {
+        offered_ours: bool,
+        entry: String,
+    },
+}
+
+/// Finds the token: `?token=`, then `Authorization: Bearer`, then
+/// `Sec-WebSocket-Protocol`. Pure, for fuzzing.
+pub fn extract_token(headers: &HeaderMap, query: Option<&str>) -> Option<(String, TokenSource)> {
+    if let Some(q) = query
+        && let Some((_, token)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token")
+        && !token.is_empty()
+    {
+        return Some((token.into_owned(), TokenSource::Query));
+    }
+    for value in headers.get_all(AUTHORIZATION) {
+        let Ok(value) = value.to_str() else { continue };
+        let mut parts = value.trim().splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
+        {
+            return Some((token.trim().to_string(), TokenSource::Header));
+        }
+    }
+    let offered: Vec<&str> = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let offered_ours = offered.contains(&SUBPROTOCOL);
+    offered.iter().find(|p| **p != SUBPROTOCOL).map(|entry| {
+        let token = entry.strip_prefix("bearer.").unwrap_or(entry);
+        (
+            token.to_string(),
+            TokenSource::Subprotocol {
+                offered_ours,
+                entry: entry.to_string(),
+            },
+        )
+    })
+}
+
+/// The key tokens are verified with.
+#[derive(Clone)]
+pub enum VerifyKey {
+    /// HS256.
+    Secret(Vec<u8>),
+    /// RS256 or ES256, decided by the key's type.
+    PublicKeyPem(Vec<u8>),
+}
+
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub key: VerifyKey,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Refuse tokens without `exp` (the default).
+    pub require_exp: bool,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+/// Why a token was refused; `reason()` labels the metric and the log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Invalid(String),
+    Expired,
+    NotYetValid,
+    MissingExp,
+    BadClaims(&'static str),
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingExp => "missing_exp",
+            AuthError::BadClaims(_) => "bad_claims",
+        }
+    }
+
+    /// The message in the 401 body.
+    pub fn message(&self) -> String {
+        match self {
+            AuthError::Missing => {
+                "missing token: pass ?token=, Authorization: Bearer, or Sec-WebSocket-Protocol"
+                    .into()
+            }
+            AuthError::Invalid(why) => format!("invalid token: {why}"),
+            AuthError::Expired => "token expired".into(),
+            AuthError::NotYetValid => "token not yet valid (nbf)".into(),
+            AuthError::MissingExp => "token has no exp claim".into(),
+            AuthError::BadClaims(why) => format!("invalid token claims: {why}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    key: DecodingKey,
+    validation: Validation,
+    require_exp: bool,
+    leeway_secs: u64,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    user_id: Option<Value>,
+    #[serde(default)]
+    sub: Option<Value>,
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    rooms: Option<Value>,
+    #[serde(default)]
+    exp: Option<Value>,
+    #[serde(default)]
+    nbf: Option<Value>,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+        let (key, algorithm) = match &config.key {
+            VerifyKey::Secret(secret) => {
+                if secret.is_empty() {
+                    return Err("the JWT secret is empty".into());
+                }
+                (DecodingKey::from_secret(secret), Algorithm::HS256)
+            }
+            VerifyKey::PublicKeyPem(pem) => match DecodingKey::from_rsa_pem(pem) {
+                Ok(key) => (key, Algorithm::RS256),
+                Err(_) => match DecodingKey::from_ec_pem(pem) {
+                    Ok(key) => (key, Algorithm::ES256),
+                    Err(e) => return Err(format!("the public key is neither RSA nor EC PEM: {e}")),
+                },
+            },
+        };
+        let mut validation = Validation::new(algorithm);
+        // Time claims are checked against the server's clock in `verify`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.validate_aud = config.audience.is_some();
+        if let Some(aud) = &config.audience {
+            validation.set_audience(&[aud]);
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        Ok(Authenticator {
+            inner: Arc::new(Inner {
+                key,
+                validation,
+                require_exp: config.require_exp,
+                leeway_secs: config.leeway_secs,
+            }),
+        })
+    }
+
+    /// Verifies a token at `now_unix` (seconds) and returns who holds it.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+        let inner = &self.inner;
+        let data = decode::<Claims>(token, &inner.key, &inner.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        let exp = seconds(claims.exp.as_ref()).map_err(AuthError::BadClaims)?;
+        let nbf = seconds(claims.nbf.as_ref()).map_err(AuthError::BadClaims)?;
+        match exp {
+            Some(exp) if now_unix >= exp.saturating_add(inner.leeway_secs) => {
+                return Err(AuthError::Expired);
+            }
+            None if inner.require_exp => return Err(AuthError::MissingExp),
+            _ => {}
+        }
+        if let Some(nbf) = nbf
+            && now_unix.saturating_add(inner.leeway_secs) < nbf
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        let id = claims
+            .user_id
+            .as_ref()
+            .or(claims.sub.as_ref())
+            .and_then(id_string)
+            .ok_or(AuthError::BadClaims(
+                "user_id or sub must be a non-empty string or a number",
+            ))?;
+        if id.len() > MAX_ID_BYTES {
+            return Err(AuthError::BadClaims("user id is too long"));
+        }
+        let name = match claims.name {
+            None | Some(Value::Null) => id.clone(),
+            Some(Value::String(n)) if n.len() <= MAX_NAME_BYTES => n,
+            Some(_) => {
+                return Err(AuthError::BadClaims(
+                    "name must be a string of at most 256 bytes",
+                ));
+            }
+        };
+        let rooms = match claims.rooms {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(list)) if list.len() <= MAX_ROOM_PATTERNS => {
+                let patterns: Option<Vec<String>> = list
+                    .into_iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                let patterns =
+                    patterns.ok_or(AuthError::BadClaims("rooms must be a list of strings"))?;
+                Some(RoomAccess::new(patterns))
+            }
+            Some(_) => return Err(AuthError::BadClaims("rooms must be a list of strings")),
+        };
+        Ok(Identity {
+            user: UserRef {
+                id: id.into(),
+                name: name.into(),
+            },
+            rooms,
+            expires_at: exp.map(|s| Timestamp(s.saturating_mul(1000))),
+        })
+    }
+}
+
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A NumericDate claim: whole or fractional seconds.
+fn seconds(v: Option<&Value>) -> Result<Option<u64>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(Some)
+            .ok_or("exp and nbf must be non-negative numbers"),
+        Some(_) => Err("exp and nbf must be numbers"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn token_locations_in_order() {
+        let h = headers(&[
+            ("authorization", "Bearer hdr"),
+            ("sec-websocket-protocol", "roomhub.v1, sp"),
+        ]);
+        assert_eq!(extract_token(&h, Some("a=1&token=q%2B1")).unwrap().0, "q+1");
+        assert_eq!(
+            extract_token(&h, Some("a=1")).unwrap(),
+            ("hdr".into(), TokenSource::Header)
+        );
+        let sp = headers(&[("sec-websocket-protocol", "roomhub.v1, sp")]);
+        assert_eq!(
+            extract_token(&sp, None).unwrap(),
+            (
+                "sp".into(),
+                TokenSource::Subprotocol {
+                    offered_ours: true,
+                    entry: "sp".into()
+                }
+            )
+        );
+        let only = headers(&[("sec-websocket-protocol", "bearer.tok")]);
+        assert_eq!(extract_token(&only, None).unwrap().0, "tok");
+        assert!(
+            extract_token(&headers(&[("sec-websocket-protocol", "roomhub.v1")]), None).is_none()
+        );
+        assert!(
+            extract_token(&headers(&[("authorization", "Basic abc")]), Some("token=")).is_none()
+        );
+    }
+}

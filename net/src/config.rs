@@ -1,0 +1,374 @@
+//! Configuration: command-line flags, `ROOMHUB_*` environment variables and an
+//! optional TOML file, in that order of precedence, all described by
+//! `roomhub --help`. The file's keys are the long flag names
+//! (`max-connections = 500`, `allowed-origins = ["https://a.example"]`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use roomhub_core::{Config as CoreConfig, NodeId};
+
+use crate::auth::{AuthConfig, VerifyKey};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "roomhub",
+    version,
+    about = "A real-time rooms server: WebSocket + JWT, ordered lossless rooms, presence and recovery.",
+    after_help = "With no configuration, roomhub listens on 127.0.0.1:8080 with a development secret \
+                  (kept in ./.roomhub/dev-secret) and prints a wscat command to connect.\n\
+                  Settings come from flags, then ROOMHUB_* variables, then the --config TOML file \
+                  (keys are the long flag names)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print one HS256 token for the secret the server would use.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// The user id (`user_id` claim).
+    #[arg(long)]
+    pub user: String,
+    /// Display name (`name` claim); defaults to the user id.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Rooms the token may join: names or `prefix*` patterns, comma-separated. Default: any room.
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Vec<String>,
+    /// Lifetime, such as 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// HS256 secret; defaults to the server's development secret.
+    #[arg(long, env = "ROOMHUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// A TOML file with any of these settings, keyed by long flag name.
+    #[arg(long, env = "ROOMHUB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "ROOMHUB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// HS256 secret for client tokens. Without it (and without a public key) a
+    /// development secret is used, on loopback addresses only.
+    #[arg(long, env = "ROOMHUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key for client tokens.
+    #[arg(long, env = "ROOMHUB_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "ROOMHUB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "ROOMHUB_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Refuse tokens without `exp`.
+    #[arg(long, env = "ROOMHUB_JWT_REQUIRE_EXP", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set)]
+    pub jwt_require_exp: bool,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "ROOMHUB_JWT_LEEWAY_SECS", default_value_t = 0)]
+    pub jwt_leeway_secs: u64,
+    /// Origins allowed to open WebSockets, comma-separated. Empty: any origin (a warning is logged).
+    #[arg(long, env = "ROOMHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// WebSocket connections at most; more are refused with 503.
+    #[arg(long, env = "ROOMHUB_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Connections per user at most; more are refused with 429. 0: no limit.
+    #[arg(long, env = "ROOMHUB_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: usize,
+    /// Time from TCP accept to a complete upgrade request.
+    #[arg(long, env = "ROOMHUB_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Largest text frame; larger ones close the connection with 1009.
+    #[arg(long, env = "ROOMHUB_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+    /// Largest `content` of a message, in UTF-8 bytes.
+    #[arg(long, env = "ROOMHUB_MAX_CONTENT_BYTES", default_value_t = 2000)]
+    pub max_content_bytes: usize,
+    /// Rooms one connection may be in.
+    #[arg(long, env = "ROOMHUB_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+    /// Bytes queued for one connection before it is closed as a slow consumer (4000).
+    #[arg(long, env = "ROOMHUB_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub send_queue_bytes: usize,
+    /// Interval between pings.
+    #[arg(long, env = "ROOMHUB_PING_INTERVAL_MS", default_value_t = 54_000)]
+    pub ping_interval_ms: u64,
+    /// Silence (no pong or other traffic) that ends a connection.
+    #[arg(long, env = "ROOMHUB_PONG_WAIT_MS", default_value_t = 60_000)]
+    pub pong_wait_ms: u64,
+    /// Time one write may take before the connection is dropped.
+    #[arg(long, env = "ROOMHUB_WRITE_WAIT_MS", default_value_t = 10_000)]
+    pub write_wait_ms: u64,
+    /// Messages per second per connection (send_message, send_direct, typing). 0: no limit.
+    #[arg(long, env = "ROOMHUB_RATE_LIMIT_PER_SECOND", default_value_t = 1)]
+    pub rate_limit_per_second: u32,
+    /// Messages a connection may send at once before the rate applies.
+    #[arg(long, env = "ROOMHUB_RATE_LIMIT_BURST", default_value_t = 10)]
+    pub rate_limit_burst: u32,
+    /// Messages kept per room for recovery.
+    #[arg(long, env = "ROOMHUB_HISTORY_MAX_MESSAGES", default_value_t = 1000)]
+    pub history_max_messages: usize,
+    /// How long messages stay recoverable.
+    #[arg(long, env = "ROOMHUB_HISTORY_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub history_max_age_secs: u64,
+    /// On shutdown, time allowed for queues to drain after the 1001 close.
+    #[arg(long, env = "ROOMHUB_DRAIN_TIMEOUT_MS", default_value_t = 5_000)]
+    pub drain_timeout_ms: u64,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "ROOMHUB_LOG_JSON", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set)]
+    pub log_json: bool,
+    /// Log filter (tracing EnvFilter syntax), such as `info` or `roomhub_net=debug`.
+    #[arg(long, env = "ROOMHUB_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses the command line (and environment), then fills settings left at
+/// their defaults from the `--config` file, if any.
+/// Errors are clap's, so `--help` and `--version` print and exit as usual
+/// through [`clap::Error::exit`].
+pub fn parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let matches = Cli::command().try_get_matches_from(&args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let Some(path) = cli.server.config.clone() else {
+        return Ok(cli);
+    };
+    if cli.command.is_some() {
+        return Ok(cli);
+    }
+    let extra = file_args(&path, |id| {
+        matches!(
+            matches.value_source(id),
+            None | Some(ValueSource::DefaultValue)
+        )
+    })
+    .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e))?;
+    let mut all = args;
+    all.extend(extra.into_iter().map(Into::into));
+    Cli::try_parse_from(all)
+}
+
+/// Turns a TOML file into `--key value` arguments for the settings
+/// `unset(id)` says were not given on the command line or environment.
+fn file_args(path: &Path, unset: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let command = Cli::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_id() == id.as_str() && a.get_long().is_some() && id != "config");
+        if !known {
+            return Err(format!(
+                "config file {}: unknown setting `{key}`",
+                path.display()
+            ));
+        }
+        if !unset(&id) {
+            continue;
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Err(format!("`{key}`: expected strings, found {other}")),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            other => return Err(format!("`{key}`: unsupported value {other}")),
+        };
+        out.push(format!("--{}={text}", key.replace('_', "-")));
+    }
+    Ok(out)
+}
+
+/// Everything a server instance needs, resolved and validated.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub auth: AuthConfig,
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub handshake_timeout: Duration,
+    pub send_queue_bytes: usize,
+    pub write_wait: Duration,
+    pub drain_timeout: Duration,
+    /// The core's limits and periods.
+    pub core: CoreConfig,
+    /// Seeds room epochs; a fresh one each start keeps lineages apart.
+    pub sequencer_seed: u64,
+}
+
+impl ServerConfig {
+    /// Defaults (the seed's), with `secret` for HS256 tokens.
+    pub fn with_secret(secret: &str) -> Self {
+        let args = Cli::try_parse_from(["roomhub", "--jwt-secret", secret])
+            .expect("defaults always parse");
+        ServerConfig::from_args(&args.server, rand::random()).expect("defaults are valid")
+    }
+
+    /// Resolves parsed arguments. `seed` feeds the sequencer and hub RNGs.
+    pub fn from_args(args: &ServerArgs, seed: u64) -> Result<Self, String> {
+        let key = match (&args.jwt_secret, &args.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                return Err("give --jwt-secret or --jwt-public-key, not both".into());
+            }
+            (Some(secret), None) => VerifyKey::Secret(secret.clone().into_bytes()),
+            (None, Some(path)) => VerifyKey::PublicKeyPem(
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            ),
+            (None, None) => return Err("no JWT key configured".into()),
+        };
+        if args.max_message_bytes < 64 {
+            return Err("--max-message-bytes must be at least 64".into());
+        }
+        if args.pong_wait_ms <= args.ping_interval_ms {
+            return Err("--pong-wait-ms must be longer than --ping-interval-ms".into());
+        }
+        let core = CoreConfig {
+            node_id: NodeId(0),
+            seed,
+            max_message_bytes: args.max_message_bytes,
+            max_content_bytes: args.max_content_bytes,
+            max_rooms_per_connection: args.max_rooms_per_connection,
+            history_max_messages: args.history_max_messages,
+            history_max_age_ms: args.history_max_age_secs.saturating_mul(1000),
+            ping_interval_ms: args.ping_interval_ms,
+            pong_wait_ms: args.pong_wait_ms,
+            rate_limit_per_second: args.rate_limit_per_second,
+            rate_limit_burst: args.rate_limit_burst,
+            ..CoreConfig::default()
+        };
+        Ok(ServerConfig {
+            listen: args.listen,
+            auth: AuthConfig {
+                key,
+                issuer: args.jwt_issuer.clone(),
+                audience: args.jwt_audience.clone(),
+                require_exp: args.jwt_require_exp,
+                leeway_secs: args.jwt_leeway_secs,
+            },
+            allowed_origins: args
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            max_connections: args.max_connections,
+            max_connections_per_user: args.max_connections_per_user,
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            send_queue_bytes: args.send_queue_bytes,
+            write_wait: Duration::from_millis(args.write_wait_ms),
+            drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            core,
+            sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let cli = parse_cli(["roomhub"]).unwrap();
+        let s = &cli.server;
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!((s.max_message_bytes, s.max_content_bytes), (4096, 2000));
+        assert_eq!(
+            (s.ping_interval_ms, s.pong_wait_ms, s.write_wait_ms),
+            (54_000, 60_000, 10_000)
+        );
+        assert_eq!((s.rate_limit_burst, s.rate_limit_per_second), (10, 1));
+        assert_eq!(s.send_queue_bytes, 1 << 20);
+        assert!(s.jwt_require_exp);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_fills_the_rest() {
+        let dir = std::env::temp_dir().join(format!("roomhub-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roomhub.toml");
+        std::fs::write(
+            &path,
+            "max-connections = 77\nlisten = \"127.0.0.1:9\"\nallowed-origins = [\"https://a.example\", \"https://b.example\"]\nlog-json = true\n",
+        )
+        .unwrap();
+        let cli = parse_cli([
+            "roomhub",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7",
+        ])
+        .unwrap();
+        assert_eq!(cli.server.listen.to_string(), "127.0.0.1:7");
+        assert_eq!(cli.server.max_connections, 77);
+        assert_eq!(
+            cli.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(cli.server.log_json);
+        std::fs::write(&path, "max-conections = 1\n").unwrap();
+        let err = parse_cli(["roomhub", "--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown setting `max-conections`"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bool_flags_take_optional_values() {
+        let cli = parse_cli(["roomhub", "--log-json", "--jwt-require-exp=false"]).unwrap();
+        assert!(cli.server.log_json);
+        assert!(!cli.server.jwt_require_exp);
+    }
+
+    #[test]
+    fn token_subcommand_parses() {
+        let cli = parse_cli([
+            "roomhub", "token", "--user", "alice", "--rooms", "a,b*", "--ttl", "2h",
+        ])
+        .unwrap();
+        let Some(Command::Token(t)) = cli.command else {
+            panic!("token subcommand")
+        };
+        assert_eq!(t.user, "alice");
+        assert_eq!(t.rooms, ["a", "b*"]);
+        assert_eq!(t.ttl, Duration::from_secs(7200));
+    }
+}

@@ -1,0 +1,234 @@
+//! The one task that owns the core. Connection tasks send it facts; it hands
+//! the core's frames to each connection's bounded outbox. It decides nothing:
+//! every rule is the core's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use roomhub_core::{ConnId, Identity, Input, Output, SingleNode, close};
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+
+/// What connection tasks tell the hub.
+pub(crate) enum HubEvent {
+    Open {
+        conn: ConnId,
+        identity: Identity,
+        outbox: Outbox,
+    },
+    Input(Input),
+}
+
+/// What the hub asks a connection's writer to do.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Frame(Bytes),
+    Ping,
+    Close(u16, &'static str),
+}
+
+/// The sending side of a connection's queue, bounded in bytes. The hub never
+/// waits on it: a full queue is reported to the core as a slow consumer.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued_bytes: Arc<AtomicUsize>,
+    /// Set when the connection overflowed: what is queued is dropped and the
+    /// close goes out at once.
+    abandoned: Arc<AtomicBool>,
+}
+
+/// The writer's side of an [`Outbox`].
+pub(crate) struct Inbox {
+    pub(crate) rx: mpsc::UnboundedReceiver<Outbound>,
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
+    pub(crate) abandoned: Arc<AtomicBool>,
+}
+
+pub(crate) fn outbox() -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let abandoned = Arc::new(AtomicBool::new(false));
+    (
+        Outbox {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            abandoned: abandoned.clone(),
+        },
+        Inbox {
+            rx,
+            queued_bytes,
+            abandoned,
+        },
+    )
+}
+
+enum Pushed {
+    Queued,
+    /// An ephemeral frame dropped for a queue under pressure.
+    Dropped,
+    Overflow,
+}
+
+impl Outbox {
+    fn push_frame(&self, frame: Bytes, ephemeral: bool, limit: usize) -> Pushed {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Pushed::Dropped;
+        }
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        // Typing indicators give way at half the bound, so they never cause
+        // a slow-consumer close on their own.
+        let bound = if ephemeral { limit / 2 } else { limit };
+        if queued + frame.len() > bound {
+            return if ephemeral {
+                Pushed::Dropped
+            } else {
+                Pushed::Overflow
+            };
+        }
+        self.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
+        // A send error means the writer is gone; the connection task will
+        // report the disconnect.
+        let _ = self.tx.send(Outbound::Frame(frame));
+        Pushed::Queued
+    }
+
+    fn push_control(&self, out: Outbound) {
+        let _ = self.tx.send(out);
+    }
+
+    /// Asks the writer to send a close frame after what is queued.
+    pub(crate) fn close_now(&self, code: u16, reason: &'static str) {
+        self.push_control(Outbound::Close(code, reason));
+    }
+}
+
+pub(crate) struct HubTask {
+    pub(crate) node: SingleNode,
+    pub(crate) events: mpsc::Receiver<HubEvent>,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: Metrics,
+    pub(crate) send_queue_bytes: usize,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Events taken per wake-up before outputs are dispatched, so one burst of
+/// traffic costs one dispatch pass.
+const EVENT_BATCH: usize = 256;
+
+impl HubTask {
+    pub(crate) async fn run(mut self) {
+        let mut outboxes: FxHashMap<ConnId, Outbox> = FxHashMap::default();
+        let mut shut_down = false;
+        loop {
+            let deadline = self.node.poll_timeout().map(|t| self.clock.instant_at(t));
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled(), if !shut_down => {
+                    shut_down = true;
+                    self.node.handle(Input::Shutdown, self.clock.now());
+                }
+                event = self.events.recv() => {
+                    let Some(event) = event else { break };
+                    self.apply(event, &mut outboxes);
+                    for _ in 1..EVENT_BATCH {
+                        match self.events.try_recv() {
+                            Ok(event) => self.apply(event, &mut outboxes),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    self.node.handle(Input::Tick, self.clock.now());
+                }
+            }
+            self.dispatch(&mut outboxes);
+            let hub = &self.node.hub;
+            self.metrics.hub_state(hub.stats().rooms, hub.errors_sent());
+        }
+    }
+
+    fn apply(&mut self, event: HubEvent, outboxes: &mut FxHashMap<ConnId, Outbox>) {
+        let now = self.clock.now();
+        match event {
+            HubEvent::Open {
+                conn,
+                identity,
+                outbox,
+            } => {
+                outboxes.insert(conn, outbox);
+                self.node.handle(Input::Connected { conn, identity }, now);
+            }
+            HubEvent::Input(input) => {
+                if let Input::Disconnected { conn } = &input {
+                    outboxes.remove(conn);
+                }
+                self.node.handle(input, now);
+            }
+        }
+    }
+
+    /// Hands every output to its connection. Overflows found on the way are
+    /// fed back to the core, whose answers are dispatched in turn.
+    fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>) {
+        loop {
+            let mut overflowed = Vec::new();
+            while let Some(out) = self.node.poll_output() {
+                match out {
+                    Output::Send {
+                        conn,
+                        frame,
+                        ephemeral,
+                    } => {
+                        let Some(outbox) = outboxes.get(&conn) else {
+                            continue;
+                        };
+                        match outbox.push_frame(frame, ephemeral, self.send_queue_bytes) {
+                            Pushed::Queued => {}
+                            Pushed::Dropped => self.metrics.ephemeral_dropped(),
+                            Pushed::Overflow => {
+                                outbox.abandoned.store(true, Ordering::Relaxed);
+                                overflowed.push(conn);
+                            }
+                        }
+                    }
+                    Output::Ping { conn } => {
+                        if let Some(outbox) = outboxes.get(&conn) {
+                            outbox.push_control(Outbound::Ping);
+                        }
+                    }
+                    Output::Close { conn, code, reason } => {
+                        if let Some(outbox) = outboxes.remove(&conn) {
+                            if code == close::SLOW_CONSUMER {
+                                outbox.abandoned.store(true, Ordering::Relaxed);
+                                self.metrics.slow_consumer();
+                            }
+                            outbox.push_control(Outbound::Close(code, reason));
+                        }
+                    }
+                    // SingleNode answers the sequencer's outputs itself.
+                    Output::Append(_) | Output::OpenRoom { .. } | Output::CloseRoom { .. } => {}
+                }
+            }
+            if overflowed.is_empty() {
+                return;
+            }
+            let now = self.clock.now();
+            for conn in overflowed {
+                self.node.handle(Input::QueueOverflow { conn }, now);
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,374 @@
+//! HTTP serving: the routes, admission before the upgrade (auth, origin,
+//! limits), and an accept loop generic over axum's [`Listener`], so the same
+//! server runs on tokio TCP and on turmoil's simulated TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Extension, State, WebSocketUpgrade};
+use axum::http::header::ORIGIN;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use roomhub_core::{ConnId, Identity, SingleNode};
+use rustc_hash::FxHashMap;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{info, warn};
+
+use crate::auth::{AuthError, Authenticator, SUBPROTOCOL, TokenSource, extract_token};
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::hub_task::{HubEvent, HubTask};
+use crate::metrics::Metrics;
+
+/// Events queued for the hub before connection readers wait (backpressure
+/// on the sockets, not unbounded memory).
+const HUB_QUEUE: usize = 65_536;
+/// tungstenite's read buffer is allocated per connection up front; 128 KiB
+/// by default. Frames are at most a few KiB, so a small buffer suffices.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Writes are buffered up to this much before going to the socket; a flush
+/// sends the rest. Several queued frames leave in one write.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The remote address of an HTTP connection, put into each request.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Shared by every handler and connection task of one server.
+pub struct AppState {
+    pub(crate) config: ServerConfig,
+    auth: Authenticator,
+    pub(crate) clock: Clock,
+    pub(crate) hub: mpsc::Sender<HubEvent>,
+    next_conn: AtomicU64,
+    online: AtomicUsize,
+    per_user: std::sync::Mutex<FxHashMap<Arc<str>, usize>>,
+    shutting_down: AtomicBool,
+    pub(crate) metrics: Metrics,
+    connections: TaskTracker,
+}
+
+/// A running server: its address, and a handle to stop it.
+pub struct Server {
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    local_addr: SocketAddr,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts serving on `listener`; returns once accepting.
+    pub fn start<L>(listener: L, config: ServerConfig, clock: Clock) -> std::io::Result<Server>
+    where
+        L: Listener<Addr = SocketAddr>,
+    {
+        let local_addr = listener.local_addr()?;
+        let auth = Authenticator::new(&config.auth).map_err(std::io::Error::other)?;
+        if config.allowed_origins.is_empty() {
+            warn!("no --allowed-origins: WebSocket upgrades from any origin are accepted");
+        }
+        let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let hub = HubTask {
+            node: SingleNode::new(config.core.clone(), config.sequencer_seed),
+            events: hub_rx,
+            clock,
+            metrics: metrics.clone(),
+            send_queue_bytes: config.send_queue_bytes,
+            shutdown: shutdown.clone(),
+        };
+        let state = Arc::new(AppState {
+            config,
+            auth,
+            clock,
+            hub: hub_tx,
+            next_conn: AtomicU64::new(1),
+            online: AtomicUsize::new(0),
+            per_user: Default::default(),
+            shutting_down: AtomicBool::new(false),
+            metrics,
+            connections: TaskTracker::new(),
+        });
+        let hub_task = tokio::spawn(hub.run());
+        let done = tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+            hub_task,
+        ));
+        Ok(Server {
+            state,
+            shutdown,
+            local_addr,
+            done,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Live WebSocket connections.
+    pub fn online(&self) -> usize {
+        self.state.online.load(Ordering::Relaxed)
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 1001,
+    /// let queues drain for at most the drain timeout.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// A token that, when cancelled, shuts the server down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Resolves when the server has shut down.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+async fn accept_loop<L>(
+    mut listener: L,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    hub_task: tokio::task::JoinHandle<()>,
+) where
+    L: Listener<Addr = SocketAddr>,
+{
+    let app = router(state.clone());
+    loop {
+        let (io, addr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let service = app.clone();
+        let handshake_timeout = state.config.handshake_timeout;
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(addr));
+                service.clone().oneshot(req)
+            });
+            // The header read timeout is the handshake timeout: a client that
+            // connects and never completes its upgrade request is dropped.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            let _ = conn.await;
+        });
+    }
+    info!("shutting down: closing every connection with 1001");
+    state.shutting_down.store(true, Ordering::Relaxed);
+    state.connections.close();
+    // The hub saw the same cancellation and closed every connection.
+    let drained = tokio::time::timeout(state.config.drain_timeout, state.connections.wait()).await;
+    if drained.is_err() {
+        warn!(
+            remaining = state.online.load(Ordering::Relaxed),
+            "drain timeout reached with connections still open"
+        );
+    }
+    hub_task.abort();
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/ws/online", get(online))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn online(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({ "online": state.online.load(Ordering::Relaxed) })).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        axum::Json(json!({ "status": "ok" })).into_response()
+    }
+}
+
+/// A reserved connection slot, released when dropped: whether the upgrade
+/// fails, the connection ends, or the task is cancelled.
+struct Slot {
+    state: Arc<AppState>,
+    user: Arc<str>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state.online.fetch_sub(1, Ordering::Relaxed);
+        let mut per_user = self
+            .state
+            .per_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Reserves a slot for `user`, or says why not.
+    fn reserve(self: &Arc<Self>, user: &Arc<str>) -> Result<Slot, (StatusCode, &'static str)> {
+        let max = self.config.max_connections;
+        if self.online.fetch_add(1, Ordering::Relaxed) >= max {
+            self.online.fetch_sub(1, Ordering::Relaxed);
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "server full"));
+        }
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_user.entry(user.clone()).or_insert(0);
+        let per_user_max = self.config.max_connections_per_user;
+        if per_user_max > 0 && *count >= per_user_max {
+            drop(per_user);
+            self.online.fetch_sub(1, Ordering::Relaxed);
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections for this user",
+            ));
+        }
+        *count += 1;
+        Ok(Slot {
+            state: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.config.allowed_origins.is_empty() {
+            return true;
+        }
+        // Browsers always send Origin on a WebSocket upgrade; a client
+        // without one is not a browser, and origin checks protect browsers.
+        match headers.get(ORIGIN).map(|o| o.to_str()) {
+            None => true,
+            Some(Ok(origin)) => {
+                let origin = origin.trim_end_matches('/');
+                self.config.allowed_origins.iter().any(|o| o == origin)
+            }
+            Some(Err(_)) => false,
+        }
+    }
+
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<(Identity, TokenSource), AuthError> {
+        let (token, source) = extract_token(headers, uri.query()).ok_or(AuthError::Missing)?;
+        let identity = self.auth.verify(&token, self.clock.unix_seconds())?;
+        Ok((identity, source))
+    }
+}
+
+async fn ws_handler(
+    State(state): State<Arc<AppState>>,
+    Extension(PeerAddr(addr)): Extension<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match upgrade {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("not a WebSocket upgrade request: {rejection}"),
+            );
+        }
+    };
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    if !state.origin_allowed(&headers) {
+        warn!(%addr, origin = ?headers.get(ORIGIN), "origin refused");
+        return json_error(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let (identity, source) = match state.authenticate(&headers, &uri) {
+        Ok(found) => found,
+        Err(e) => {
+            state.metrics.auth_failure(e.reason());
+            warn!(%addr, reason = e.reason(), "authentication failed");
+            return json_error(StatusCode::UNAUTHORIZED, e.message());
+        }
+    };
+    let slot = match state.reserve(&identity.user.id) {
+        Ok(slot) => slot,
+        Err((status, why)) => {
+            warn!(%addr, user = %identity.user.id, why, "connection refused");
+            return json_error(status, why);
+        }
+    };
+    let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    let max_message = state.config.core.max_message_bytes;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(
+            state
+                .config
+                .send_queue_bytes
+                .saturating_mul(2)
+                .max(WRITE_BUFFER_BYTES * 2),
+        )
+        .max_message_size(max_message)
+        .max_frame_size(max_message);
+    // Select a subprotocol the client offered, or browsers drop the socket.
+    let ws = match source {
+        TokenSource::Subprotocol {
+            offered_ours: false,
+            entry,
+        } => ws.protocols([entry]),
+        _ => ws.protocols([SUBPROTOCOL]),
+    };
+    info!(%conn, %addr, user = %identity.user.id, "connected");
+    let tracker = state.connections.clone();
+    let task_state = state.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            crate::conn::run(socket, conn, identity, task_state).await;
+            drop(slot);
+        })
+    })
+}
