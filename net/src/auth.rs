@@ -192,6 +192,7 @@ impl Authenticator {
         validation.validate_aud = config.audience.is_some();
         if let Some(aud) = &config.audience {
             validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
         }
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);

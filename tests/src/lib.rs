@@ -1,5 +1,8 @@
-//! Helpers shared by roomhub's protocol transcript tests: short ways to say
-//! "this connection joins / says / rejoins" against a [`TestWorld`].
+//! Helpers for roomhub's tests: short ways to drive a [`TestWorld`] in the
+//! transcript tests, and ([`server`]) a real server on loopback with a real
+//! WebSocket client for the end-to-end tests.
+
+pub mod server;
 
 use roomhub_core::ConnId;
 use roomhub_core::testkit::TestWorld;

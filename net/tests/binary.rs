@@ -1,0 +1,236 @@
+//! The `roomhub` binary as a user runs it: development mode with its printed
+//! wscat line, `roomhub token`, `--help`, and SIGTERM ending in close 1001
+//! for every client and exit status 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_roomhub");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch working directory per test, so dev secrets do not mix.
+fn workdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("roomhub-bin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Running {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ROOMHUB_JWT_SECRET")
+        .env("ROOMHUB_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn roomhub");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    Running { child, stdout }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "roomhub did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn development_mode_prints_a_working_wscat_line_and_token_minting_matches() {
+    let dir = workdir("dev");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = start(&dir, &["--listen", &listen]);
+    let mut wscat = None;
+    for line in (&mut server.stdout).lines().take(20) {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("wscat -c '") {
+            wscat = Some(rest.trim_end_matches('\'').to_string());
+            break;
+        }
+    }
+    let url = wscat.expect("a wscat line on stdout");
+    assert!(url.starts_with(&format!("ws://{listen}/ws?token=")));
+    let minted = Command::new(BIN)
+        .args(["token", "--user", "bob", "--name", "Bob", "--ttl", "10m"])
+        .current_dir(&dir)
+        .env_remove("ROOMHUB_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(minted.status.success());
+    let bob_token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    wait_for_port(port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut alice, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("printed token works");
+        let bob_url = format!("ws://{listen}/ws?token={bob_token}");
+        let (mut bob, _) = tokio_tungstenite::connect_async(bob_url.as_str())
+            .await
+            .expect("minted token works");
+        for ws in [&mut bob, &mut alice] {
+            ws.send(Message::text(r#"{"type":"join_room","room":"general"}"#))
+                .await
+                .unwrap();
+            next_of_type(ws, "room_info").await;
+        }
+        alice
+            .send(Message::text(
+                r#"{"type":"send_message","room":"general","payload":{"content":"Hello!"}}"#,
+            ))
+            .await
+            .unwrap();
+        let v = next_of_type(&mut bob, "new_message").await;
+        assert_eq!(v["sender"]["name"], "Alice");
+        assert_eq!(v["payload"]["content"], "Hello!");
+    });
+    std::fs::remove_dir_all(dir).ok();
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_of_type(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = msg {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_closes_every_client_with_1001_and_exits_0() {
+    let dir = workdir("sigterm");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = start(&dir, &["--listen", &listen, "--jwt-secret", "s3cret"]);
+    wait_for_port(port);
+    let token = |user: &str| {
+        let out = Command::new(BIN)
+            .args(["token", "--user", user, "--jwt-secret", "s3cret"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for user in ["a", "b", "c"] {
+            let url = format!("ws://{listen}/ws?token={}", token(user));
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            ws.send(Message::text(r#"{"type":"join_room","room":"g"}"#))
+                .await
+                .unwrap();
+            clients.push(ws);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for ws in &mut clients {
+            let code = loop {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap()
+                {
+                    Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+                    Some(Ok(_)) => {}
+                    other => panic!("no close frame: {other:?}"),
+                }
+            };
+            assert_eq!(code, 1001);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "roomhub did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn help_documents_the_fixed_flags_and_their_variables() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "ROOMHUB_LISTEN",
+        "--jwt-secret",
+        "ROOMHUB_JWT_SECRET",
+        "--jwt-public-key",
+        "ROOMHUB_JWT_PUBLIC_KEY",
+        "--allowed-origins",
+        "ROOMHUB_ALLOWED_ORIGINS",
+        "--max-connections",
+        "ROOMHUB_MAX_CONNECTIONS",
+        "--rate-limit-per-second",
+        "ROOMHUB_RATE_LIMIT_PER_SECOND",
+        "--rate-limit-burst",
+        "ROOMHUB_RATE_LIMIT_BURST",
+        "--config",
+        "127.0.0.1:8080",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+}
+
+#[test]
+fn refuses_a_public_address_without_a_configured_secret() {
+    let dir = workdir("public");
+    let out = Command::new(BIN)
+        .args(["--listen", "0.0.0.0:0"])
+        .current_dir(&dir)
+        .env_remove("ROOMHUB_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,237 @@
+//! A real roomhub server on a loopback port, and a real WebSocket client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomhub_net::dev::{TokenSpec, mint_token};
+use roomhub_net::{Clock, Server, ServerConfig};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-for-loopback-tests";
+/// How long a test waits for a frame before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    server: Option<Server>,
+}
+
+impl TestServer {
+    /// A server with the default settings and [`SECRET`].
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A server with settings adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let mut config = ServerConfig::with_secret(SECRET);
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = Server::start(listener, config, Clock::system()).expect("start");
+        TestServer {
+            addr: server.local_addr(),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// A token for `user`, valid for an hour.
+    pub fn token(&self, user: &str) -> String {
+        token_for(user, Duration::from_secs(3600))
+    }
+
+    /// Connects `user` with a token in the query string.
+    pub async fn client(&self, user: &str) -> Client {
+        let url = format!("{}?token={}", self.url(), self.token(user));
+        Client::connect(url).await.expect("connect")
+    }
+
+    /// Connects and joins `room`, consuming the `room_info`.
+    pub async fn member(&self, user: &str, room: &str) -> Client {
+        let mut c = self.client(user).await;
+        c.join(room).await;
+        c
+    }
+
+    /// A plain HTTP GET; returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    pub fn online(&self) -> usize {
+        self.server.as_ref().map_or(0, Server::online)
+    }
+}
+
+pub fn token_for(user: &str, ttl: Duration) -> String {
+    let spec = TokenSpec {
+        user: user.to_string(),
+        ..TokenSpec::default()
+    };
+    mint_token(SECRET, &spec, ttl, Clock::system().unix_seconds())
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Why a connection attempt was refused before the upgrade.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: Value,
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The subprotocol the server selected, if any.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(request: impl IntoClientRequest + Unpin) -> Result<Client, Refused> {
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, response)) => Ok(Client {
+                ws,
+                protocol: response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            }),
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err(Refused {
+                    status: response.status().as_u16(),
+                    body,
+                })
+            }
+            Err(e) => panic!("connection failed without an HTTP answer: {e}"),
+        }
+    }
+
+    /// Connects with extra request headers.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, Refused> {
+        let mut request = url.into_client_request().expect("request");
+        for (k, v) in headers {
+            request
+                .headers_mut()
+                .append(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        Client::connect(request).await
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send(&v.to_string()).await;
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send_json(serde_json::json!({"type": "join_room", "room": room}))
+            .await;
+        self.recv_type("room_info").await
+    }
+
+    /// The next JSON frame; pings and pongs are skipped. Panics on close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("a valid frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Skips frames until one of `kind` arrives.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("close in time");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Asserts nothing but pings arrives for `ms`.
+    pub async fn silent_for(&mut self, ms: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
