@@ -68,13 +68,15 @@ async fn presence_with_two_connections_of_one_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_on_one_connection_then_a_message_is_delivered() {
+    // Every error code a single node can produce (UNAVAILABLE needs a store
+    // or broker that refuses; it is covered where one exists).
     let s = TestServer::start_with(|c| c.core.max_rooms_per_connection = 1).await;
     let mut peer = s.member("peer", "g").await;
     let mut restricted_token_user = {
         use roomhub_net::dev::{TokenSpec, mint_token};
         let spec = TokenSpec {
             user: "carol".into(),
-            rooms: vec!["g".into()],
+            rooms: vec!["g".into(), "h".into()],
             ..TokenSpec::default()
         };
         let token = mint_token(
@@ -129,8 +131,30 @@ async fn every_error_on_one_connection_then_a_message_is_delivered() {
     assert_eq!(peer.recv().await["type"], "user_joined");
     c.send(r#"{"type":"join_room","id":"8","room":"g2"}"#).await;
     assert_eq!(c.recv().await["payload"]["code"], "FORBIDDEN");
+    c.send(r#"{"type":"join_room","id":"8b","room":"h"}"#).await;
+    assert_eq!(c.recv().await["payload"]["code"], "TOO_MANY_ROOMS");
     c.send_json(json!({"type": "send_message", "id": "9", "room": "g", "payload": {"content": long_content}})).await;
     assert_eq!(c.recv().await["payload"]["code"], "CONTENT_TOO_LONG");
+    // Refused requests above drew on the bucket too (the rate check comes
+    // first), so count: some typing indicators pass, then RATE_LIMITED.
+    for i in 0..11 {
+        c.send_json(json!({"type": "typing", "room": "g", "id": format!("t{i}")}))
+            .await;
+    }
+    let mut acked = 0;
+    for _ in 0..11 {
+        let answer = c.recv().await;
+        if answer["type"] == "ack" {
+            acked += 1;
+        } else {
+            assert_eq!(answer["payload"]["code"], "RATE_LIMITED");
+        }
+    }
+    assert!((1..11).contains(&acked), "{acked} typing indicators acked");
+    for _ in 0..acked {
+        assert_eq!(peer.recv().await["type"], "user_typing");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     c.send_json(json!({"type": "send_message", "id": "ok", "room": "g", "payload": {"content": "still here"}})).await;
     assert_eq!(c.recv().await["type"], "ack");
     assert_eq!(peer.recv().await["payload"]["content"], "still here");
