@@ -36,6 +36,9 @@ pub struct Config {
     pub max_deferred_requests: usize,
     /// Out-of-order sequenced messages held per room while a gap is filled.
     pub max_gap_buffer: usize,
+    /// A deliberate defect, for proving the simulator finds bugs.
+    #[cfg(feature = "planted-bugs")]
+    pub plant: Option<crate::plant::PlantedBug>,
 }
 
 impl Default for Config {
@@ -57,6 +60,8 @@ impl Default for Config {
             rate_limit_burst: 10,
             max_deferred_requests: 64,
             max_gap_buffer: 4096,
+            #[cfg(feature = "planted-bugs")]
+            plant: None,
         }
     }
 }

@@ -63,12 +63,10 @@ pub enum Input {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Queue `frame` (a complete JSON text) on `conn`'s send queue.
-    /// `ephemeral` frames (typing indicators) may be dropped instead of
-    /// overflowing a queue that is under pressure.
     Send {
         conn: ConnId,
         frame: Bytes,
-        ephemeral: bool,
+        kind: FrameKind,
     },
     /// Send a WebSocket ping.
     Ping { conn: ConnId },
@@ -91,6 +89,22 @@ pub enum Output {
     },
     /// No local members are left: stop delivering `room`'s messages here.
     CloseRoom { room: RoomName },
+}
+
+/// How the shell may treat a frame when a connection's queue is under
+/// pressure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Counts against the slow-consumer bound; never dropped.
+    Live,
+    /// A typing indicator: may be dropped for a queue under pressure, since
+    /// it carries nothing to recover.
+    Ephemeral,
+    /// History the connection asked for with `since`. Never dropped and not
+    /// counted against the slow-consumer bound: a client that missed more
+    /// than its queue holds must still be able to recover. Its size is
+    /// bounded by the history limits instead.
+    Replay,
 }
 
 /// Close codes the hub uses (RFC 6455 and the protocol's own).

@@ -20,11 +20,12 @@ use rustc_hash::FxHashMap;
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::event::{
-    AppendReceipt, AppendRequest, Input, Origin, Output, Position, RoomSnapshot, SequencedMessage,
-    close,
+    AppendReceipt, AppendRequest, FrameKind, Input, Origin, Output, Position, RoomSnapshot,
+    SequencedMessage, close,
 };
 use crate::ids::{ConnId, Identity, RoomName, UserRef};
 use crate::limiter::{ConnLimiter, RateLimits};
+use crate::plant::PlantedBug;
 use crate::request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
 use crate::room::{Logged, Presence, Recovery, Room, RoomLog, RoomState, WaitingJoin};
 use crate::time::Timestamp;
@@ -261,6 +262,20 @@ impl Hub {
         Ok(())
     }
 
+    /// Whether a deliberate defect is switched on (never, without the
+    /// `planted-bugs` feature).
+    #[allow(unused_variables)]
+    fn planted(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.plant == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
     // ---- time ----
 
     fn advance(&mut self, now: Timestamp) {
@@ -398,8 +413,10 @@ impl Hub {
                 self.user_conns.remove(&conn.identity.user.id);
             }
         }
-        for room in &conn.rooms {
-            self.remove_member(id, &conn.identity.user, room);
+        if !self.planted(PlantedBug::KeepPresenceOnDisconnect) {
+            for room in &conn.rooms {
+                self.remove_member(id, &conn.identity.user, room);
+            }
         }
         if let Some(room) = &conn.waiting_for {
             if let Some(RoomState::Opening { waiting, .. }) =
@@ -505,15 +522,17 @@ impl Hub {
                 };
                 self.out.push_back(Output::Append(Box::new(request)));
             }
-            RequestKind::Typing { room, typing } if is_member(&room) => {
+            RequestKind::Typing { room, typing }
+                if is_member(&room) || self.planted(PlantedBug::TypingWithoutMembership) =>
+            {
                 let frame = wire::user_typing(&room, &conn.identity.user, typing, self.now);
-                self.broadcast(&room, Some(id), &frame, true);
+                self.broadcast(&room, Some(id), &frame, FrameKind::Ephemeral);
                 self.ack(id, req_id.as_deref(), Some(&room), None);
             }
             RequestKind::OnlineUsers { room } if is_member(&room) => {
                 if let Some(r) = self.rooms.get(&room) {
                     let frame = wire::online_users(&room, &r.user_list(), self.now);
-                    self.send(id, frame, false);
+                    self.send(id, frame, FrameKind::Live);
                 }
                 self.ack(id, req_id.as_deref(), Some(&room), None);
             }
@@ -573,6 +592,7 @@ impl Hub {
     /// and answers with `room_info`. Joining again is harmless.
     fn complete_join(&mut self, name: &RoomName, wait: WaitingJoin) {
         let now = self.now;
+        let replay_off_by_one = self.planted(PlantedBug::ReplayOffByOne);
         let (Some(conn), Some(room)) = (self.conns.get_mut(&wait.conn), self.rooms.get_mut(name))
         else {
             return;
@@ -595,17 +615,30 @@ impl Hub {
             presence.connections += 1;
             if presence.connections == 1 {
                 let frame = wire::presence(name, user, true, now);
-                fan_out(&mut self.out, members, Some(wait.conn), &frame, false);
+                fan_out(
+                    &mut self.out,
+                    members,
+                    Some(wait.conn),
+                    &frame,
+                    FrameKind::Live,
+                );
             }
         }
         log.trim_by_age(now, self.config.history_max_age_ms);
-        let recovered = wait.since.as_ref().map(|since| match log.recover(since) {
-            Recovery::Complete(frames) => {
-                for frame in frames {
+        let since = wait.since.map(|mut since| {
+            if replay_off_by_one {
+                since.offset = since.offset.saturating_sub(1);
+            }
+            since
+        });
+        let recovered = since.as_ref().map(|since| match log.recover(since) {
+            Recovery::Complete(missed) => {
+                // A connection never gets its own messages, replayed or not.
+                for m in missed.into_iter().filter(|m| m.sender != Some(wait.conn)) {
                     self.out.push_back(Output::Send {
                         conn: wait.conn,
-                        frame: frame.clone(),
-                        ephemeral: false,
+                        frame: m.frame.clone(),
+                        kind: FrameKind::Replay,
                     });
                 }
                 true
@@ -621,7 +654,7 @@ impl Hub {
             recovered,
         };
         let frame = wire::room_info(&info, now);
-        self.send(wait.conn, frame, false);
+        self.send(wait.conn, frame, FrameKind::Live);
         self.ack(wait.conn, wait.request_id.as_deref(), Some(name), None);
     }
 
@@ -639,7 +672,7 @@ impl Hub {
             if presence.connections == 0 {
                 room.users.swap_remove(&user.id);
                 let frame = wire::presence(name, user, false, self.now);
-                fan_out(&mut self.out, &room.members, None, &frame, false);
+                fan_out(&mut self.out, &room.members, None, &frame, FrameKind::Live);
             }
         }
         self.close_if_deserted(name);
@@ -673,7 +706,7 @@ impl Hub {
         let message_id = format!("{}-{}", self.direct_id_prefix, self.direct_seq);
         let frame = wire::direct_message(&message_id, sender, content, self.now);
         for conn in recipients {
-            self.send(conn, frame.clone(), false);
+            self.send(conn, frame.clone(), FrameKind::Live);
         }
         self.ack(id, req_id.as_deref(), None, Some((&message_id, None)));
     }
@@ -764,6 +797,12 @@ impl Hub {
     /// Logs the message at `head + 1` and sends it to every member
     /// connection except the one that sent it. Serialized once.
     fn deliver(&mut self, name: &RoomName, msg: &SequencedMessage) {
+        let deliver_to_sender = self.planted(PlantedBug::DeliverToSender);
+        let sender_conn = msg
+            .origin
+            .as_ref()
+            .filter(|o| o.node == self.config.node_id && !deliver_to_sender)
+            .map(|o| o.conn);
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
@@ -771,17 +810,19 @@ impl Hub {
             return;
         };
         let frame = wire::new_message(msg);
-        let sender_conn = msg
-            .origin
-            .as_ref()
-            .filter(|o| o.node == self.config.node_id)
-            .map(|o| o.conn);
-        fan_out(&mut self.out, &room.members, sender_conn, &frame, false);
+        fan_out(
+            &mut self.out,
+            &room.members,
+            sender_conn,
+            &frame,
+            FrameKind::Live,
+        );
         log.push(
             Logged {
                 offset: msg.offset,
                 timestamp: msg.timestamp,
                 frame,
+                sender: sender_conn,
             },
             self.config.history_max_messages,
         );
@@ -911,12 +952,8 @@ impl Hub {
 
     // ---- sending ----
 
-    fn send(&mut self, conn: ConnId, frame: Bytes, ephemeral: bool) {
-        self.out.push_back(Output::Send {
-            conn,
-            frame,
-            ephemeral,
-        });
+    fn send(&mut self, conn: ConnId, frame: Bytes, kind: FrameKind) {
+        self.out.push_back(Output::Send { conn, frame, kind });
     }
 
     fn broadcast(
@@ -924,10 +961,10 @@ impl Hub {
         name: &RoomName,
         except: Option<ConnId>,
         frame: &Bytes,
-        ephemeral: bool,
+        kind: FrameKind,
     ) {
         if let Some(room) = self.rooms.get(name) {
-            fan_out(&mut self.out, &room.members, except, frame, ephemeral);
+            fan_out(&mut self.out, &room.members, except, frame, kind);
         }
     }
 
@@ -942,7 +979,7 @@ impl Hub {
             && self.conns.contains_key(&conn)
         {
             let frame = wire::ack(req_id, room, sent, self.now);
-            self.send(conn, frame, false);
+            self.send(conn, frame, FrameKind::Live);
         }
     }
 
@@ -956,7 +993,7 @@ impl Hub {
                 self.errors_sent[i] += 1;
             }
             let frame = wire::error(req_id, code, message, self.now);
-            self.send(conn, frame, false);
+            self.send(conn, frame, FrameKind::Live);
         }
     }
 }
@@ -967,7 +1004,7 @@ fn fan_out(
     members: &indexmap::IndexSet<ConnId, rustc_hash::FxBuildHasher>,
     except: Option<ConnId>,
     frame: &Bytes,
-    ephemeral: bool,
+    kind: FrameKind,
 ) {
     out.reserve(members.len());
     for &conn in members {
@@ -975,7 +1012,7 @@ fn fan_out(
             out.push_back(Output::Send {
                 conn,
                 frame: frame.clone(),
-                ephemeral,
+                kind,
             });
         }
     }
@@ -998,6 +1035,11 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
                 offset: msg.offset,
                 timestamp: msg.timestamp,
                 frame: wire::new_message(msg),
+                sender: msg
+                    .origin
+                    .as_ref()
+                    .filter(|o| o.node == config.node_id)
+                    .map(|o| o.conn),
             },
             config.history_max_messages,
         );

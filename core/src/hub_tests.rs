@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::event::close;
+use crate::event::{FrameKind, close};
 use crate::ids::{Epoch, NodeId, RoomAccess};
 use crate::testkit::{START, TestWorld};
 
@@ -198,7 +198,7 @@ fn typing_is_ephemeral_and_messages_are_not() {
         hub.poll_output(),
         Some(Output::Send {
             conn: ConnId(2),
-            ephemeral: true,
+            kind: FrameKind::Ephemeral,
             ..
         })
     ));
@@ -220,7 +220,7 @@ fn typing_is_ephemeral_and_messages_are_not() {
         hub.poll_output(),
         Some(Output::Send {
             conn: ConnId(2),
-            ephemeral: false,
+            kind: FrameKind::Live,
             ..
         })
     ));
@@ -328,8 +328,11 @@ fn empty_rooms_are_removed_but_their_history_is_kept() {
     w.send_json(a, json!({"type": "leave_room", "room": "g"}));
     assert_eq!(w.node.hub.stats().rooms, 0);
     w.take_all();
-    w.send_json(a, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch}}}));
-    let frames = w.take(a);
+    // Alice comes back on a new connection (her old one must not get its own
+    // messages back; a new one may have missed their acks).
+    let a2 = w.connect("alice");
+    w.send_json(a2, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch}}}));
+    let frames = w.take(a2);
     let contents: Vec<&str> = frames
         .iter()
         .filter_map(|f| f["payload"]["content"].as_str())
@@ -958,4 +961,84 @@ fn a_broadcast_is_serialized_once_and_shared_by_every_recipient() {
             .iter()
             .all(|f| f.as_ptr() == frames[0].as_ptr() && f.len() == frames[0].len())
     );
+}
+
+#[test]
+fn a_connection_rejoining_with_since_does_not_get_its_own_messages_back() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    let epoch = join(&mut w, a, "g")["payload"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    join(&mut w, b, "g");
+    say(&mut w, b, "g", "from bob", "1");
+    say(&mut w, a, "g", "from alice", "2");
+    w.take_all();
+    // The same connection asks again from offset 0: bob's message comes back,
+    // alice's own does not (invariant: never the connection that sent it).
+    w.send_json(a, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch.clone()}}}));
+    let frames = w.take(a);
+    let contents: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| f["payload"]["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["from bob"]);
+    assert_eq!(frames.last().unwrap()["payload"]["recovered"], true);
+    // A new connection of alice's (after a reconnect) gets both: it may have
+    // missed the ack for its previous connection's message.
+    let a2 = w.connect("alice");
+    w.send_json(a2, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch}}}));
+    let contents: Vec<String> = w
+        .take(a2)
+        .iter()
+        .filter_map(|f| f["payload"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(contents, ["from bob", "from alice"]);
+}
+
+#[test]
+fn replayed_history_is_marked_as_replay() {
+    let mut node = crate::SingleNode::new(Config::default(), 3);
+    node.handle(
+        Input::Connected {
+            conn: ConnId(1),
+            identity: Identity::user("a"),
+        },
+        START,
+    );
+    node.handle(text(1, r#"{"type":"join_room","room":"g"}"#), START);
+    node.handle(
+        text(
+            1,
+            r#"{"type":"send_message","room":"g","payload":{"content":"x"}}"#,
+        ),
+        START,
+    );
+    node.handle(Input::Disconnected { conn: ConnId(1) }, START);
+    while node.poll_output().is_some() {}
+    node.handle(
+        Input::Connected {
+            conn: ConnId(2),
+            identity: Identity::user("b"),
+        },
+        START,
+    );
+    let epoch = node
+        .sequencer
+        .snapshot(&RoomName::parse("g", 64).unwrap(), START)
+        .epoch;
+    let join = format!(
+        r#"{{"type":"join_room","room":"g","payload":{{"since":{{"offset":0,"epoch":"{}"}}}}}}"#,
+        epoch.as_str()
+    );
+    node.handle(text(2, &join), START);
+    let kinds: Vec<FrameKind> = std::iter::from_fn(|| node.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [FrameKind::Replay, FrameKind::Live]);
 }

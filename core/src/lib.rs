@@ -17,6 +17,7 @@ pub mod event;
 pub mod hub;
 pub mod ids;
 mod limiter;
+pub mod plant;
 pub mod request;
 mod room;
 pub mod sequencer;
@@ -29,11 +30,12 @@ pub mod wire;
 pub use config::Config;
 pub use error::ErrorCode;
 pub use event::{
-    AppendReceipt, AppendRequest, Input, Origin, Output, Position, RoomSnapshot, SequencedMessage,
-    close,
+    AppendReceipt, AppendRequest, FrameKind, Input, Origin, Output, Position, RoomSnapshot,
+    SequencedMessage, close,
 };
 pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};
+pub use plant::PlantedBug;
 pub use request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
 pub use sequencer::{HistoryLimits, MemorySequencer};
 pub use single::SingleNode;

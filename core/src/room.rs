@@ -71,10 +71,13 @@ impl Room {
 }
 
 /// A message as kept for recovery: its serialized `new_message` frame.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Logged {
     pub(crate) offset: u64,
     pub(crate) timestamp: Timestamp,
     pub(crate) frame: Bytes,
+    /// The local connection that sent it, which never gets it back.
+    pub(crate) sender: Option<ConnId>,
 }
 
 /// The contiguous tail of a room's history up to `head`, bounded by count and
@@ -93,8 +96,8 @@ pub(crate) struct RoomLog {
 /// What a rejoining connection can be given.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Recovery<'a> {
-    /// Every missed frame, in offset order (possibly none).
-    Complete(Vec<&'a Bytes>),
+    /// Every missed message, in offset order (possibly none).
+    Complete(Vec<&'a Logged>),
     /// The epoch changed or the messages are gone.
     Impossible,
 }
@@ -154,7 +157,7 @@ impl RoomLog {
         }
         // The ring is contiguous, so the index follows from the offset.
         let skip = usize::try_from(first_needed - front.offset).unwrap_or(usize::MAX);
-        Recovery::Complete(self.ring.iter().skip(skip).map(|m| &m.frame).collect())
+        Recovery::Complete(self.ring.iter().skip(skip).collect())
     }
 
     #[cfg(test)]
@@ -175,6 +178,7 @@ mod tests {
                     offset: o,
                     timestamp: Timestamp(o * 1000),
                     frame: Bytes::from(format!("m{o}")),
+                    sender: None,
                 },
                 max,
             );
@@ -193,7 +197,7 @@ mod tests {
         match r {
             Recovery::Complete(f) => f
                 .into_iter()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .map(|m| String::from_utf8_lossy(&m.frame).into_owned())
                 .collect(),
             Recovery::Impossible => panic!("expected recovery"),
         }

@@ -42,7 +42,10 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
     let mut writer = tokio::spawn(write_loop(sink, inbox, state.clone()));
     let read = read_loop(stream, conn, state.clone());
     tokio::pin!(read);
+    // `biased`: tokio's branch choice is random otherwise, and simulations
+    // must replay exactly from a seed.
     let reason = tokio::select! {
+        biased;
         end = &mut read => {
             // The peer went away or broke the protocol: tell the hub, answer
             // a protocol error with its close code, and let the writer finish.
@@ -181,12 +184,16 @@ async fn write_loop(
         }
         let mut closing = None;
         let mut written_bytes = 0;
+        let mut replay_written = 0;
         let mut frames = 0u64;
         let result = tokio::time::timeout(write_wait, async {
             for out in batch {
                 match out {
-                    Outbound::Frame(frame) => {
+                    Outbound::Frame { frame, replay } => {
                         written_bytes += frame.len();
+                        if replay {
+                            replay_written += frame.len();
+                        }
                         if inbox.abandoned.load(Ordering::Relaxed) {
                             continue;
                         }
@@ -220,6 +227,9 @@ async fn write_loop(
             Ok::<(), String>(())
         })
         .await;
+        inbox
+            .replay_bytes
+            .fetch_sub(replay_written, Ordering::Relaxed);
         inbox
             .queued_bytes
             .fetch_sub(written_bytes, Ordering::Relaxed);

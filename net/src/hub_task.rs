@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use roomhub_core::{ConnId, Identity, Input, Output, SingleNode, close};
+use roomhub_core::{ConnId, FrameKind, Identity, Input, Output, SingleNode, close};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,17 +27,24 @@ pub(crate) enum HubEvent {
 /// What the hub asks a connection's writer to do.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    Frame(Bytes),
+    /// `replay`: history asked for with `since`, outside the live bound.
+    Frame {
+        frame: Bytes,
+        replay: bool,
+    },
     Ping,
     Close(u16, &'static str),
 }
 
 /// The sending side of a connection's queue, bounded in bytes. The hub never
-/// waits on it: a full queue is reported to the core as a slow consumer.
+/// waits on it: live frames beyond the bound are reported to the core as a
+/// slow consumer. Replayed history is counted apart (`replay_bytes`): it is
+/// bounded by the history limits, and must fit whatever the queue bound.
 #[derive(Clone)]
 pub(crate) struct Outbox {
     tx: mpsc::UnboundedSender<Outbound>,
     queued_bytes: Arc<AtomicUsize>,
+    replay_bytes: Arc<AtomicUsize>,
     /// Set when the connection overflowed: what is queued is dropped and the
     /// close goes out at once.
     abandoned: Arc<AtomicBool>,
@@ -47,55 +54,63 @@ pub(crate) struct Outbox {
 pub(crate) struct Inbox {
     pub(crate) rx: mpsc::UnboundedReceiver<Outbound>,
     pub(crate) queued_bytes: Arc<AtomicUsize>,
+    pub(crate) replay_bytes: Arc<AtomicUsize>,
     pub(crate) abandoned: Arc<AtomicBool>,
 }
 
 pub(crate) fn outbox() -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let replay_bytes = Arc::new(AtomicUsize::new(0));
     let abandoned = Arc::new(AtomicBool::new(false));
     (
         Outbox {
             tx,
             queued_bytes: queued_bytes.clone(),
+            replay_bytes: replay_bytes.clone(),
             abandoned: abandoned.clone(),
         },
         Inbox {
             rx,
             queued_bytes,
+            replay_bytes,
             abandoned,
         },
     )
 }
 
 enum Pushed {
-    Queued,
+    /// Queued; the connection now has this many live bytes waiting.
+    Queued(usize),
     /// An ephemeral frame dropped for a queue under pressure.
     Dropped,
     Overflow,
 }
 
 impl Outbox {
-    fn push_frame(&self, frame: Bytes, ephemeral: bool, limit: usize) -> Pushed {
+    fn push_frame(&self, frame: Bytes, kind: FrameKind, limit: usize) -> Pushed {
         if self.abandoned.load(Ordering::Relaxed) {
             return Pushed::Dropped;
         }
+        let len = frame.len();
         let queued = self.queued_bytes.load(Ordering::Relaxed);
-        // Typing indicators give way at half the bound, so they never cause
-        // a slow-consumer close on their own.
-        let bound = if ephemeral { limit / 2 } else { limit };
-        if queued + frame.len() > bound {
-            return if ephemeral {
-                Pushed::Dropped
-            } else {
-                Pushed::Overflow
-            };
+        let live = queued.saturating_sub(self.replay_bytes.load(Ordering::Relaxed));
+        match kind {
+            FrameKind::Live if live + len > limit => return Pushed::Overflow,
+            // Typing indicators give way at half the bound, so they never
+            // cause a slow-consumer close on their own.
+            FrameKind::Ephemeral if live + len > limit / 2 => return Pushed::Dropped,
+            FrameKind::Replay => {
+                self.replay_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            FrameKind::Live | FrameKind::Ephemeral => {}
         }
-        self.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let replay = kind == FrameKind::Replay;
         // A send error means the writer is gone; the connection task will
         // report the disconnect.
-        let _ = self.tx.send(Outbound::Frame(frame));
-        Pushed::Queued
+        let _ = self.tx.send(Outbound::Frame { frame, replay });
+        Pushed::Queued(if replay { live } else { live + len })
     }
 
     fn push_control(&self, out: Outbound) {
@@ -180,16 +195,12 @@ impl HubTask {
             let mut overflowed = Vec::new();
             while let Some(out) = self.node.poll_output() {
                 match out {
-                    Output::Send {
-                        conn,
-                        frame,
-                        ephemeral,
-                    } => {
+                    Output::Send { conn, frame, kind } => {
                         let Some(outbox) = outboxes.get(&conn) else {
                             continue;
                         };
-                        match outbox.push_frame(frame, ephemeral, self.send_queue_bytes) {
-                            Pushed::Queued => {}
+                        match outbox.push_frame(frame, kind, self.send_queue_bytes) {
+                            Pushed::Queued(bytes) => self.metrics.queued(bytes),
                             Pushed::Dropped => self.metrics.ephemeral_dropped(),
                             Pushed::Overflow => {
                                 outbox.abandoned.store(true, Ordering::Relaxed);

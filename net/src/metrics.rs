@@ -26,6 +26,9 @@ struct Inner {
     pub ephemeral_dropped: Counter,
     pub rooms: Gauge,
     pub uptime: Gauge,
+    /// The most bytes any one connection has had queued; never above the bound.
+    queue_peak: Gauge,
+    queue_peak_bytes: std::sync::atomic::AtomicUsize,
     errors: Vec<(ErrorCode, Counter)>,
 }
 
@@ -111,6 +114,8 @@ impl Metrics {
             ephemeral_dropped: counter("roomhub_ephemeral_dropped_total"),
             rooms: gauge("roomhub_rooms"),
             uptime: gauge("roomhub_uptime_seconds"),
+            queue_peak: gauge("roomhub_send_queue_peak_bytes"),
+            queue_peak_bytes: std::sync::atomic::AtomicUsize::new(0),
             errors,
             started: Instant::now(),
             handle,
@@ -144,6 +149,19 @@ impl Metrics {
 
     pub fn ephemeral_dropped(&self) {
         self.inner.ephemeral_dropped.increment(1);
+    }
+
+    /// Records a connection's queue size after a push.
+    pub fn queued(&self, bytes: usize) {
+        use std::sync::atomic::Ordering;
+        if bytes
+            > self
+                .inner
+                .queue_peak_bytes
+                .fetch_max(bytes, Ordering::Relaxed)
+        {
+            self.inner.queue_peak.set(bytes as f64);
+        }
     }
 
     pub fn auth_failure(&self, reason: &'static str) {

@@ -1,6 +1,15 @@
-//! roomhub's simulators. For now: a reference model of the protocol
-//! ([`model`]) and the operations a model test drives through both the model
-//! and the real core ([`ops`]).
+//! roomhub's simulators.
+//!
+//! - [`world`]: the real `roomhub-net` server inside turmoil with simulated
+//!   clients ([`client`]) and seeded faults; [`check`] holds the invariants
+//!   checked on everything the clients saw ([`trace`]).
+//! - [`model`] and [`ops`]: a reference model of the core, driven by
+//!   proptest (see `tests/model.rs`).
 
+pub mod check;
+pub mod client;
 pub mod model;
+pub mod net;
 pub mod ops;
+pub mod trace;
+pub mod world;

@@ -127,9 +127,9 @@ struct ModelConn {
 #[derive(Clone, Debug, Default)]
 struct ModelRoom {
     members: BTreeSet<u64>,
-    /// (sender, content) at offset index + 1. Never trimmed: the model test
-    /// stays well inside the history limits.
-    history: Vec<(String, String)>,
+    /// (sending connection, sender, content) at offset index + 1. Never
+    /// trimmed: the model test stays well inside the history limits.
+    history: Vec<(u64, String, String)>,
 }
 
 /// What every connection should receive in one step.
@@ -273,7 +273,11 @@ impl Model {
             let since = head.saturating_sub(back);
             let history = &self.rooms[room].history;
             for offset in since + 1..=head {
-                let (sender, content) = &history[(offset - 1) as usize];
+                let (from, sender, content) = &history[(offset - 1) as usize];
+                if *from == conn {
+                    // Never the connection that sent it, replayed or not.
+                    continue;
+                }
                 out.entry(conn).or_default().push(Seen::Message {
                     room: room.to_string(),
                     offset,
@@ -335,7 +339,7 @@ impl Model {
         }
         let sender = self.conns[&conn].user.clone();
         let r = self.rooms.get_mut(room).expect("member implies room");
-        r.history.push((sender.clone(), content.to_string()));
+        r.history.push((conn, sender.clone(), content.to_string()));
         let offset = r.history.len() as u64;
         let msg = Seen::Message {
             room: room.to_string(),

@@ -372,3 +372,41 @@ async fn online_metrics_and_health_endpoints() {
     assert!(metrics.contains("# TYPE roomhub_errors_total counter"));
     assert_eq!(s.get("/nope").await.0, 404);
 }
+
+/// Regression (found by the simulator, seed 13): a rejoin whose replay is
+/// larger than the send queue must recover, not be closed as a slow consumer
+/// and retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_send_queue_still_recovers() {
+    let s = TestServer::start_with(|c| {
+        c.core.rate_limit_per_second = 0;
+        c.send_queue_bytes = 16 * 1024;
+    })
+    .await;
+    let mut talker = s.member("talker", "g").await;
+    let mut away = s.member("away", "g").await;
+    let info = away.join("g").await;
+    let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
+    drop(away);
+    let content = "z".repeat(1900);
+    for i in 0..40 {
+        talker
+            .send_json(json!({"type": "send_message", "room": "g", "id": i.to_string(), "payload": {"content": content}}))
+            .await;
+        talker.recv_type("ack").await;
+    }
+    // 40 messages of ~2 KB: five times what the queue holds.
+    let mut back = s.client("away").await;
+    back.send_json(json!({"type": "join_room", "payload": {"room_id": "g", "since": {"offset": 0, "epoch": epoch}}}))
+        .await;
+    for offset in 1..=40 {
+        let m = back.recv().await;
+        assert_eq!(
+            (m["type"].as_str(), m["offset"].as_u64()),
+            (Some("new_message"), Some(offset))
+        );
+    }
+    let info = back.recv().await;
+    assert_eq!(info["payload"]["recovered"], true);
+    back.silent_for(300).await;
+}

@@ -1,0 +1,405 @@
+//! A world: the real roomhub server on one turmoil host, simulated clients on
+//! others, and faults, all derived from one `u64` seed. `run_world` drives it
+//! and returns what the invariant checker found.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use roomhub_core::PlantedBug;
+use roomhub_net::{Clock, Server, ServerConfig};
+
+use crate::check::{CheckContext, Report, check};
+use crate::client::{self, ClientPlan};
+use crate::net::SimListener;
+use crate::trace::{Event, Trace};
+
+/// 2026-01-01T00:00:00Z: the wall clock at the start of every world.
+pub const START_MS: u64 = 1_767_225_600_000;
+pub const SECRET: &str = "sim-secret";
+pub const SERVER: &str = "server";
+pub const SERVER_PORT: u16 = 8080;
+
+/// Simulated milliseconds since the world started.
+pub fn now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The kinds of fault a world can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// A window of high latency and jitter on every link.
+    Latency,
+    /// A client's link to the server drops everything for a short while.
+    Partition,
+    /// A client's link holds messages, then releases them.
+    Hold,
+    /// A client stops reading; the server must close it with 4000.
+    SlowConsumer,
+    /// A client's link dies for longer than the pong wait (no close).
+    HalfOpen,
+    /// A client drops its connection without a close frame.
+    AbruptDisconnect,
+    /// Every client drops at once and reconnects with `since`.
+    ReconnectStorm,
+    /// The server crashes and restarts.
+    Bounce,
+    /// A client's token expires while connected.
+    TokenExpiry,
+    /// A client sends a burst that trips the rate limit.
+    RateBurst,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Latency,
+        FaultKind::Partition,
+        FaultKind::Hold,
+        FaultKind::SlowConsumer,
+        FaultKind::HalfOpen,
+        FaultKind::AbruptDisconnect,
+        FaultKind::ReconnectStorm,
+        FaultKind::Bounce,
+        FaultKind::TokenExpiry,
+        FaultKind::RateBurst,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Latency => "latency",
+            FaultKind::Partition => "partition",
+            FaultKind::Hold => "hold",
+            FaultKind::SlowConsumer => "slow-consumer",
+            FaultKind::HalfOpen => "half-open",
+            FaultKind::AbruptDisconnect => "abrupt-disconnect",
+            FaultKind::ReconnectStorm => "reconnect-storm",
+            FaultKind::Bounce => "bounce",
+            FaultKind::TokenExpiry => "token-expiry",
+            FaultKind::RateBurst => "rate-burst",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub seed: u64,
+    pub clients: usize,
+    pub rooms: usize,
+    /// Faults this world may draw from.
+    pub faults: Vec<FaultKind>,
+    /// Length of the active phase, before the world goes quiet.
+    pub active_ms: u64,
+    pub plant: Option<PlantedBug>,
+    /// Inject every listed fault kind (otherwise each with probability 1/2).
+    pub every_fault: bool,
+    /// The server's per-connection send queue. Small by default so that a
+    /// client that stops reading is closed within seconds; a world where
+    /// hundreds join one room needs room for their presence bursts.
+    pub send_queue_bytes: usize,
+    /// turmoil's step. 1 ms by default; large worlds use a coarser one,
+    /// since turmoil polls every host at every step.
+    pub tick_ms: u64,
+}
+
+impl WorldConfig {
+    /// Hundreds of clients in one room that all drop at once and rejoin
+    /// with `since`.
+    pub fn storm(seed: u64, clients: usize) -> Self {
+        WorldConfig {
+            seed,
+            clients,
+            rooms: 1,
+            faults: vec![FaultKind::ReconnectStorm],
+            active_ms: 6_000,
+            plant: None,
+            every_fault: true,
+            send_queue_bytes: 256 * 1024,
+            tick_ms: 10,
+        }
+    }
+
+    /// The standard world for `seed`: a handful of clients, a few rooms, and
+    /// any of the faults.
+    pub fn standard(seed: u64) -> Self {
+        WorldConfig {
+            seed,
+            clients: 6,
+            rooms: 2,
+            faults: FaultKind::ALL.to_vec(),
+            active_ms: 12_000,
+            plant: None,
+            every_fault: false,
+            send_queue_bytes: 2 * 1024,
+            tick_ms: 1,
+        }
+    }
+}
+
+/// What one world found.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub report: Report,
+    pub faults: BTreeMap<FaultKind, u32>,
+    pub trace_hash: u64,
+    pub events: usize,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.report.violations.is_empty()
+    }
+}
+
+/// Something the driver does to the network or the server at a time.
+#[derive(Clone, Debug)]
+enum NetAction {
+    Partition(String),
+    Repair(String),
+    Hold(String),
+    Release(String),
+    Bounce,
+    LatencySpike(u64),
+    LatencyNormal(u64),
+}
+
+const SETTLE_AFTER_ACTIVE_MS: u64 = 9_000;
+const END_AFTER_SETTLE_MS: u64 = 2_500;
+
+/// Settings of the server inside simulations: short heartbeats (simulated
+/// time is not free) and small queues, so faults bite within seconds.
+pub fn server_config(world: &WorldConfig, boot: u64) -> ServerConfig {
+    let (seed, plant) = (world.seed, world.plant);
+    let mut config = ServerConfig::with_secret(SECRET);
+    config.core.ping_interval_ms = 1_000;
+    config.core.pong_wait_ms = 3_000;
+    config.core.rate_limit_per_second = 5;
+    config.core.rate_limit_burst = 10;
+    config.core.seed = seed ^ boot;
+    config.core.plant = plant;
+    // A restarted in-memory server starts new lineages, as in production.
+    config.sequencer_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(boot);
+    config.send_queue_bytes = world.send_queue_bytes;
+    config.handshake_timeout = Duration::from_secs(2);
+    config.drain_timeout = Duration::from_secs(1);
+    config
+}
+
+pub fn run_world(world: &WorldConfig) -> Outcome {
+    run_world_traced(world).0
+}
+
+/// Runs a world and also returns its full trace, for debugging a seed.
+pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Record>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(world.seed);
+    let rooms: Vec<String> = (0..world.rooms).map(|r| format!("room{r}")).collect();
+    let active_until = world.active_ms;
+    let settle = active_until + SETTLE_AFTER_ACTIVE_MS;
+    let end = settle + END_AFTER_SETTLE_MS;
+    let mut faults: BTreeMap<FaultKind, u32> = BTreeMap::new();
+    let mut plans: Vec<ClientPlan> = (0..world.clients)
+        .map(|i| {
+            // One fewer user than clients: one user has two connections.
+            let user = format!("u{}", i % world.clients.saturating_sub(1).max(1));
+            let mut own_rooms = rooms.clone();
+            own_rooms.rotate_left(i % rooms.len());
+            ClientPlan {
+                index: i,
+                user,
+                rooms: own_rooms,
+                seed: rng.next_u64(),
+                act_every_ms: (150, 700),
+                slow: Vec::new(),
+                abrupt: Vec::new(),
+                storm_at: None,
+                short_token_ms: None,
+                bursts: Vec::new(),
+                active_until_ms: active_until,
+                settle_ms: settle,
+                end_ms: end,
+            }
+        })
+        .collect();
+    let mut actions: Vec<(u64, NetAction)> = Vec::new();
+    let base_latency_ms = 1 + rng.next_u64() % 30;
+    let pick_time = |rng: &mut ChaCha8Rng, margin: u64| {
+        1_000 + rng.next_u64() % active_until.saturating_sub(1_000 + margin).max(1)
+    };
+    for kind in &world.faults {
+        // Each allowed kind appears in about half the worlds.
+        if rng.next_u64().is_multiple_of(2) && !world.every_fault {
+            continue;
+        }
+        let client = (rng.next_u64() as usize) % world.clients;
+        let host = format!("c{client}");
+        let at = pick_time(&mut rng, 3_000);
+        match kind {
+            FaultKind::Latency => {
+                let spike = 100 + rng.next_u64() % 400;
+                actions.push((at, NetAction::LatencySpike(spike)));
+                actions.push((
+                    at + 1_000 + rng.next_u64() % 2_000,
+                    NetAction::LatencyNormal(base_latency_ms),
+                ));
+            }
+            FaultKind::Partition => {
+                actions.push((at, NetAction::Partition(host.clone())));
+                actions.push((at + 200 + rng.next_u64() % 1_500, NetAction::Repair(host)));
+            }
+            FaultKind::Hold => {
+                actions.push((at, NetAction::Hold(host.clone())));
+                actions.push((at + 200 + rng.next_u64() % 1_500, NetAction::Release(host)));
+            }
+            FaultKind::HalfOpen => {
+                actions.push((at, NetAction::Partition(host.clone())));
+                actions.push((at + 4_000 + rng.next_u64() % 2_000, NetAction::Repair(host)));
+            }
+            FaultKind::Bounce => actions.push((at, NetAction::Bounce)),
+            FaultKind::SlowConsumer => plans[client].slow.push((at, 2_000 + rng.next_u64() % 500)),
+            FaultKind::AbruptDisconnect => plans[client].abrupt.push(at),
+            FaultKind::ReconnectStorm => {
+                for plan in &mut plans {
+                    plan.storm_at = Some(at);
+                }
+            }
+            FaultKind::TokenExpiry => {
+                plans[client].short_token_ms = Some(1_500 + rng.next_u64() % 3_000)
+            }
+            FaultKind::RateBurst => plans[client].bursts.push(at),
+        }
+        *faults.entry(*kind).or_default() += 1;
+    }
+    actions.sort_by_key(|(at, _)| *at);
+
+    let trace = Trace::default();
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(world.seed)
+        .tick_duration(Duration::from_millis(world.tick_ms))
+        .simulation_duration(Duration::from_millis(end + 20_000))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(base_latency_ms))
+        // Segments in flight per connection: small, so a client that stops
+        // reading backs up the server quickly. turmoil also uses it as the
+        // listener's backlog, which must hold a whole reconnect storm.
+        .tcp_capacity(8.max(world.clients + 2))
+        .build();
+    let boots = Arc::new(AtomicU64::new(0));
+    let host_world = world.clone();
+    sim.host(SERVER, move || {
+        let boot = boots.fetch_add(1, Ordering::Relaxed);
+        let config = server_config(&host_world, boot);
+        async move {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
+            let listener = SimListener::bind(addr).await?;
+            let server = Server::start(listener, config, Clock::new(START_MS + now_ms()))?;
+            server.wait().await;
+            Ok(())
+        }
+    });
+    let clients = plans.len();
+    for plan in plans {
+        let host = format!("c{}", plan.index);
+        sim.client(host, client::run(plan, trace.clone()));
+    }
+    sim.client("probe", probe(settle + 1_000, clients, trace.clone()));
+
+    let mut next = 0;
+    let mut failure = None;
+    loop {
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                failure = Some(format!("simulation error: {e}"));
+                break;
+            }
+        }
+        let now = sim.elapsed().as_millis() as u64;
+        while next < actions.len() && actions[next].0 <= now {
+            match &actions[next].1 {
+                NetAction::Partition(h) => sim.partition(SERVER, h.as_str()),
+                NetAction::Repair(h) => sim.repair(SERVER, h.as_str()),
+                NetAction::Hold(h) => sim.hold(SERVER, h.as_str()),
+                NetAction::Release(h) => sim.release(SERVER, h.as_str()),
+                NetAction::Bounce => sim.bounce(SERVER),
+                NetAction::LatencySpike(ms) | NetAction::LatencyNormal(ms) => {
+                    sim.set_max_message_latency(Duration::from_millis(*ms));
+                }
+            }
+            next += 1;
+        }
+    }
+    let records = trace.records();
+    let mut report = check(
+        &records,
+        &CheckContext {
+            send_queue_bytes: world.send_queue_bytes,
+        },
+    );
+    if let Some(f) = failure {
+        report.violations.push(f);
+    }
+    let outcome = Outcome {
+        seed: world.seed,
+        report,
+        faults,
+        trace_hash: trace.hash(),
+        events: records.len(),
+    };
+    (outcome, records)
+}
+
+/// At `at_ms`, asks the server over HTTP for `/ws/online` and `/metrics`.
+async fn probe(at_ms: u64, index: usize, trace: Trace) -> turmoil::Result {
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms()))).await;
+    let online = http_get("/ws/online").await?;
+    let metrics = http_get("/metrics").await?;
+    let online: u64 = serde_json::from_str::<serde_json::Value>(&online)?["online"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(f64::NAN) as u64
+    };
+    trace.push(
+        now_ms(),
+        (index, 0),
+        Event::Probe {
+            online,
+            rooms: metric("roomhub_rooms "),
+            queue_peak_bytes: metric("roomhub_send_queue_peak_bytes "),
+        },
+    );
+    Ok(())
+}
+
+async fn http_get(path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = turmoil::net::TcpStream::connect((SERVER, SERVER_PORT)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {SERVER}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    Ok(text.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
