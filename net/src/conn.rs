@@ -24,7 +24,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Runs a connection from the upgrade to the end.
 pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, state: Arc<AppState>) {
     let user = identity.user.id.clone();
-    let (outbox, inbox) = outbox();
+    let live = Arc::new(Live::new(state.clone()));
+    let (outbox, inbox) = outbox(live.clone());
     let (sink, stream) = socket.split();
     if state
         .hub
@@ -38,7 +39,6 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
     {
         return;
     }
-    state.metrics.connection_opened();
     let mut writer = tokio::spawn(write_loop(sink, inbox, state.clone()));
     let read = read_loop(stream, conn, state.clone());
     tokio::pin!(read);
@@ -47,6 +47,7 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
     let reason = tokio::select! {
         biased;
         end = &mut read => {
+            live.end();
             // The peer went away or broke the protocol: tell the hub, answer
             // a protocol error with its close code, and let the writer finish.
             let _ = state.hub.send(HubEvent::Input(Input::Disconnected { conn })).await;
@@ -66,8 +67,35 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
             ended.unwrap_or(WriterEnd::Failed("writer panicked".into())).describe()
         }
     };
-    state.metrics.connection_closed();
+    live.end();
     info!(%conn, user = %user, reason = %reason, "disconnected");
+}
+
+/// Counts a connection as online from the upgrade until either side closes
+/// it, which can be well before its socket is gone (a close frame may wait
+/// on a dead link for the write timeout).
+pub(crate) struct Live {
+    state: Arc<AppState>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Live {
+    fn new(state: Arc<AppState>) -> Self {
+        state.online.fetch_add(1, Ordering::Relaxed);
+        state.metrics.connection_opened();
+        Live {
+            state,
+            ended: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The connection is over; counted once however often it is called.
+    pub(crate) fn end(&self) {
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            self.state.online.fetch_sub(1, Ordering::Relaxed);
+            self.state.metrics.connection_closed();
+        }
+    }
 }
 
 /// How reading ended.

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::conn::Live;
 use crate::metrics::Metrics;
 
 /// What connection tasks tell the hub.
@@ -48,6 +49,8 @@ pub(crate) struct Outbox {
     /// Set when the connection overflowed: what is queued is dropped and the
     /// close goes out at once.
     abandoned: Arc<AtomicBool>,
+    /// Counts the connection as online until the hub or the peer ends it.
+    live: Arc<Live>,
 }
 
 /// The writer's side of an [`Outbox`].
@@ -58,7 +61,7 @@ pub(crate) struct Inbox {
     pub(crate) abandoned: Arc<AtomicBool>,
 }
 
-pub(crate) fn outbox() -> (Outbox, Inbox) {
+pub(crate) fn outbox(live: Arc<Live>) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let replay_bytes = Arc::new(AtomicUsize::new(0));
@@ -69,6 +72,7 @@ pub(crate) fn outbox() -> (Outbox, Inbox) {
             queued_bytes: queued_bytes.clone(),
             replay_bytes: replay_bytes.clone(),
             abandoned: abandoned.clone(),
+            live,
         },
         Inbox {
             rx,
@@ -215,6 +219,9 @@ impl HubTask {
                     }
                     Output::Close { conn, code, reason } => {
                         if let Some(outbox) = outboxes.remove(&conn) {
+                            // Over for the protocol now, even if the close
+                            // frame has to wait on a dead link.
+                            outbox.live.end();
                             if code == close::SLOW_CONSUMER {
                                 outbox.abandoned.store(true, Ordering::Relaxed);
                                 self.metrics.slow_consumer();

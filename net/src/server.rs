@@ -52,7 +52,11 @@ pub struct AppState {
     pub(crate) clock: Clock,
     pub(crate) hub: mpsc::Sender<HubEvent>,
     next_conn: AtomicU64,
-    online: AtomicUsize,
+    /// Sockets held, upgrading or open or closing: what admission counts.
+    sockets: AtomicUsize,
+    /// Connections live in the protocol's sense (not yet closed by either
+    /// side): what `/ws/online` reports.
+    pub(crate) online: AtomicUsize,
     per_user: std::sync::Mutex<FxHashMap<Arc<str>, usize>>,
     shutting_down: AtomicBool,
     pub(crate) metrics: Metrics,
@@ -95,6 +99,7 @@ impl Server {
             clock,
             hub: hub_tx,
             next_conn: AtomicU64::new(1),
+            sockets: AtomicUsize::new(0),
             online: AtomicUsize::new(0),
             per_user: Default::default(),
             shutting_down: AtomicBool::new(false),
@@ -120,9 +125,15 @@ impl Server {
         self.local_addr
     }
 
-    /// Live WebSocket connections.
+    /// Live WebSocket connections (what `/ws/online` reports).
     pub fn online(&self) -> usize {
         self.state.online.load(Ordering::Relaxed)
+    }
+
+    /// Sockets held, including connections still closing; the number
+    /// `--max-connections` limits.
+    pub fn sockets(&self) -> usize {
+        self.state.sockets.load(Ordering::Relaxed)
     }
 
     /// Graceful shutdown: stop accepting, close every connection with 1001,
@@ -181,7 +192,7 @@ async fn accept_loop<L>(
     let drained = tokio::time::timeout(state.config.drain_timeout, state.connections.wait()).await;
     if drained.is_err() {
         warn!(
-            remaining = state.online.load(Ordering::Relaxed),
+            remaining = state.sockets.load(Ordering::Relaxed),
             "drain timeout reached with connections still open"
         );
     }
@@ -234,7 +245,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.state.online.fetch_sub(1, Ordering::Relaxed);
+        self.state.sockets.fetch_sub(1, Ordering::Relaxed);
         let mut per_user = self
             .state
             .per_user
@@ -253,8 +264,8 @@ impl AppState {
     /// Reserves a slot for `user`, or says why not.
     fn reserve(self: &Arc<Self>, user: &Arc<str>) -> Result<Slot, (StatusCode, &'static str)> {
         let max = self.config.max_connections;
-        if self.online.fetch_add(1, Ordering::Relaxed) >= max {
-            self.online.fetch_sub(1, Ordering::Relaxed);
+        if self.sockets.fetch_add(1, Ordering::Relaxed) >= max {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
             return Err((StatusCode::SERVICE_UNAVAILABLE, "server full"));
         }
         let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,7 +273,7 @@ impl AppState {
         let per_user_max = self.config.max_connections_per_user;
         if per_user_max > 0 && *count >= per_user_max {
             drop(per_user);
-            self.online.fetch_sub(1, Ordering::Relaxed);
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
             return Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections for this user",

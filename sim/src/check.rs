@@ -14,17 +14,24 @@
 //! 5. once the world is quiet, `online_users` equals the users whose live
 //!    connections are members, `/ws/online` equals live connections, and the
 //!    server keeps no room without members;
-//! 6. no connection's queue ever exceeded its bound (the server's peak gauge).
+//! 6. no connection's queue ever exceeded its bound (the server's peak gauge),
+//!    and, where asked, healthy members get each message within a bound
+//!    while another member is a slow consumer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde_json::Value;
 
 use crate::trace::{Event, Record, SessionId};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CheckContext {
     pub send_queue_bytes: usize,
+    /// When set, every live message must reach the clients not in
+    /// `delay_exempt` within this many ms of being sent: a slow consumer must
+    /// not hold up the healthy members.
+    pub delay_bound_ms: Option<u64>,
+    pub delay_exempt: BTreeSet<usize>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -43,8 +50,9 @@ struct RoomView {
     epoch: String,
     /// The highest offset seen in order (received or the session's own).
     last: u64,
-    /// A join with `since` (offset, epoch) is waiting for its `room_info`.
-    since: Option<(u64, String)>,
+    /// Joins sent and not yet answered, in order, with their `since`
+    /// (offset, epoch) if any. A connection may rejoin a room it is in.
+    joins: VecDeque<Option<(u64, String)>>,
     /// The last offset the pending replay has covered.
     replay_cursor: u64,
     /// Offsets of this session's own messages (acked), never replayed to it.
@@ -52,6 +60,11 @@ struct RoomView {
 }
 
 impl RoomView {
+    /// The `since` of the join being answered next, if it has one.
+    fn since(&self) -> Option<&(u64, String)> {
+        self.joins.front().and_then(Option::as_ref)
+    }
+
     /// The next offset a replay should send: after the cursor, skipping this
     /// session's own messages.
     fn next_replay(&self) -> u64 {
@@ -83,6 +96,8 @@ impl Session {
 
 struct Checker {
     sessions: BTreeMap<SessionId, Session>,
+    /// When each message content was sent.
+    sent_at: BTreeMap<String, u64>,
     /// (room, epoch, offset) → (content, sender id).
     agreed: BTreeMap<(String, String, u64), (String, String)>,
     report: Report,
@@ -92,6 +107,7 @@ struct Checker {
 pub fn check(records: &[Record], context: &CheckContext) -> Report {
     let mut c = Checker {
         sessions: BTreeMap::new(),
+        sent_at: BTreeMap::new(),
         agreed: BTreeMap::new(),
         report: Report::default(),
         context: context.clone(),
@@ -172,27 +188,32 @@ impl Checker {
         }
         match kind.as_str() {
             "send_message" => {
-                s.own.insert(
-                    frame["payload"]["content"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                );
+                let content = frame["payload"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                self.sent_at.insert(content.clone(), r.at_ms);
+                s.own.insert(content);
             }
             "join_room" => {
                 let view = s.rooms.entry(room).or_default();
-                if let Some(since) = frame["payload"]["since"].as_object() {
+                let since = frame["payload"]["since"].as_object().map(|since| {
                     let offset = since["offset"].as_u64().unwrap_or(0);
                     let epoch = since["epoch"].as_str().unwrap_or("").to_string();
+                    (offset, epoch)
+                });
+                if view.joins.is_empty()
+                    && let Some((offset, epoch)) = &since
+                {
                     if !view.member {
                         // A fresh connection (or after a leave): the client's
                         // position is `since`.
-                        view.last = offset;
+                        view.last = *offset;
                         view.epoch = epoch.clone();
                     }
-                    view.since = Some((offset, epoch));
-                    view.replay_cursor = offset;
+                    view.replay_cursor = *offset;
                 }
+                view.joins.push_back(since);
             }
             _ => {}
         }
@@ -261,13 +282,19 @@ impl Checker {
             );
         }
         if kind != "ack" {
+            if req_kind == "join_room"
+                && let Some(view) = s.rooms.get_mut(&room)
+            {
+                view.joins.pop_front();
+            }
             return;
         }
         match req_kind.as_str() {
             "leave_room" => {
+                // Joins still pending were sent after the leave (answers come
+                // in order), so they stay pending.
                 if let Some(view) = s.rooms.get_mut(&room) {
                     view.member = false;
-                    view.since = None;
                 }
             }
             "send_message" => {
@@ -301,7 +328,7 @@ impl Checker {
             return;
         };
         let view = s.rooms.entry(room.to_string()).or_default();
-        let since = view.since.take();
+        let since = view.joins.pop_front().flatten();
         let mut problems = Vec::new();
         match (&since, recovered) {
             (Some((since_offset, since_epoch)), Some(true)) => {
@@ -344,6 +371,9 @@ impl Checker {
         }
         view.member = true;
         view.epoch = epoch;
+        if let Some((next_since, _)) = view.since() {
+            view.replay_cursor = *next_since;
+        }
         for p in problems {
             self.violation(r, p);
         }
@@ -366,11 +396,11 @@ impl Checker {
         let Some(view) = s.rooms.get_mut(room) else {
             return self.violation(r, format!("message in {room}, never joined"));
         };
-        if !view.member && view.since.is_none() {
+        if !view.member && view.since().is_none() {
             return self.violation(r, format!("message at {offset} in {room} after leaving"));
         }
         let mut epoch = view.epoch.clone();
-        if let Some((_, since_epoch)) = &view.since {
+        if let Some((_, since_epoch)) = view.since() {
             epoch = since_epoch.clone();
             // A join with `since` replays from since + 1 (minus this
             // session's own messages). Messages in flight when the join was
@@ -381,6 +411,18 @@ impl Checker {
                 return self.agree(r, room, &epoch, offset, content, sender);
             }
         }
+        let late = match (
+            self.context.delay_bound_ms,
+            view.since(),
+            self.sent_at.get(&content),
+        ) {
+            (Some(bound), None, Some(sent))
+                if !self.context.delay_exempt.contains(&r.session.0) && r.at_ms - sent > bound =>
+            {
+                Some(r.at_ms - sent)
+            }
+            _ => None,
+        };
         if offset != view.last + 1 {
             let last = view.last;
             return self.violation(
@@ -392,6 +434,14 @@ impl Checker {
             );
         }
         view.last = offset;
+        if let Some(delay) = late {
+            self.violation(
+                r,
+                format!(
+                    "a healthy member got offset {offset} in {room} {delay} ms after it was sent"
+                ),
+            );
+        }
         self.agree(r, room, &epoch, offset, content, sender);
     }
 

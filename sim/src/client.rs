@@ -29,6 +29,8 @@ pub struct ClientPlan {
     pub user: String,
     /// Rooms this client may be in; it starts in the first one or two.
     pub rooms: Vec<String>,
+    /// Start in every room (a slow consumer sees all traffic).
+    pub join_all: bool,
     pub seed: u64,
     /// Milliseconds between actions, drawn from this range.
     pub act_every_ms: (u64, u64),
@@ -184,7 +186,10 @@ impl Client {
     /// reconnect at once (the storm).
     async fn session_loop(&mut self, mut ws: Ws) -> bool {
         let mut joined: BTreeSet<String> = BTreeSet::new();
-        let initial = 1 + (self.rng.next_u64() % 2) as usize;
+        let mut initial = 1 + (self.rng.next_u64() % 2) as usize;
+        if self.plan.join_all {
+            initial = self.plan.rooms.len();
+        }
         for room in self.plan.rooms.clone().into_iter().take(initial) {
             let id = self.next_id();
             let frame = self.join_frame(&room, id);

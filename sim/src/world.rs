@@ -117,6 +117,15 @@ pub struct WorldConfig {
 }
 
 impl WorldConfig {
+    /// Slow consumers only: the healthy members' delays are checked.
+    pub fn slow_consumers(seed: u64) -> Self {
+        WorldConfig {
+            faults: vec![FaultKind::SlowConsumer],
+            every_fault: true,
+            ..WorldConfig::standard(seed)
+        }
+    }
+
     /// Hundreds of clients in one room that all drop at once and rejoin
     /// with `since`.
     pub fn storm(seed: u64, clients: usize) -> Self {
@@ -179,6 +188,8 @@ enum NetAction {
 }
 
 const SETTLE_AFTER_ACTIVE_MS: u64 = 9_000;
+/// Links add at most 30 ms each way; a second is far beyond any fair delay.
+const SLOW_WORLD_DELAY_BOUND_MS: u64 = 1_000;
 const END_AFTER_SETTLE_MS: u64 = 2_500;
 
 /// Settings of the server inside simulations: short heartbeats (simulated
@@ -222,6 +233,7 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                 index: i,
                 user,
                 rooms: own_rooms,
+                join_all: false,
                 seed: rng.next_u64(),
                 act_every_ms: (150, 700),
                 slow: Vec::new(),
@@ -270,7 +282,18 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                 actions.push((at + 4_000 + rng.next_u64() % 2_000, NetAction::Repair(host)));
             }
             FaultKind::Bounce => actions.push((at, NetAction::Bounce)),
-            FaultKind::SlowConsumer => plans[client].slow.push((at, 2_000 + rng.next_u64() % 500)),
+            FaultKind::SlowConsumer => {
+                // It hears every room and stops reading while two others
+                // burst: the server must close it, and serve everyone else.
+                plans[client].slow.push((at, 2_000 + rng.next_u64() % 500));
+                plans[client].join_all = true;
+                for step in 1..=2 {
+                    let other = (client + step) % world.clients;
+                    if other != client {
+                        plans[other].bursts.push(at + 200 * step as u64);
+                    }
+                }
+            }
             FaultKind::AbruptDisconnect => plans[client].abrupt.push(at),
             FaultKind::ReconnectStorm => {
                 for plan in &mut plans {
@@ -285,6 +308,11 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
         *faults.entry(*kind).or_default() += 1;
     }
     actions.sort_by_key(|(at, _)| *at);
+    let slow_clients = plans
+        .iter()
+        .filter(|p| !p.slow.is_empty())
+        .map(|p| p.index)
+        .collect();
 
     let trace = Trace::default();
     let mut sim = turmoil::Builder::new()
@@ -345,12 +373,15 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
         }
     }
     let records = trace.records();
-    let mut report = check(
-        &records,
-        &CheckContext {
-            send_queue_bytes: world.send_queue_bytes,
-        },
-    );
+    // With slow consumers as the only fault, everyone else must be served on
+    // time: the server may not wait on a slow connection.
+    let only_slow = world.faults == [FaultKind::SlowConsumer];
+    let context = CheckContext {
+        send_queue_bytes: world.send_queue_bytes,
+        delay_bound_ms: only_slow.then_some(SLOW_WORLD_DELAY_BOUND_MS),
+        delay_exempt: slow_clients,
+    };
+    let mut report = check(&records, &context);
     if let Some(f) = failure {
         report.violations.push(f);
     }

@@ -100,6 +100,16 @@ fn sweep_of_seeded_worlds_holds_every_invariant() {
 }
 
 #[test]
+fn slow_consumers_are_closed_and_do_not_delay_healthy_members() {
+    let mut closes = 0;
+    for seed in 0..6 {
+        let outcome = assert_passes(&WorldConfig::slow_consumers(seed));
+        closes += outcome.report.slow_consumer_closes;
+    }
+    assert!(closes > 0, "no slow consumer was closed with 4000");
+}
+
+#[test]
 fn reconnect_storm_of_150_clients_recovers_everyone() {
     let outcome = assert_passes(&WorldConfig::storm(3, 150));
     assert_eq!(outcome.faults.get(&FaultKind::ReconnectStorm), Some(&1));
@@ -163,4 +173,14 @@ fn regression_seed_13_replay_larger_than_the_send_queue_does_not_livelock() {
 #[test]
 fn regression_seed_5_a_rejoin_does_not_replay_own_messages() {
     assert_passes(&WorldConfig::standard(5));
+}
+
+/// Found by the simulator (seed 54): after a half-open link, the hub closed
+/// the connection at once, but `/ws/online` kept counting it until its close
+/// frame gave up on the dead link (write timeout plus grace, over 10 s). The
+/// online count now ends when either side closes; admission still counts the
+/// socket until it is gone.
+#[test]
+fn regression_seed_54_online_count_drops_when_a_dead_link_is_closed() {
+    assert_passes(&WorldConfig::standard(54));
 }
