@@ -311,16 +311,26 @@ impl Model {
         }
     }
 
-    pub fn leave(&mut self, conn: u64, room: &str, id: &str) -> Expected {
+    /// The common start of requests that need membership: nothing for a
+    /// dead connection, `NOT_IN_ROOM` for a non-member, else go ahead.
+    fn member_request(&mut self, conn: u64, room: &str, id: &str) -> Result<Expected, Expected> {
         let mut out = Expected::new();
         if !self.is_alive(conn) {
-            return out;
+            return Err(out);
         }
         self.touch(conn);
         if !self.conns[&conn].rooms.contains(room) {
             Self::error(&mut out, conn, id, "NOT_IN_ROOM");
-            return out;
+            return Err(out);
         }
+        Ok(out)
+    }
+
+    pub fn leave(&mut self, conn: u64, room: &str, id: &str) -> Expected {
+        let mut out = match self.member_request(conn, room, id) {
+            Ok(out) => out,
+            Err(refused) => return refused,
+        };
         self.conns.get_mut(&conn).expect("alive").rooms.remove(room);
         self.remove_member(&mut out, conn, room);
         Self::ack(&mut out, conn, id, None);
@@ -328,15 +338,10 @@ impl Model {
     }
 
     pub fn send(&mut self, conn: u64, room: &str, content: &str, id: &str) -> Expected {
-        let mut out = Expected::new();
-        if !self.is_alive(conn) {
-            return out;
-        }
-        self.touch(conn);
-        if !self.conns[&conn].rooms.contains(room) {
-            Self::error(&mut out, conn, id, "NOT_IN_ROOM");
-            return out;
-        }
+        let mut out = match self.member_request(conn, room, id) {
+            Ok(out) => out,
+            Err(refused) => return refused,
+        };
         let sender = self.conns[&conn].user.clone();
         let r = self.rooms.get_mut(room).expect("member implies room");
         r.history.push((conn, sender.clone(), content.to_string()));
@@ -353,15 +358,10 @@ impl Model {
     }
 
     pub fn typing(&mut self, conn: u64, room: &str, typing: bool, id: &str) -> Expected {
-        let mut out = Expected::new();
-        if !self.is_alive(conn) {
-            return out;
-        }
-        self.touch(conn);
-        if !self.conns[&conn].rooms.contains(room) {
-            Self::error(&mut out, conn, id, "NOT_IN_ROOM");
-            return out;
-        }
+        let mut out = match self.member_request(conn, room, id) {
+            Ok(out) => out,
+            Err(refused) => return refused,
+        };
         let seen = Seen::Typing {
             room: room.to_string(),
             sender: self.conns[&conn].user.clone(),
@@ -373,15 +373,10 @@ impl Model {
     }
 
     pub fn online(&mut self, conn: u64, room: &str, id: &str) -> Expected {
-        let mut out = Expected::new();
-        if !self.is_alive(conn) {
-            return out;
-        }
-        self.touch(conn);
-        if !self.conns[&conn].rooms.contains(room) {
-            Self::error(&mut out, conn, id, "NOT_IN_ROOM");
-            return out;
-        }
+        let mut out = match self.member_request(conn, room, id) {
+            Ok(out) => out,
+            Err(refused) => return refused,
+        };
         out.entry(conn).or_default().push(Seen::Online {
             room: room.to_string(),
             users: self.users_in(room),
