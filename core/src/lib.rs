@@ -14,6 +14,8 @@
 pub mod config;
 pub mod error;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hub;
 pub mod ids;
 mod limiter;

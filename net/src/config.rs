@@ -175,9 +175,13 @@ where
 fn file_args(path: &Path, unset: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    config_text_args(&text, unset).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+/// Turns the text of a TOML config file into `--key=value` arguments for
+/// the settings `unset(id)` says were not given otherwise. Pure, for fuzzing.
+pub fn config_text_args(text: &str, unset: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
     let command = Cli::command();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -186,10 +190,7 @@ fn file_args(path: &Path, unset: impl Fn(&str) -> bool) -> Result<Vec<String>, S
             .get_arguments()
             .any(|a| a.get_id() == id.as_str() && a.get_long().is_some() && id != "config");
         if !known {
-            return Err(format!(
-                "config file {}: unknown setting `{key}`",
-                path.display()
-            ));
+            return Err(format!("unknown setting `{key}`"));
         }
         if !unset(&id) {
             continue;

@@ -12,6 +12,8 @@ pub mod clock;
 pub mod config;
 mod conn;
 pub mod dev;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hub_task;
 pub mod metrics;
 pub mod server;
