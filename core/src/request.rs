@@ -174,11 +174,10 @@ pub fn parse_request(frame: &[u8], limits: &ParseLimits) -> Result<Request, Requ
         "online_users" => Kind::OnlineUsers,
         "send_direct" => Kind::Direct,
         other => {
-            let shown: String = other.chars().take(64).collect();
             return Err(RequestError::new(
                 id,
                 ErrorCode::UnknownType,
-                format!("unknown message type: {shown:?}"),
+                format!("unknown message type: \"{}\"", escaped_prefix(other, 64)),
             ));
         }
     };
@@ -218,6 +217,21 @@ pub fn parse_request(frame: &[u8], limits: &ParseLimits) -> Result<Request, Requ
         Kind::Direct => parsed.direct()?,
     };
     Ok(Request { id, kind })
+}
+
+/// At most `max_bytes` of `text`, escaped for display (found by fuzzing:
+/// escaping can grow a character tenfold, so the bound is on the result).
+fn escaped_prefix(text: &str, max_bytes: usize) -> String {
+    let mut shown = String::new();
+    for c in text.chars() {
+        let escaped: String = c.escape_debug().collect();
+        if shown.len() + escaped.len() > max_bytes {
+            shown.push_str("...");
+            break;
+        }
+        shown.push_str(&escaped);
+    }
+    shown
 }
 
 enum Kind {
@@ -417,6 +431,20 @@ mod tests {
         assert_eq!(code(&long_id), ErrorCode::InvalidFormat);
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(code(&deep), ErrorCode::InvalidFormat);
+    }
+
+    #[test]
+    fn unknown_type_echo_is_bounded_in_bytes_even_when_escaped() {
+        // Found by fuzzing: 64 characters of DEL escape to 384 bytes.
+        let frame = format!(r#"{{"type":"join_room{}"}}"#, r"\u007f".repeat(200));
+        let e = parse(&frame).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert!(
+            e.message.len() <= 100,
+            "{} bytes: {}",
+            e.message.len(),
+            e.message
+        );
     }
 
     #[test]
