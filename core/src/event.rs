@@ -132,7 +132,8 @@ pub struct Position {
 }
 
 /// Which connection, on which node, asked for an append, and the client's
-/// request id to ack it with.
+/// request id to ack it with. Connection numbers restart with the process,
+/// so a node id must be unique per process start, not just per machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     pub node: NodeId,

@@ -131,6 +131,13 @@ pub struct ServerArgs {
     /// On shutdown, time allowed for queues to drain after the 1001 close.
     #[arg(long, env = "ROOMHUB_DRAIN_TIMEOUT_MS", default_value_t = 5_000)]
     pub drain_timeout_ms: u64,
+    /// Directory of the embedded store that keeps room history across restarts.
+    #[arg(long, env = "ROOMHUB_DATA_DIR", default_value = "roomhub-data")]
+    pub data_dir: PathBuf,
+    /// Keep history in memory only (lost on restart; clients then get recovered:false).
+    #[arg(long, env = "ROOMHUB_MEMORY", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set)]
+    pub memory: bool,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROOMHUB_LOG_JSON", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set)]
@@ -231,12 +238,14 @@ pub struct ServerConfig {
     pub core: CoreConfig,
     /// Seeds room epochs; a fresh one each start keeps lineages apart.
     pub sequencer_seed: u64,
+    /// The store's directory; `None` keeps history in memory.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
     /// Defaults (the seed's), with `secret` for HS256 tokens.
     pub fn with_secret(secret: &str) -> Self {
-        let args = Cli::try_parse_from(["roomhub", "--jwt-secret", secret])
+        let args = Cli::try_parse_from(["roomhub", "--jwt-secret", secret, "--memory"])
             .expect("defaults always parse");
         ServerConfig::from_args(&args.server, rand::random()).expect("defaults are valid")
     }
@@ -260,7 +269,9 @@ impl ServerConfig {
             return Err("--pong-wait-ms must be longer than --ping-interval-ms".into());
         }
         let core = CoreConfig {
-            node_id: NodeId(0),
+            // Unique per process start: stored messages name their sender by
+            // (node, connection), and connection numbers restart at 1.
+            node_id: NodeId(seed),
             seed,
             max_message_bytes: args.max_message_bytes,
             max_content_bytes: args.max_content_bytes,
@@ -296,6 +307,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+            data_dir: (!args.memory).then(|| args.data_dir.clone()),
         })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use roomhub_core::{ConnId, FrameKind, Identity, Input, Output, SingleNode, close};
+use roomhub_core::{ConnId, FrameKind, Hub, Identity, Input, Output, SingleNode, Timestamp, close};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -127,8 +127,59 @@ impl Outbox {
     }
 }
 
+/// Who owns each room's order.
+pub(crate) enum Engine {
+    /// In-memory history: the sequencer answers in-process, at once.
+    Memory(Box<SingleNode>),
+    /// Durable history: the store thread sequences, commits, and answers
+    /// through the hub's event queue.
+    Stored {
+        hub: Box<Hub>,
+        store: mpsc::UnboundedSender<Output>,
+    },
+}
+
+impl Engine {
+    fn handle(&mut self, input: Input, now: Timestamp) {
+        match self {
+            Engine::Memory(node) => node.handle(input, now),
+            Engine::Stored { hub, .. } => hub.handle(input, now),
+        }
+    }
+
+    /// The next output for connections; sequencing outputs go to the store.
+    fn poll_output(&mut self) -> Option<Output> {
+        match self {
+            Engine::Memory(node) => node.poll_output(),
+            Engine::Stored { hub, store } => loop {
+                match hub.poll_output()? {
+                    out @ (Output::Append(_)
+                    | Output::OpenRoom { .. }
+                    | Output::CloseRoom { .. }) => {
+                        // A send error means the store thread is gone; the
+                        // requests then stay unanswered and clients retry.
+                        let _ = store.send(out);
+                    }
+                    out => return Some(out),
+                }
+            },
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        self.hub().poll_timeout()
+    }
+
+    fn hub(&self) -> &Hub {
+        match self {
+            Engine::Memory(node) => &node.hub,
+            Engine::Stored { hub, .. } => hub,
+        }
+    }
+}
+
 pub(crate) struct HubTask {
-    pub(crate) node: SingleNode,
+    pub(crate) engine: Engine,
     pub(crate) events: mpsc::Receiver<HubEvent>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Metrics,
@@ -145,12 +196,12 @@ impl HubTask {
         let mut outboxes: FxHashMap<ConnId, Outbox> = FxHashMap::default();
         let mut shut_down = false;
         loop {
-            let deadline = self.node.poll_timeout().map(|t| self.clock.instant_at(t));
+            let deadline = self.engine.poll_timeout().map(|t| self.clock.instant_at(t));
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled(), if !shut_down => {
                     shut_down = true;
-                    self.node.handle(Input::Shutdown, self.clock.now());
+                    self.engine.handle(Input::Shutdown, self.clock.now());
                 }
                 event = self.events.recv() => {
                     let Some(event) = event else { break };
@@ -163,11 +214,11 @@ impl HubTask {
                     }
                 }
                 () = sleep_until_opt(deadline) => {
-                    self.node.handle(Input::Tick, self.clock.now());
+                    self.engine.handle(Input::Tick, self.clock.now());
                 }
             }
             self.dispatch(&mut outboxes);
-            let hub = &self.node.hub;
+            let hub = self.engine.hub();
             self.metrics.hub_state(hub.stats().rooms, hub.errors_sent());
         }
     }
@@ -181,13 +232,13 @@ impl HubTask {
                 outbox,
             } => {
                 outboxes.insert(conn, outbox);
-                self.node.handle(Input::Connected { conn, identity }, now);
+                self.engine.handle(Input::Connected { conn, identity }, now);
             }
             HubEvent::Input(input) => {
                 if let Input::Disconnected { conn } = &input {
                     outboxes.remove(conn);
                 }
-                self.node.handle(input, now);
+                self.engine.handle(input, now);
             }
         }
     }
@@ -197,7 +248,7 @@ impl HubTask {
     fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>) {
         loop {
             let mut overflowed = Vec::new();
-            while let Some(out) = self.node.poll_output() {
+            while let Some(out) = self.engine.poll_output() {
                 match out {
                     Output::Send { conn, frame, kind } => {
                         let Some(outbox) = outboxes.get(&conn) else {
@@ -229,7 +280,7 @@ impl HubTask {
                             outbox.push_control(Outbound::Close(code, reason));
                         }
                     }
-                    // SingleNode answers the sequencer's outputs itself.
+                    // The engine hands the sequencer's outputs to whoever owns the order.
                     Output::Append(_) | Output::OpenRoom { .. } | Output::CloseRoom { .. } => {}
                 }
             }
@@ -238,7 +289,7 @@ impl HubTask {
             }
             let now = self.clock.now();
             for conn in overflowed {
-                self.node.handle(Input::QueueOverflow { conn }, now);
+                self.engine.handle(Input::QueueOverflow { conn }, now);
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod fuzzing;
 mod hub_task;
 pub mod metrics;
 pub mod server;
+pub mod store;
 
 pub use clock::Clock;
 pub use config::{Cli, Command, ServerArgs, ServerConfig, TokenArgs, parse_cli};

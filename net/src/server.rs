@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomhub_core::{ConnId, Identity, SingleNode};
+use roomhub_core::{ConnId, HistoryLimits, Hub, Identity, SingleNode};
 use rustc_hash::FxHashMap;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -28,8 +28,9 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Authenticator, SUBPROTOCOL, TokenSource, extract_token};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
-use crate::hub_task::{HubEvent, HubTask};
+use crate::hub_task::{Engine, HubEvent, HubTask};
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// Events queued for the hub before connection readers wait (backpressure
 /// on the sockets, not unbounded memory).
@@ -85,8 +86,23 @@ impl Server {
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
+        let engine = match &config.data_dir {
+            None => Engine::Memory(Box::new(SingleNode::new(
+                config.core.clone(),
+                config.sequencer_seed,
+            ))),
+            Some(dir) => {
+                let limits = HistoryLimits::from_config(&config.core);
+                let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
+                info!(dir = %dir.display(), "durable history in the data directory");
+                Engine::Stored {
+                    hub: Box::new(Hub::new(config.core.clone())),
+                    store: crate::store::spawn(store, clock, hub_tx.clone()),
+                }
+            }
+        };
         let hub = HubTask {
-            node: SingleNode::new(config.core.clone(), config.sequencer_seed),
+            engine,
             events: hub_rx,
             clock,
             metrics: metrics.clone(),

@@ -40,13 +40,19 @@ impl Drop for Running {
 }
 
 fn start(dir: &std::path::Path, args: &[&str]) -> Running {
+    // The server's log goes to a file in the test's directory, for failures.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log file");
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(dir)
         .env_remove("ROOMHUB_JWT_SECRET")
-        .env("ROOMHUB_LOG", "warn")
+        .env("ROOMHUB_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn roomhub");
     let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -232,5 +238,83 @@ fn refuses_a_public_address_without_a_configured_secret() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn token_for(user: &str, secret: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--user", user, "--jwt-secret", secret])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn acked_messages_survive_kill_9_and_a_lost_data_directory_changes_the_epoch() {
+    const N: u64 = 50;
+    let dir = workdir("kill9");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let args = [
+        "--listen",
+        &listen,
+        "--jwt-secret",
+        "k9",
+        "--rate-limit-per-second",
+        "0",
+        "--data-dir",
+        &data_arg,
+    ];
+    let mut server = start(&dir, &args);
+    wait_for_port(port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = |user: &str| format!("ws://{listen}/ws?token={}", token_for(user, "k9"));
+    let epoch = rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url("writer").as_str()).await.unwrap();
+        ws.send(Message::text(r#"{"type":"join_room","room":"g"}"#)).await.unwrap();
+        let info = next_of_type(&mut ws, "room_info").await;
+        for i in 1..=N {
+            let frame = format!(r#"{{"type":"send_message","room":"g","id":"{i}","payload":{{"content":"durable {i}"}}}}"#);
+            ws.send(Message::text(frame)).await.unwrap();
+        }
+        for i in 1..=N {
+            let ack = next_of_type(&mut ws, "ack").await;
+            assert_eq!(ack["payload"]["offset"], i);
+        }
+        info["payload"]["epoch"].as_str().unwrap().to_string()
+    });
+    // Every message was acked, so every one must survive a SIGKILL.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _restarted = start(&dir, &args);
+    wait_for_port(port);
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url("reader").as_str()).await.unwrap();
+        let join = format!(r#"{{"type":"join_room","payload":{{"room_id":"g","since":{{"offset":0,"epoch":"{epoch}"}}}}}}"#);
+        ws.send(Message::text(join)).await.unwrap();
+        for i in 1..=N {
+            let m = next_of_type(&mut ws, "new_message").await;
+            assert_eq!((m["offset"].as_u64(), m["payload"]["content"].as_str()), (Some(i), Some(format!("durable {i}").as_str())));
+        }
+        let info = next_of_type(&mut ws, "room_info").await;
+        assert_eq!(info["payload"]["recovered"], true);
+        assert_eq!(info["payload"]["epoch"], epoch.as_str());
+        assert_eq!(info["payload"]["offset"], N);
+    });
+    drop(_restarted);
+    // The data directory is lost: a new lineage, and the client is told so.
+    std::fs::remove_dir_all(&data).unwrap();
+    let _fresh = start(&dir, &args);
+    wait_for_port(port);
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url("reader").as_str()).await.unwrap();
+        let join = format!(r#"{{"type":"join_room","payload":{{"room_id":"g","since":{{"offset":{N},"epoch":"{epoch}"}}}}}}"#);
+        ws.send(Message::text(join)).await.unwrap();
+        let info = next_of_type(&mut ws, "room_info").await;
+        assert_eq!(info["payload"]["recovered"], false);
+        assert_ne!(info["payload"]["epoch"], epoch.as_str());
+    });
     std::fs::remove_dir_all(dir).ok();
 }

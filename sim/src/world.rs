@@ -202,6 +202,7 @@ pub fn server_config(world: &WorldConfig, boot: u64) -> ServerConfig {
     config.core.rate_limit_per_second = 5;
     config.core.rate_limit_burst = 10;
     config.core.seed = seed ^ boot;
+    config.core.node_id = roomhub_core::NodeId(seed.wrapping_add(boot));
     config.core.plant = plant;
     // A restarted in-memory server starts new lineages, as in production.
     config.sequencer_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(boot);
