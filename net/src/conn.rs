@@ -225,9 +225,7 @@ async fn write_loop(
                         if inbox.abandoned.load(Ordering::Relaxed) {
                             continue;
                         }
-                        // Frames are JSON from the core, always UTF-8.
-                        let text = Utf8Bytes::try_from(frame).map_err(|e| e.to_string())?;
-                        sink.feed(Message::Text(text))
+                        sink.feed(Message::Text(frame))
                             .await
                             .map_err(|e| e.to_string())?;
                         frames += 1;

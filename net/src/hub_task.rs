@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use roomhub_core::{ConnId, FrameKind, Hub, Identity, Input, Output, SingleNode, Timestamp, close};
 use rustc_hash::FxHashMap;
@@ -30,7 +31,7 @@ pub(crate) enum HubEvent {
 pub(crate) enum Outbound {
     /// `replay`: history asked for with `since`, outside the live bound.
     Frame {
-        frame: Bytes,
+        frame: Utf8Bytes,
         replay: bool,
     },
     Ping,
@@ -92,7 +93,7 @@ enum Pushed {
 }
 
 impl Outbox {
-    fn push_frame(&self, frame: Bytes, kind: FrameKind, limit: usize) -> Pushed {
+    fn push_frame(&self, frame: Utf8Bytes, kind: FrameKind, limit: usize) -> Pushed {
         if self.abandoned.load(Ordering::Relaxed) {
             return Pushed::Dropped;
         }
@@ -178,6 +179,31 @@ impl Engine {
     }
 }
 
+/// Turns the core's frames into the codec's text type. A broadcast hands every
+/// recipient the same `Bytes`, and its sends come one after another, so the
+/// UTF-8 check runs once per broadcast, not once per recipient. Holding the
+/// last frame keeps its allocation alive, so a different frame can never
+/// arrive at the same address.
+#[derive(Default)]
+struct TextFrames {
+    last: Option<(Bytes, Utf8Bytes)>,
+}
+
+impl TextFrames {
+    fn text(&mut self, frame: Bytes) -> Utf8Bytes {
+        if let Some((bytes, text)) = &self.last
+            && bytes.as_ptr() == frame.as_ptr()
+            && bytes.len() == frame.len()
+        {
+            return text.clone();
+        }
+        // The core serializes every frame with serde_json: always UTF-8.
+        let text = Utf8Bytes::try_from(frame.clone()).expect("server frames are UTF-8 JSON");
+        self.last = Some((frame, text.clone()));
+        text
+    }
+}
+
 pub(crate) struct HubTask {
     pub(crate) engine: Engine,
     pub(crate) events: mpsc::Receiver<HubEvent>,
@@ -246,6 +272,7 @@ impl HubTask {
     /// Hands every output to its connection. Overflows found on the way are
     /// fed back to the core, whose answers are dispatched in turn.
     fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>) {
+        let mut texts = TextFrames::default();
         loop {
             let mut overflowed = Vec::new();
             while let Some(out) = self.engine.poll_output() {
@@ -254,7 +281,8 @@ impl HubTask {
                         let Some(outbox) = outboxes.get(&conn) else {
                             continue;
                         };
-                        match outbox.push_frame(frame, kind, self.send_queue_bytes) {
+                        let text = texts.text(frame);
+                        match outbox.push_frame(text, kind, self.send_queue_bytes) {
                             Pushed::Queued(bytes) => self.metrics.queued(bytes),
                             Pushed::Dropped => self.metrics.ephemeral_dropped(),
                             Pushed::Overflow => {
@@ -299,5 +327,26 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broadcast_is_checked_once_and_shared() {
+        let mut texts = TextFrames::default();
+        let broadcast = Bytes::from_static(br#"{"type":"new_message"}"#);
+        let first = texts.text(broadcast.clone());
+        let second = texts.text(broadcast.clone());
+        assert_eq!(
+            first.as_str().as_ptr(),
+            second.as_str().as_ptr(),
+            "recipients share one text"
+        );
+        let other = texts.text(Bytes::from(r#"{"type":"ack"}"#.to_string()));
+        assert_eq!(other.as_str(), r#"{"type":"ack"}"#);
+        assert_ne!(other.as_str().as_ptr(), first.as_str().as_ptr());
     }
 }
