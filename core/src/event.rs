@@ -183,13 +183,6 @@ impl SequencedMessage {
             origin: request.origin,
         }
     }
-
-    pub fn position(&self) -> Position {
-        Position {
-            epoch: self.epoch.clone(),
-            offset: self.offset,
-        }
-    }
 }
 
 /// Proof that an append was stored and numbered, for the sender's ack.
@@ -220,7 +213,8 @@ pub struct RoomSnapshot {
     pub epoch: Epoch,
     /// The last offset assigned (0 when the room has no messages yet).
     pub head: u64,
-    /// Retained messages in offset order, contiguous, ending at `head`
-    /// (possibly empty, possibly starting after offset 1).
+    /// Retained messages in offset order. The hub keeps only the contiguous
+    /// run that ends at `head`, so a sequencer may return what it has: after
+    /// a hole, or without the head, recovery simply reaches back less far.
     pub messages: Vec<SequencedMessage>,
 }

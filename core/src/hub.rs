@@ -645,7 +645,7 @@ impl Hub {
             }
             Recovery::Impossible => false,
         });
-        let user_list: Vec<&UserRef> = users.values().map(|p| &p.user).collect();
+        let user_list = crate::room::user_list(users);
         let info = wire::RoomInfo {
             room: name,
             users: &user_list,

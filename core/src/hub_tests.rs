@@ -1042,3 +1042,31 @@ fn replayed_history_is_marked_as_replay() {
         .collect();
     assert_eq!(kinds, [FrameKind::Replay, FrameKind::Live]);
 }
+
+#[test]
+fn a_snapshot_with_holes_recovers_only_the_run_that_ends_at_the_head() {
+    let mut m = Manual::new();
+    m.input(Input::Connected {
+        conn: ConnId(1),
+        identity: Identity::user("a"),
+    });
+    let since = |offset: u64| {
+        format!(
+            r#"{{"type":"join_room","room":"g","payload":{{"since":{{"offset":{offset},"epoch":"E"}}}}}}"#
+        )
+    };
+    m.text(1, &since(3));
+    let mut snap = snapshot("g", "E", 5, 1);
+    snap.messages.remove(2); // offset 3 is missing
+    let outs = m.input(Input::RoomOpened(snap));
+    let frames = sends_to(&outs, 1);
+    let offsets: Vec<u64> = frames.iter().filter_map(|f| f["offset"].as_u64()).collect();
+    assert_eq!(offsets, [4, 5]);
+    assert_eq!(frames.last().unwrap()["payload"]["recovered"], true);
+    let outs = m.text(1, &since(2));
+    let info = sends_to(&outs, 1);
+    assert_eq!(
+        info[0]["payload"]["recovered"], false,
+        "offset 3 is gone: {info:?}"
+    );
+}

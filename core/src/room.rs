@@ -57,7 +57,7 @@ impl Room {
     }
 
     pub(crate) fn user_list(&self) -> Vec<&UserRef> {
-        self.users.values().map(|p| &p.user).collect()
+        user_list(&self.users)
     }
 
     /// Nobody is in the room and nobody is waiting to get in.
@@ -68,6 +68,11 @@ impl Room {
                 RoomState::Open(_) => true,
             }
     }
+}
+
+/// The users present, as shown in `room_info` and `online_users`.
+pub(crate) fn user_list(users: &IndexMap<Arc<str>, Presence, FxBuildHasher>) -> Vec<&UserRef> {
+    users.values().map(|p| &p.user).collect()
 }
 
 /// A message as kept for recovery: its serialized `new_message` frame.

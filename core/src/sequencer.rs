@@ -164,21 +164,7 @@ fn trim_by_age(history: &mut VecDeque<SequencedMessage>, now: Timestamp, max_age
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::UserRef;
-
-    fn request(room: &str, at: u64) -> AppendRequest {
-        AppendRequest {
-            room: RoomName::parse(room, 64).unwrap(),
-            sender: UserRef {
-                id: "u".into(),
-                name: "U".into(),
-            },
-            content: "hi".into(),
-            reply_to: None,
-            timestamp: Timestamp(at),
-            origin: None,
-        }
-    }
+    use crate::testkit::append_request;
 
     fn limits(max_messages: usize, max_rooms: usize) -> HistoryLimits {
         HistoryLimits {
@@ -191,9 +177,9 @@ mod tests {
     #[test]
     fn offsets_are_per_room_and_strictly_increasing() {
         let mut s = MemorySequencer::new(1, limits(10, 10));
-        let a1 = s.append(request("a", 1));
-        let a2 = s.append(request("a", 2));
-        let b1 = s.append(request("b", 3));
+        let a1 = s.append(append_request("a", 1));
+        let a2 = s.append(append_request("a", 2));
+        let b1 = s.append(append_request("b", 3));
         assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
         assert_eq!(a1.epoch, a2.epoch);
         assert_ne!(a1.epoch, b1.epoch);
@@ -204,7 +190,7 @@ mod tests {
     fn history_is_bounded_by_count_and_age() {
         let mut s = MemorySequencer::new(1, limits(3, 10));
         for t in 0..5 {
-            s.append(request("a", t));
+            s.append(append_request("a", t));
         }
         let room = RoomName::parse("a", 64).unwrap();
         let snap = s.snapshot(&room, Timestamp(5));
@@ -218,11 +204,11 @@ mod tests {
     #[test]
     fn forgets_least_recently_used_rooms_beyond_the_bound() {
         let mut s = MemorySequencer::new(1, limits(3, 2));
-        let a = s.append(request("a", 1)).epoch;
-        s.append(request("b", 1));
-        s.append(request("c", 1));
+        let a = s.append(append_request("a", 1)).epoch;
+        s.append(append_request("b", 1));
+        s.append(append_request("c", 1));
         assert_eq!(s.room_count(), 2);
-        let again = s.append(request("a", 2));
+        let again = s.append(append_request("a", 2));
         assert_ne!(again.epoch, a, "a forgotten room starts a new lineage");
         assert_eq!(again.offset, 1);
     }

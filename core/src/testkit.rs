@@ -10,8 +10,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::event::{Input, Output};
-use crate::ids::{ConnId, Identity};
+use crate::event::{AppendRequest, Input, Output};
+use crate::ids::{ConnId, Identity, RoomName};
 use crate::single::SingleNode;
 use crate::time::Timestamp;
 
@@ -194,5 +194,18 @@ fn describe(input: &Input, names: &BTreeMap<ConnId, String>) -> String {
         Input::RoomOpened(s) => format!("room {} opens at {}@{}", s.room, s.epoch.as_str(), s.head),
         Input::RoomOpenFailed { room } => format!("room {room} cannot be opened"),
         other => format!("{other:?}"),
+    }
+}
+
+/// A message from user `u` to `room`, accepted at `at_ms`, not from a
+/// connection (as a backend publish would be).
+pub fn append_request(room: &str, at_ms: u64) -> AppendRequest {
+    AppendRequest {
+        room: RoomName::parse(room, 64).expect("a valid test room name"),
+        sender: Identity::user("u").user,
+        content: format!("m{at_ms}").into(),
+        reply_to: None,
+        timestamp: Timestamp(at_ms),
+        origin: None,
     }
 }

@@ -19,10 +19,6 @@ pub struct Timestamp(pub u64);
 impl Timestamp {
     pub const ZERO: Timestamp = Timestamp(0);
 
-    pub fn from_millis(ms: u64) -> Self {
-        Timestamp(ms)
-    }
-
     pub fn as_millis(self) -> u64 {
         self.0
     }
@@ -36,13 +32,9 @@ impl Timestamp {
     pub fn ms_since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
-
-    /// RFC 3339, UTC, millisecond precision: `2026-11-22T10:00:00.000Z`.
-    pub fn to_rfc3339(self) -> String {
-        self.to_string()
-    }
 }
 
+/// RFC 3339, UTC, millisecond precision: `2026-11-22T10:00:00.000Z`.
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The `time` crate does the calendar arithmetic; it only converts the
@@ -72,9 +64,9 @@ mod tests {
 
     #[test]
     fn formats_rfc3339_with_millis() {
-        assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            Timestamp(1_795_521_600_123).to_rfc3339(),
+            Timestamp(1_795_521_600_123).to_string(),
             "2026-11-24T12:00:00.123Z"
         );
     }

@@ -146,18 +146,11 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let listen = format!("127.0.0.1:{port}");
     let mut server = start(&dir, &["--listen", &listen, "--jwt-secret", "s3cret"]);
     wait_for_port(port);
-    let token = |user: &str| {
-        let out = Command::new(BIN)
-            .args(["token", "--user", user, "--jwt-secret", "s3cret"])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut clients = Vec::new();
         for user in ["a", "b", "c"] {
-            let url = format!("ws://{listen}/ws?token={}", token(user));
+            let url = format!("ws://{listen}/ws?token={}", token_for(user, "s3cret"));
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .unwrap();
@@ -241,6 +234,16 @@ fn refuses_a_public_address_without_a_configured_secret() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Connects and rejoins room `g` from `offset` in `epoch`.
+async fn rejoin(url: &str, offset: u64, epoch: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let join = format!(
+        r#"{{"type":"join_room","payload":{{"room_id":"g","since":{{"offset":{offset},"epoch":"{epoch}"}}}}}}"#
+    );
+    ws.send(Message::text(join)).await.unwrap();
+    ws
+}
+
 fn token_for(user: &str, secret: &str) -> String {
     let out = Command::new(BIN)
         .args(["token", "--user", user, "--jwt-secret", secret])
@@ -291,12 +294,13 @@ fn acked_messages_survive_kill_9_and_a_lost_data_directory_changes_the_epoch() {
     let _restarted = start(&dir, &args);
     wait_for_port(port);
     rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url("reader").as_str()).await.unwrap();
-        let join = format!(r#"{{"type":"join_room","payload":{{"room_id":"g","since":{{"offset":0,"epoch":"{epoch}"}}}}}}"#);
-        ws.send(Message::text(join)).await.unwrap();
+        let mut ws = rejoin(&url("reader"), 0, &epoch).await;
         for i in 1..=N {
             let m = next_of_type(&mut ws, "new_message").await;
-            assert_eq!((m["offset"].as_u64(), m["payload"]["content"].as_str()), (Some(i), Some(format!("durable {i}").as_str())));
+            assert_eq!(
+                (m["offset"].as_u64(), m["payload"]["content"].as_str()),
+                (Some(i), Some(format!("durable {i}").as_str()))
+            );
         }
         let info = next_of_type(&mut ws, "room_info").await;
         assert_eq!(info["payload"]["recovered"], true);
@@ -309,9 +313,7 @@ fn acked_messages_survive_kill_9_and_a_lost_data_directory_changes_the_epoch() {
     let _fresh = start(&dir, &args);
     wait_for_port(port);
     rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url("reader").as_str()).await.unwrap();
-        let join = format!(r#"{{"type":"join_room","payload":{{"room_id":"g","since":{{"offset":{N},"epoch":"{epoch}"}}}}}}"#);
-        ws.send(Message::text(join)).await.unwrap();
+        let mut ws = rejoin(&url("reader"), N, &epoch).await;
         let info = next_of_type(&mut ws, "room_info").await;
         assert_eq!(info["payload"]["recovered"], false);
         assert_ne!(info["payload"]["epoch"], epoch.as_str());

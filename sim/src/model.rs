@@ -163,6 +163,14 @@ impl Model {
         self.conns.keys().copied()
     }
 
+    /// Rooms a live connection has joined.
+    pub fn rooms_of(&self, conn: u64) -> Vec<String> {
+        self.conns
+            .get(&conn)
+            .map(|c| c.rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Users present in each room that has members.
     pub fn presence(&self) -> BTreeMap<String, Vec<String>> {
         self.rooms

@@ -61,28 +61,35 @@ pub enum Op {
     },
 }
 
+/// Weighted so that rooms fill up and talk (most operations build and use
+/// membership); disconnects, overflows and silence past the pong wait stay
+/// in the mix, about one operation in twenty.
 pub fn op_strategy() -> impl Strategy<Value = Op> {
     let c = 0usize..16;
-    let r = 0usize..ROOMS.len();
+    // Even room numbers aim at a room the connection is in (if any), odd
+    // ones at any room: most requests are meaningful, some must be refused.
+    let r = 0usize..2 * ROOMS.len();
     prop_oneof![
-        3 => (0usize..USERS.len()).prop_map(|user| Op::Connect { user }),
-        4 => (c.clone(), r.clone(), prop::option::weighted(0.3, 0u64..4))
+        6 => (0usize..USERS.len()).prop_map(|user| Op::Connect { user }),
+        10 => (c.clone(), r.clone(), prop::option::weighted(0.3, 0u64..4))
             .prop_map(|(conn, room, since_back)| Op::Join { conn, room, since_back }),
-        2 => (c.clone(), r.clone()).prop_map(|(conn, room)| Op::Leave { conn, room }),
-        5 => (c.clone(), r.clone()).prop_map(|(conn, room)| Op::Send { conn, room }),
-        2 => (c.clone(), r.clone(), any::<bool>())
+        3 => (c.clone(), r.clone()).prop_map(|(conn, room)| Op::Leave { conn, room }),
+        14 => (c.clone(), r.clone()).prop_map(|(conn, room)| Op::Send { conn, room }),
+        4 => (c.clone(), r.clone(), any::<bool>())
             .prop_map(|(conn, room, typing)| Op::Typing { conn, room, typing }),
-        1 => (c.clone(), r.clone()).prop_map(|(conn, room)| Op::Online { conn, room }),
-        1 => (c.clone(), 0usize..USERS.len()).prop_map(|(conn, to)| Op::Direct { conn, to }),
+        2 => (c.clone(), r.clone()).prop_map(|(conn, room)| Op::Online { conn, room }),
+        2 => (c.clone(), 0usize..USERS.len()).prop_map(|(conn, to)| Op::Direct { conn, to }),
         1 => c.clone().prop_map(|conn| Op::Disconnect { conn }),
         1 => c.clone().prop_map(|conn| Op::Overflow { conn }),
-        2 => c.prop_map(|conn| Op::Pong { conn }),
-        2 => (0u64..40_000).prop_map(|ms| Op::Advance { ms }),
+        4 => c.prop_map(|conn| Op::Pong { conn }),
+        // Mostly short steps; now and then one past the pong wait.
+        4 => (0u64..3_000).prop_map(|ms| Op::Advance { ms }),
+        1 => (50_000u64..70_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
 
 pub fn scenario_strategy(max_ops: usize) -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op_strategy(), 1..max_ops)
+    prop::collection::vec(op_strategy(), (max_ops / 8).max(1)..max_ops)
 }
 
 /// The config the model mirrors: no rate limit (it has its own tests), a
@@ -109,7 +116,17 @@ pub fn check_scenario(ops: &[Op]) -> Result<CheckStats, String> {
 
     for (step, op) in ops.iter().enumerate() {
         let id = format!("q{step}");
-        let pick = |i: usize| (!conns.is_empty()).then(|| conns[i % conns.len()]);
+        // Mostly live connections; a dead one now and then (odd indices
+        // reach every connection ever made), which must be ignored.
+        let live: Vec<u64> = model.connections().collect();
+        let pick = |i: usize| {
+            let pool = if i.is_multiple_of(2) && !live.is_empty() {
+                &live
+            } else {
+                &conns
+            };
+            (!pool.is_empty()).then(|| pool[(i / 2) % pool.len()])
+        };
         let mut closing = BTreeSet::new();
         let expected: Expected = match op {
             Op::Connect { user } => {
@@ -133,11 +150,11 @@ pub fn check_scenario(ops: &[Op]) -> Result<CheckStats, String> {
                     since_back: Some(back),
                     ..
                 } = op
-                    && epochs.contains_key(ROOMS[*room])
+                    && epochs.contains_key(join_room(*room))
                 {
                     // The client declares where it is: order restarts there.
-                    let since = model.head(ROOMS[*room]).saturating_sub(*back);
-                    last_offset.insert((conn, ROOMS[*room].to_string()), since);
+                    let since = model.head(join_room(*room)).saturating_sub(*back);
+                    last_offset.insert((conn, join_room(*room).to_string()), since);
                 }
                 apply(&mut world, &mut model, &epochs, op, conn, &id)
             }
@@ -193,6 +210,26 @@ fn op_conn(op: &Op) -> usize {
     }
 }
 
+/// The room a join names: even numbers gather in one busy room, so that
+/// messages have an audience; odd ones spread over all rooms.
+fn join_room(room: usize) -> &'static str {
+    if room.is_multiple_of(2) {
+        ROOMS[0]
+    } else {
+        ROOMS[room % ROOMS.len()]
+    }
+}
+
+/// The room other requests name: see `op_strategy`.
+fn room_for(model: &Model, conn: u64, room: usize) -> String {
+    let joined = model.rooms_of(conn);
+    if room.is_multiple_of(2) && !joined.is_empty() {
+        joined[(room / 2) % joined.len()].clone()
+    } else {
+        ROOMS[room % ROOMS.len()].to_string()
+    }
+}
+
 fn apply(
     world: &mut TestWorld,
     model: &mut Model,
@@ -206,7 +243,7 @@ fn apply(
         Op::Join {
             room, since_back, ..
         } => {
-            let room = ROOMS[*room];
+            let room = join_room(*room);
             let mut payload = json!({"room_id": room});
             // `since` needs the epoch a client would have been told.
             let since_back = since_back.filter(|_| epochs.contains_key(room));
@@ -221,31 +258,29 @@ fn apply(
             model.join(conn, room, since_back, id)
         }
         Op::Leave { room, .. } => {
-            world.send_json(
-                c,
-                json!({"type": "leave_room", "id": id, "room": ROOMS[*room]}),
-            );
-            model.leave(conn, ROOMS[*room], id)
+            let room = room_for(model, conn, *room);
+            world.send_json(c, json!({"type": "leave_room", "id": id, "room": room}));
+            model.leave(conn, &room, id)
         }
         Op::Send { room, .. } => {
+            let room = room_for(model, conn, *room);
             let content = format!("{id} from c{conn}");
             world.send_json(
                 c,
-                json!({"type": "send_message", "id": id, "room": ROOMS[*room], "payload": {"content": content}}),
+                json!({"type": "send_message", "id": id, "room": room, "payload": {"content": content}}),
             );
-            model.send(conn, ROOMS[*room], &content, id)
+            model.send(conn, &room, &content, id)
         }
         Op::Typing { room, typing, .. } => {
+            let room = room_for(model, conn, *room);
             let kind = if *typing { "typing" } else { "stop_typing" };
-            world.send_json(c, json!({"type": kind, "id": id, "room": ROOMS[*room]}));
-            model.typing(conn, ROOMS[*room], *typing, id)
+            world.send_json(c, json!({"type": kind, "id": id, "room": room}));
+            model.typing(conn, &room, *typing, id)
         }
         Op::Online { room, .. } => {
-            world.send_json(
-                c,
-                json!({"type": "online_users", "id": id, "room": ROOMS[*room]}),
-            );
-            model.online(conn, ROOMS[*room], id)
+            let room = room_for(model, conn, *room);
+            world.send_json(c, json!({"type": "online_users", "id": id, "room": room}));
+            model.online(conn, &room, id)
         }
         Op::Direct { to, .. } => {
             let content = format!("{id} dm");

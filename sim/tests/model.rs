@@ -39,10 +39,11 @@ fn core_matches_the_reference_model() {
         config,
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
     );
-    let result = runner.run(&scenario_strategy(80), |ops| {
-        check_scenario(&ops)
-            .map(|_| ())
-            .map_err(proptest::test_runner::TestCaseError::fail)
+    let delivered = std::cell::Cell::new(0usize);
+    let result = runner.run(&scenario_strategy(160), |ops| {
+        let stats = check_scenario(&ops).map_err(proptest::test_runner::TestCaseError::fail)?;
+        delivered.set(delivered.get() + stats.messages);
+        Ok(())
     });
     match result {
         Ok(()) => {}
@@ -54,6 +55,14 @@ fn core_matches_the_reference_model() {
         ),
         Err(TestError::Abort(reason)) => panic!("model test aborted (seed {seed:#x}): {reason}"),
     }
+    // The scenarios must actually deliver: a generator that drifted into
+    // no-ops would pass every check above.
+    let floor = 2 * cases as usize;
+    assert!(
+        delivered.get() >= floor,
+        "only {} messages delivered in {cases} scenarios",
+        delivered.get()
+    );
 }
 
 #[test]
