@@ -36,6 +36,10 @@ pub struct Config {
     pub max_deferred_requests: usize,
     /// Out-of-order sequenced messages held per room while a gap is filled.
     pub max_gap_buffer: usize,
+    /// Several nodes share rooms through a broker: the hub reports local
+    /// presence ([`crate::Output::Presence`]), merges other nodes' presence,
+    /// and relays direct messages for users it does not have.
+    pub clustered: bool,
     /// A deliberate defect, for proving the simulator finds bugs.
     #[cfg(feature = "planted-bugs")]
     pub plant: Option<crate::plant::PlantedBug>,
@@ -60,6 +64,7 @@ impl Default for Config {
             rate_limit_burst: 10,
             max_deferred_requests: 64,
             max_gap_buffer: 4096,
+            clustered: false,
             #[cfg(feature = "planted-bugs")]
             plant: None,
         }

@@ -57,6 +57,28 @@ pub enum Input {
     RoomOpenFailed { room: RoomName },
     /// Graceful shutdown began: every connection is closed with 1001.
     Shutdown,
+    // ---- cluster mode only (`Config::clustered`) ----
+    /// A user's presence in a room changed on another node.
+    RemotePresence {
+        room: RoomName,
+        node: NodeId,
+        user: UserRef,
+        present: bool,
+    },
+    /// Another node stopped refreshing its liveness: its members are gone.
+    NodeGone { node: NodeId },
+    /// A direct message relayed by another node, for this node's connections
+    /// of `message.to`.
+    RemoteDirect(Box<DirectMessage>),
+    /// The answer to an [`Output::Relay`] that carried an origin: whether any
+    /// other node had a connection of the recipient.
+    Relayed {
+        message: Box<DirectMessage>,
+        delivered: bool,
+    },
+    /// The broker connection came back after an outage: every open room may
+    /// have missed messages and presence changes, so each is resynced.
+    BrokerReconnected,
 }
 
 /// An instruction to the shell.
@@ -89,6 +111,16 @@ pub enum Output {
     },
     /// No local members are left: stop delivering `room`'s messages here.
     CloseRoom { room: RoomName },
+    /// Cluster mode: `user` now has (or no longer has) a connection in `room`
+    /// on this node. The broker records it and tells the other nodes.
+    Presence {
+        room: RoomName,
+        user: UserRef,
+        present: bool,
+    },
+    /// Cluster mode: hand a direct message to the other nodes' connections
+    /// of `message.to`. With an origin, answer with [`Input::Relayed`].
+    Relay(Box<DirectMessage>),
 }
 
 /// How the shell may treat a frame when a connection's queue is under
@@ -206,6 +238,28 @@ impl SequencedMessage {
     }
 }
 
+/// A direct message between users. Not sequenced and not stored: it exists
+/// only while it is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectMessage {
+    pub id: Arc<str>,
+    pub from: UserRef,
+    /// The recipient's user id.
+    pub to: Arc<str>,
+    pub content: Arc<str>,
+    pub timestamp: Timestamp,
+    /// The sender's connection, when it waits for the answer (ack or
+    /// `RECIPIENT_OFFLINE`); `None` when the sender's node already acked.
+    pub origin: Option<Origin>,
+}
+
+/// A room member connected to another node, as the broker records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMember {
+    pub node: NodeId,
+    pub user: UserRef,
+}
+
 /// A room's state as its sequencer knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSnapshot {
@@ -217,4 +271,7 @@ pub struct RoomSnapshot {
     /// run that ends at `head`, so a sequencer may return what it has: after
     /// a hole, or without the head, recovery simply reaches back less far.
     pub messages: Vec<SequencedMessage>,
+    /// Cluster mode: members on other nodes (empty on a single node).
+    #[serde(default)]
+    pub presence: Vec<RemoteMember>,
 }

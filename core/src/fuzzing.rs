@@ -326,7 +326,7 @@ impl FuzzWorld {
                 Output::Ping { conn } => assert!(self.connected.contains_key(&conn)),
                 Output::Append(request) => self.appends.push(*request),
                 Output::OpenRoom { room, .. } => self.opens.push(room),
-                Output::CloseRoom { .. } => {}
+                Output::CloseRoom { .. } | Output::Presence { .. } | Output::Relay(_) => {}
             }
         }
     }
@@ -448,6 +448,7 @@ impl FuzzWorld {
                     epoch: room.epoch.clone(),
                     head: room.head,
                     messages: room.history[room.history.len() - keep..].to_vec(),
+                    presence: Vec::new(),
                 };
                 self.handle(Input::RoomOpened(snapshot));
             }

@@ -20,14 +20,16 @@ use rustc_hash::FxHashMap;
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::event::{
-    AppendReceipt, AppendRequest, FrameKind, Input, Origin, Output, Position, RoomSnapshot,
-    SequencedMessage, close,
+    AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,
+    RoomSnapshot, SequencedMessage, close,
 };
-use crate::ids::{ConnId, Identity, RoomName, UserRef};
+use crate::ids::{ConnId, Identity, NodeId, RoomName, UserRef};
 use crate::limiter::{ConnLimiter, RateLimits};
 use crate::plant::PlantedBug;
 use crate::request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
-use crate::room::{Logged, Presence, Recovery, Room, RoomLog, RoomState, WaitingJoin};
+use crate::room::{
+    Logged, Presence, PresenceChange, Recovery, Room, RoomLog, RoomState, WaitingJoin,
+};
 use crate::time::Timestamp;
 use crate::wire;
 
@@ -135,6 +137,20 @@ impl Hub {
             Input::RoomOpened(snapshot) => self.on_room_opened(snapshot),
             Input::RoomOpenFailed { room } => self.on_room_open_failed(&room),
             Input::Shutdown => self.on_shutdown(),
+            Input::RemotePresence {
+                room,
+                node,
+                user,
+                present,
+            } => self.on_remote_presence(&room, (node, user, present)),
+            Input::NodeGone { node } => self.on_node_gone(node),
+            Input::RemoteDirect(message) => self.on_remote_direct(&message),
+            Input::Relayed { message, delivered } => self.on_relayed(&message, delivered),
+            Input::BrokerReconnected => {
+                for room in self.room_names() {
+                    self.request_resync(&room);
+                }
+            }
         }
     }
 
@@ -439,8 +455,19 @@ impl Hub {
                 reason: "server shutting down",
             });
         }
-        for room in self.room_names() {
-            self.out.push_back(Output::CloseRoom { room });
+        for name in self.room_names() {
+            if self.config.clustered
+                && let Some(room) = self.rooms.get(&name)
+            {
+                for p in room.users.values() {
+                    self.out.push_back(Output::Presence {
+                        room: name.clone(),
+                        user: p.user.clone(),
+                        present: false,
+                    });
+                }
+            }
+            self.out.push_back(Output::CloseRoom { room: name });
         }
         self.conns.clear();
         self.user_conns.clear();
@@ -600,6 +627,7 @@ impl Hub {
         let Room {
             members,
             users,
+            remote,
             state: RoomState::Open(log),
         } = room
         else {
@@ -614,14 +642,23 @@ impl Hub {
             });
             presence.connections += 1;
             if presence.connections == 1 {
-                let frame = wire::presence(name, user, true, now);
-                fan_out(
-                    &mut self.out,
-                    members,
-                    Some(wait.conn),
-                    &frame,
-                    FrameKind::Live,
-                );
+                if !remote.contains_key(&user.id) {
+                    let frame = wire::presence(name, user, true, now);
+                    fan_out(
+                        &mut self.out,
+                        members,
+                        Some(wait.conn),
+                        &frame,
+                        FrameKind::Live,
+                    );
+                }
+                if self.config.clustered {
+                    self.out.push_back(Output::Presence {
+                        room: name.clone(),
+                        user: user.clone(),
+                        present: true,
+                    });
+                }
             }
         }
         log.trim_by_age(now, self.config.history_max_age_ms);
@@ -645,7 +682,7 @@ impl Hub {
             }
             Recovery::Impossible => false,
         });
-        let user_list = crate::room::user_list(users);
+        let user_list = crate::room::user_list(users, remote);
         let info = wire::RoomInfo {
             room: name,
             users: &user_list,
@@ -671,8 +708,17 @@ impl Hub {
             presence.connections -= 1;
             if presence.connections == 0 {
                 room.users.swap_remove(&user.id);
-                let frame = wire::presence(name, user, false, self.now);
-                fan_out(&mut self.out, &room.members, None, &frame, FrameKind::Live);
+                if !room.remote.contains_key(&user.id) {
+                    let frame = wire::presence(name, user, false, self.now);
+                    fan_out(&mut self.out, &room.members, None, &frame, FrameKind::Live);
+                }
+                if self.config.clustered {
+                    self.out.push_back(Output::Presence {
+                        room: name.clone(),
+                        user: user.clone(),
+                        present: false,
+                    });
+                }
             }
         }
         self.close_if_deserted(name);
@@ -694,7 +740,7 @@ impl Hub {
         let Some(sender) = self.conns.get(&id).map(|c| &c.identity.user) else {
             return;
         };
-        if recipients.is_empty() {
+        if recipients.is_empty() && !self.config.clustered {
             return self.send_error(
                 id,
                 req_id.as_deref(),
@@ -704,11 +750,135 @@ impl Hub {
         }
         self.direct_seq += 1;
         let message_id = format!("{}-{}", self.direct_id_prefix, self.direct_seq);
+        if self.config.clustered {
+            // Other nodes may have connections of the recipient too. When
+            // this node has none, the sender waits for the relay's answer.
+            let waits = recipients.is_empty();
+            let message = DirectMessage {
+                id: message_id.as_str().into(),
+                from: sender.clone(),
+                to: to.into(),
+                content: content.into(),
+                timestamp: self.now,
+                origin: waits.then(|| Origin {
+                    node: self.config.node_id,
+                    conn: id,
+                    request_id: req_id.clone(),
+                }),
+            };
+            self.out.push_back(Output::Relay(Box::new(message)));
+            if waits {
+                return;
+            }
+        }
         let frame = wire::direct_message(&message_id, sender, content, self.now);
         for conn in recipients {
             self.send(conn, frame.clone(), FrameKind::Live);
         }
         self.ack(id, req_id.as_deref(), None, Some((&message_id, None)));
+    }
+
+    // ---- cluster ----
+
+    fn on_remote_presence(&mut self, name: &RoomName, change: PresenceChange) {
+        if change.0 == self.config.node_id {
+            return;
+        }
+        let max_early = self.config.max_gap_buffer;
+        let Some(room) = self.rooms.get_mut(name) else {
+            // Not open here: the snapshot of a later open carries it.
+            return;
+        };
+        match &mut room.state {
+            RoomState::Opening { early_presence, .. } => {
+                // Beyond the bound, the room is resynced once open.
+                if early_presence.len() < max_early {
+                    early_presence.push(change);
+                }
+            }
+            RoomState::Open(_) => self.apply_remote(name, change),
+        }
+    }
+
+    /// Applies another node's presence change to an open room and tells the
+    /// local members when the user joined or left the whole cluster.
+    fn apply_remote(&mut self, name: &RoomName, change: PresenceChange) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let user = change.1.clone();
+        let present = change.2;
+        if room.apply_remote(change) {
+            let frame = wire::presence(name, &user, present, self.now);
+            fan_out(&mut self.out, &room.members, None, &frame, FrameKind::Live);
+        }
+    }
+
+    fn on_node_gone(&mut self, node: NodeId) {
+        if node == self.config.node_id {
+            return;
+        }
+        for name in self.room_names() {
+            let gone: Vec<UserRef> = match self.rooms.get(&name) {
+                Some(room) => room
+                    .remote
+                    .values()
+                    .filter(|r| r.nodes.contains(&node))
+                    .map(|r| r.user.clone())
+                    .collect(),
+                None => continue,
+            };
+            for user in gone {
+                self.apply_remote(&name, (node, user, false));
+            }
+        }
+    }
+
+    fn on_remote_direct(&mut self, message: &DirectMessage) {
+        if message
+            .origin
+            .as_ref()
+            .is_some_and(|o| o.node == self.config.node_id)
+        {
+            return;
+        }
+        let Some(list) = self.user_conns.get(&message.to) else {
+            return;
+        };
+        let recipients = list.clone();
+        let frame = wire::direct_message(
+            &message.id,
+            &message.from,
+            &message.content,
+            message.timestamp,
+        );
+        for conn in recipients {
+            self.send(conn, frame.clone(), FrameKind::Live);
+        }
+    }
+
+    fn on_relayed(&mut self, message: &DirectMessage, delivered: bool) {
+        let Some(origin) = &message.origin else {
+            return;
+        };
+        if origin.node != self.config.node_id {
+            return;
+        }
+        if delivered {
+            self.ack(
+                origin.conn,
+                origin.request_id.as_deref(),
+                None,
+                Some((&message.id, None)),
+            );
+        } else {
+            self.send_error(
+                origin.conn,
+                origin.request_id.as_deref(),
+                ErrorCode::RecipientOffline,
+                "the recipient is not connected",
+            );
+        }
     }
 
     /// Runs requests a connection queued while its join waited.
@@ -860,9 +1030,22 @@ impl Hub {
             return;
         };
         match &mut room.state {
-            RoomState::Opening { waiting, early } => {
+            RoomState::Opening {
+                waiting,
+                early,
+                early_presence,
+            } => {
                 let waiting = std::mem::take(waiting);
                 let early = std::mem::take(early);
+                let early_presence = std::mem::take(early_presence);
+                let me = self.config.node_id;
+                // Nobody is a member yet, so this tells no one.
+                for member in snapshot.presence.iter().filter(|m| m.node != me) {
+                    room.apply_remote((member.node, member.user.clone(), true));
+                }
+                for change in early_presence {
+                    room.apply_remote(change);
+                }
                 room.state = RoomState::Open(log_from(&self.config, self.now, snapshot));
                 for msg in early {
                     self.accept(&name, msg);
@@ -882,6 +1065,7 @@ impl Hub {
                 if snapshot.epoch != log.epoch {
                     return self.evict_members(&name, "room history was reset; rejoin");
                 }
+                self.reconcile_presence(&name, &snapshot);
                 for msg in snapshot.messages {
                     if self.open_head(&name) == Some(msg.offset.wrapping_sub(1)) {
                         self.deliver(&name, &msg);
@@ -898,6 +1082,40 @@ impl Hub {
                     self.evict_members(&name, "missed messages are gone; rejoin with since");
                 }
             }
+        }
+    }
+
+    /// After a resync, takes the snapshot's view of other nodes' members
+    /// (changes may have been missed while the broker was unreachable) and
+    /// tells local members about the differences.
+    fn reconcile_presence(&mut self, name: &RoomName, snapshot: &RoomSnapshot) {
+        let me = self.config.node_id;
+        let Some(room) = self.rooms.get(name) else {
+            return;
+        };
+        let mut changes: Vec<PresenceChange> = Vec::new();
+        for r in room.remote.values() {
+            for node in &r.nodes {
+                let still = snapshot
+                    .presence
+                    .iter()
+                    .any(|m| m.node == *node && m.user.id == r.user.id);
+                if !still {
+                    changes.push((*node, r.user.clone(), false));
+                }
+            }
+        }
+        for m in snapshot.presence.iter().filter(|m| m.node != me) {
+            let known = room
+                .remote
+                .get(&m.user.id)
+                .is_some_and(|r| r.nodes.contains(&m.node));
+            if !known {
+                changes.push((m.node, m.user.clone(), true));
+            }
+        }
+        for change in changes {
+            self.apply_remote(name, change);
         }
     }
 

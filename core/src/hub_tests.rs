@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::event::{FrameKind, close};
+use crate::event::{FrameKind, RemoteMember, close};
 use crate::ids::{Epoch, NodeId, RoomAccess};
 use crate::testkit::{START, TestWorld};
 
@@ -696,6 +696,23 @@ impl Manual {
             now: START,
         }
     }
+    /// A cluster node with id `node`.
+    fn clustered(node: u64) -> Self {
+        Manual {
+            hub: Hub::new(Config {
+                node_id: NodeId(node),
+                clustered: true,
+                ..Config::default()
+            }),
+            now: START,
+        }
+    }
+    fn connect(&mut self, conn: u64, user: &str) {
+        self.input(Input::Connected {
+            conn: ConnId(conn),
+            identity: Identity::user(user),
+        });
+    }
     fn input(&mut self, input: Input) -> Vec<Output> {
         self.hub.handle(input, self.now);
         std::iter::from_fn(|| self.hub.poll_output()).collect()
@@ -740,6 +757,7 @@ fn snapshot(room: &str, epoch: &str, head: u64, first: u64) -> RoomSnapshot {
         epoch: Epoch::new(epoch),
         head,
         messages: (first..=head).map(|o| msg(room, epoch, o)).collect(),
+        presence: Vec::new(),
     }
 }
 
@@ -1068,5 +1086,268 @@ fn a_snapshot_with_holes_recovers_only_the_run_that_ends_at_the_head() {
     assert_eq!(
         info[0]["payload"]["recovered"], false,
         "offset 3 is gone: {info:?}"
+    );
+}
+
+// ---- cluster mode ----
+
+fn user(id: &str) -> UserRef {
+    UserRef {
+        id: id.into(),
+        name: id.into(),
+    }
+}
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name, 64).unwrap()
+}
+
+fn types(outs: &[Output], conn: u64) -> Vec<String> {
+    sends_to(outs, conn)
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn remote(node: u64, id: &str, present: bool) -> Input {
+    Input::RemotePresence {
+        room: room("g"),
+        node: NodeId(node),
+        user: user(id),
+        present,
+    }
+}
+
+/// Node 1 with alice (c1) in open room `g`, where bob is on node 2.
+fn cluster_with_bob_remote() -> Manual {
+    let mut m = Manual::clustered(1);
+    m.connect(1, "alice");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    let mut snap = snapshot("g", "E", 0, 1);
+    snap.presence = vec![
+        RemoteMember {
+            node: NodeId(2),
+            user: user("bob"),
+        },
+        // Its own entries in a snapshot are not "remote".
+        RemoteMember {
+            node: NodeId(1),
+            user: user("alice"),
+        },
+    ];
+    let outs = m.input(Input::RoomOpened(snap));
+    let info = &sends_to(&outs, 1)[0];
+    assert_eq!(
+        info["payload"]["users"],
+        json!([{"id": "alice", "name": "alice"}, {"id": "bob", "name": "bob"}])
+    );
+    assert!(outs.contains(&Output::Presence {
+        room: room("g"),
+        user: user("alice"),
+        present: true
+    }));
+    m
+}
+
+#[test]
+fn cluster_presence_joins_and_leaves_once_per_user_across_nodes() {
+    let mut m = cluster_with_bob_remote();
+    // Bob on a third node too: no second user_joined.
+    assert!(m.input(remote(3, "bob", true)).is_empty());
+    // Bob leaves node 2 but is still on node 3: no user_left.
+    assert!(m.input(remote(2, "bob", false)).is_empty());
+    let outs = m.input(remote(3, "bob", false));
+    assert_eq!(types(&outs, 1), ["user_left"]);
+    let outs = m.input(remote(2, "carol", true));
+    assert_eq!(types(&outs, 1), ["user_joined"]);
+    // A node's own presence echoed back by the broker is ignored.
+    assert!(m.input(remote(1, "dave", true)).is_empty());
+    // A user present remotely who connects here: no user_joined locally.
+    m.connect(2, "carol");
+    let outs = m.text(2, r#"{"type":"join_room","room":"g"}"#);
+    assert_eq!(types(&outs, 1), Vec::<String>::new());
+    assert!(outs.contains(&Output::Presence {
+        room: room("g"),
+        user: user("carol"),
+        present: true
+    }));
+    // And leaving here while still remote: no user_left, but the broker hears.
+    let outs = m.input(Input::Disconnected { conn: ConnId(2) });
+    assert_eq!(types(&outs, 1), Vec::<String>::new());
+    assert!(outs.contains(&Output::Presence {
+        room: room("g"),
+        user: user("carol"),
+        present: false
+    }));
+}
+
+#[test]
+fn a_gone_node_takes_its_members_with_it() {
+    let mut m = cluster_with_bob_remote();
+    m.input(remote(3, "bob", true));
+    m.input(remote(2, "carol", true));
+    let outs = m.input(Input::NodeGone { node: NodeId(2) });
+    // Bob is still on node 3; carol was only on node 2.
+    let frames = sends_to(&outs, 1);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["type"], "user_left");
+    assert_eq!(frames[0]["payload"]["id"], "carol");
+    let outs = m.text(1, r#"{"type":"online_users","room":"g","id":"o"}"#);
+    assert_eq!(
+        sends_to(&outs, 1)[0]["payload"]["users"],
+        json!([{"id": "alice", "name": "alice"}, {"id": "bob", "name": "bob"}])
+    );
+}
+
+#[test]
+fn presence_seen_while_a_room_opens_is_applied_after_the_snapshot() {
+    let mut m = Manual::clustered(1);
+    m.connect(1, "alice");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    // Newer than the snapshot: bob left node 2 after it was read.
+    m.input(remote(2, "bob", false));
+    m.input(remote(2, "carol", true));
+    let mut snap = snapshot("g", "E", 0, 1);
+    snap.presence = vec![RemoteMember {
+        node: NodeId(2),
+        user: user("bob"),
+    }];
+    let outs = m.input(Input::RoomOpened(snap));
+    assert_eq!(
+        sends_to(&outs, 1)[0]["payload"]["users"],
+        json!([{"id": "alice", "name": "alice"}, {"id": "carol", "name": "carol"}])
+    );
+}
+
+#[test]
+fn a_resync_after_a_broker_outage_reconciles_presence() {
+    let mut m = cluster_with_bob_remote();
+    let outs = m.input(Input::BrokerReconnected);
+    assert_eq!(
+        outs,
+        [Output::OpenRoom {
+            room: room("g"),
+            after: Some(Position {
+                epoch: Epoch::new("E"),
+                offset: 0
+            })
+        }]
+    );
+    // While the broker was away bob left and carol came.
+    let mut snap = snapshot("g", "E", 0, 1);
+    snap.presence = vec![RemoteMember {
+        node: NodeId(2),
+        user: user("carol"),
+    }];
+    let outs = m.input(Input::RoomOpened(snap));
+    let frames = sends_to(&outs, 1);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(
+        (
+            frames[0]["type"].as_str(),
+            frames[0]["payload"]["id"].as_str()
+        ),
+        (Some("user_left"), Some("bob"))
+    );
+    assert_eq!(
+        (
+            frames[1]["type"].as_str(),
+            frames[1]["payload"]["id"].as_str()
+        ),
+        (Some("user_joined"), Some("carol"))
+    );
+}
+
+#[test]
+fn direct_messages_are_relayed_to_other_nodes() {
+    let mut m = Manual::clustered(1);
+    m.connect(1, "alice");
+    // Bob is not here: the relay decides between ack and RECIPIENT_OFFLINE.
+    let outs = m.text(
+        1,
+        r#"{"type":"send_direct","id":"d1","payload":{"to":"bob","content":"hi"}}"#,
+    );
+    let [Output::Relay(relay)] = outs.as_slice() else {
+        panic!("{outs:?}")
+    };
+    assert_eq!(&*relay.to, "bob");
+    let origin = relay.origin.clone().expect("the sender waits");
+    assert_eq!(origin.conn, ConnId(1));
+    let outs = m.input(Input::Relayed {
+        message: relay.clone(),
+        delivered: true,
+    });
+    let ack = &sends_to(&outs, 1)[0];
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["id"], "d1");
+    assert_eq!(ack["payload"]["message_id"], relay.id.as_ref());
+    let outs = m.input(Input::Relayed {
+        message: relay.clone(),
+        delivered: false,
+    });
+    assert_eq!(error_code(&sends_to(&outs, 1)[0]), "RECIPIENT_OFFLINE");
+
+    // Bob connected here and on another node: delivered here, acked at
+    // once, and still relayed (without an origin) for bob's other node.
+    m.connect(2, "bob");
+    let outs = m.text(
+        1,
+        r#"{"type":"send_direct","id":"d2","payload":{"to":"bob","content":"yo"}}"#,
+    );
+    assert_eq!(types(&outs, 2), ["direct_message"]);
+    assert_eq!(types(&outs, 1), ["ack"]);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Relay(r) if r.origin.is_none()))
+    );
+
+    // A relay from node 2 reaches bob's connection here.
+    let mut from_elsewhere = (**relay).clone();
+    from_elsewhere.origin = Some(Origin {
+        node: NodeId(2),
+        conn: ConnId(9),
+        request_id: None,
+    });
+    let outs = m.input(Input::RemoteDirect(Box::new(from_elsewhere.clone())));
+    let frames = sends_to(&outs, 2);
+    assert_eq!(frames[0]["type"], "direct_message");
+    assert_eq!(frames[0]["payload"]["content"], "hi");
+    // Its own relays coming back are ignored.
+    from_elsewhere.origin = Some(origin);
+    assert!(
+        m.input(Input::RemoteDirect(Box::new(from_elsewhere)))
+            .is_empty()
+    );
+}
+
+#[test]
+fn shutdown_withdraws_this_nodes_presence() {
+    let mut m = cluster_with_bob_remote();
+    let outs = m.input(Input::Shutdown);
+    assert!(outs.contains(&Output::Presence {
+        room: room("g"),
+        user: user("alice"),
+        present: false
+    }));
+}
+
+#[test]
+fn a_single_node_never_emits_cluster_outputs() {
+    let mut m = Manual::new();
+    m.connect(1, "alice");
+    let outs = m.text(
+        1,
+        r#"{"type":"send_direct","id":"d","payload":{"to":"bob","content":"hi"}}"#,
+    );
+    assert_eq!(error_code(&sends_to(&outs, 1)[0]), "RECIPIENT_OFFLINE");
+    let outs = m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    let outs: Vec<Output> = outs
+        .into_iter()
+        .chain(m.input(Input::RoomOpened(snapshot("g", "E", 0, 1))))
+        .collect();
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Presence { .. } | Output::Relay(_)))
     );
 }

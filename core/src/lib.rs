@@ -32,8 +32,8 @@ pub mod wire;
 pub use config::Config;
 pub use error::ErrorCode;
 pub use event::{
-    AppendReceipt, AppendRequest, FrameKind, Input, Origin, Output, Position, RoomSnapshot,
-    SequencedMessage, close,
+    AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,
+    RemoteMember, RoomSnapshot, SequencedMessage, close,
 };
 pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};

@@ -10,7 +10,7 @@ use indexmap::{IndexMap, IndexSet};
 use rustc_hash::FxBuildHasher;
 
 use crate::event::SequencedMessage;
-use crate::ids::{ConnId, Epoch, UserRef};
+use crate::ids::{ConnId, Epoch, NodeId, UserRef};
 use crate::request::Since;
 use crate::time::Timestamp;
 
@@ -20,8 +20,18 @@ pub(crate) struct Room {
     pub(crate) members: IndexSet<ConnId, FxBuildHasher>,
     /// Users present, with how many of their connections are members.
     pub(crate) users: IndexMap<Arc<str>, Presence, FxBuildHasher>,
+    /// Cluster mode: users present on other nodes, with those nodes.
+    pub(crate) remote: IndexMap<Arc<str>, RemotePresence, FxBuildHasher>,
     pub(crate) state: RoomState,
 }
+
+pub(crate) struct RemotePresence {
+    pub(crate) user: UserRef,
+    pub(crate) nodes: std::collections::BTreeSet<NodeId>,
+}
+
+/// A presence change from another node: (node, user, present).
+pub(crate) type PresenceChange = (NodeId, UserRef, bool);
 
 pub(crate) struct Presence {
     pub(crate) user: UserRef,
@@ -34,6 +44,9 @@ pub(crate) enum RoomState {
         waiting: Vec<WaitingJoin>,
         /// Messages sequenced before the snapshot arrived.
         early: Vec<SequencedMessage>,
+        /// Other nodes' presence changes seen before the snapshot arrived;
+        /// applied after it, in order.
+        early_presence: Vec<PresenceChange>,
     },
     Open(RoomLog),
 }
@@ -49,15 +62,44 @@ impl Room {
         Room {
             members: IndexSet::default(),
             users: IndexMap::default(),
+            remote: IndexMap::default(),
             state: RoomState::Opening {
                 waiting: vec![first],
                 early: Vec::new(),
+                early_presence: Vec::new(),
             },
         }
     }
 
     pub(crate) fn user_list(&self) -> Vec<&UserRef> {
-        user_list(&self.users)
+        user_list(&self.users, &self.remote)
+    }
+
+    /// Whether `user` is in the room on this node or any other.
+    pub(crate) fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user) || self.remote.contains_key(user)
+    }
+
+    /// Records another node's presence change. Returns whether the user's
+    /// presence across the cluster changed (joined or left everywhere).
+    pub(crate) fn apply_remote(&mut self, (node, user, present): PresenceChange) -> bool {
+        let before = self.has_user(&user.id);
+        if present {
+            self.remote
+                .entry(user.id.clone())
+                .or_insert_with(|| RemotePresence {
+                    user: user.clone(),
+                    nodes: Default::default(),
+                })
+                .nodes
+                .insert(node);
+        } else if let Some(entry) = self.remote.get_mut(&user.id) {
+            entry.nodes.remove(&node);
+            if entry.nodes.is_empty() {
+                self.remote.shift_remove(&user.id);
+            }
+        }
+        before != self.has_user(&user.id)
     }
 
     /// Nobody is in the room and nobody is waiting to get in.
@@ -70,9 +112,22 @@ impl Room {
     }
 }
 
-/// The users present, as shown in `room_info` and `online_users`.
-pub(crate) fn user_list(users: &IndexMap<Arc<str>, Presence, FxBuildHasher>) -> Vec<&UserRef> {
-    users.values().map(|p| &p.user).collect()
+/// The users present, as shown in `room_info` and `online_users`: this
+/// node's, then those only on other nodes.
+pub(crate) fn user_list<'a>(
+    users: &'a IndexMap<Arc<str>, Presence, FxBuildHasher>,
+    remote: &'a IndexMap<Arc<str>, RemotePresence, FxBuildHasher>,
+) -> Vec<&'a UserRef> {
+    users
+        .values()
+        .map(|p| &p.user)
+        .chain(
+            remote
+                .iter()
+                .filter(|(id, _)| !users.contains_key(*id))
+                .map(|(_, r)| &r.user),
+        )
+        .collect()
 }
 
 /// A message as kept for recovery: its serialized `new_message` frame.

@@ -84,7 +84,13 @@ impl MemorySequencer {
             }
             // Nothing to stop: this sequencer hands messages straight back.
             Output::CloseRoom { .. } => true,
-            Output::Send { .. } | Output::Ping { .. } | Output::Close { .. } => false,
+            // Cluster outputs are the broker's; a hub that is not clustered
+            // never emits them.
+            Output::Send { .. }
+            | Output::Ping { .. }
+            | Output::Close { .. }
+            | Output::Presence { .. }
+            | Output::Relay(_) => false,
         }
     }
 
@@ -114,6 +120,7 @@ impl MemorySequencer {
             epoch: room.epoch.clone(),
             head: room.head,
             messages: room.history.iter().cloned().collect(),
+            presence: Vec::new(),
         }
     }
 

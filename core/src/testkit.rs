@@ -118,8 +118,13 @@ impl TestWorld {
                 );
                 self.closed.insert(conn, (code, reason.to_string()));
             }
-            // SingleNode answers these itself.
-            Output::Append(_) | Output::OpenRoom { .. } | Output::CloseRoom { .. } => {}
+            // SingleNode answers these itself; a single node emits no
+            // cluster outputs.
+            Output::Append(_)
+            | Output::OpenRoom { .. }
+            | Output::CloseRoom { .. }
+            | Output::Presence { .. }
+            | Output::Relay(_) => {}
         }
     }
 

@@ -309,7 +309,11 @@ impl HubTask {
                         }
                     }
                     // The engine hands the sequencer's outputs to whoever owns the order.
-                    Output::Append(_) | Output::OpenRoom { .. } | Output::CloseRoom { .. } => {}
+                    Output::Append(_)
+                    | Output::OpenRoom { .. }
+                    | Output::CloseRoom { .. }
+                    | Output::Presence { .. }
+                    | Output::Relay(_) => {}
                 }
             }
             if overflowed.is_empty() {

@@ -121,6 +121,7 @@ impl Store {
                 epoch: Epoch::new(&epoch),
                 head: 0,
                 messages: Vec::new(),
+                presence: Vec::new(),
             });
         };
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
@@ -146,6 +147,7 @@ impl Store {
             epoch: Epoch::new(&epoch),
             head,
             messages,
+            presence: Vec::new(),
         })
     }
 }
@@ -201,7 +203,9 @@ pub(crate) fn spawn(
                         Output::CloseRoom { .. }
                         | Output::Send { .. }
                         | Output::Ping { .. }
-                        | Output::Close { .. } => {}
+                        | Output::Close { .. }
+                        | Output::Presence { .. }
+                        | Output::Relay(_) => {}
                     }
                 }
                 if !batch.is_empty() && !commit(&store, batch, &answer) {
