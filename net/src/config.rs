@@ -138,6 +138,19 @@ pub struct ServerArgs {
     #[arg(long, env = "ROOMHUB_MEMORY", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set)]
     pub memory: bool,
+    /// Cluster mode: share rooms with other nodes through this Redis
+    /// (e.g. redis://127.0.0.1:6379). History then lives in Redis, not in
+    /// the data directory.
+    #[arg(long, env = "ROOMHUB_REDIS")]
+    pub redis: Option<String>,
+    /// Cluster mode: a node that stops refreshing its liveness for this long
+    /// is considered gone, and its users leave their rooms.
+    #[arg(long, env = "ROOMHUB_NODE_TTL_MS", default_value_t = 10_000)]
+    pub node_ttl_ms: u64,
+    /// Enables `POST /api/publish` for backends, with this key as a Bearer
+    /// token. Without it the endpoint answers 404.
+    #[arg(long, env = "ROOMHUB_API_KEY")]
+    pub api_key: Option<String>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROOMHUB_LOG_JSON", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set)]
@@ -240,6 +253,11 @@ pub struct ServerConfig {
     pub sequencer_seed: u64,
     /// The store's directory; `None` keeps history in memory.
     pub data_dir: Option<PathBuf>,
+    /// Cluster mode's Redis URL.
+    pub redis: Option<String>,
+    pub node_ttl: Duration,
+    /// The key `POST /api/publish` requires; `None` disables it.
+    pub api_key: Option<String>,
 }
 
 impl ServerConfig {
@@ -265,6 +283,9 @@ impl ServerConfig {
         if args.max_message_bytes < 64 {
             return Err("--max-message-bytes must be at least 64".into());
         }
+        if args.node_ttl_ms < 400 {
+            return Err("--node-ttl-ms must be at least 400".into());
+        }
         if args.pong_wait_ms <= args.ping_interval_ms {
             return Err("--pong-wait-ms must be longer than --ping-interval-ms".into());
         }
@@ -282,6 +303,7 @@ impl ServerConfig {
             pong_wait_ms: args.pong_wait_ms,
             rate_limit_per_second: args.rate_limit_per_second,
             rate_limit_burst: args.rate_limit_burst,
+            clustered: args.redis.is_some(),
             ..CoreConfig::default()
         };
         Ok(ServerConfig {
@@ -307,7 +329,10 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-            data_dir: (!args.memory).then(|| args.data_dir.clone()),
+            data_dir: (!args.memory && args.redis.is_none()).then(|| args.data_dir.clone()),
+            redis: args.redis.clone(),
+            node_ttl: Duration::from_millis(args.node_ttl_ms),
+            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         })
     }
 }

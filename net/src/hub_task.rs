@@ -7,11 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use roomhub_core::{ConnId, FrameKind, Hub, Identity, Input, Output, SingleNode, Timestamp, close};
+use roomhub_core::{
+    AppendRequest, ConnId, FrameKind, Hub, Identity, Input, Origin, Output, SingleNode, Timestamp,
+    close,
+};
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::ClusterCmd;
 use crate::clock::Clock;
 use crate::conn::Live;
 use crate::metrics::Metrics;
@@ -24,7 +28,24 @@ pub(crate) enum HubEvent {
         outbox: Outbox,
     },
     Input(Input),
+    /// `POST /api/publish`: sequence `request` like a member's message and
+    /// answer with its id and offset once it is stored.
+    Publish {
+        request: AppendRequest,
+        reply: oneshot::Sender<Result<Published, ()>>,
+    },
 }
+
+/// Where a backend's published message landed.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) message_id: Arc<str>,
+    pub(crate) offset: u64,
+}
+
+/// The connection number API publishes carry in their origin, so that the
+/// receipt finds its HTTP caller. Connections are numbered from 1.
+pub(crate) const API_CONN: ConnId = ConnId(0);
 
 /// What the hub asks a connection's writer to do.
 #[derive(Debug)]
@@ -138,13 +159,58 @@ pub(crate) enum Engine {
         hub: Box<Hub>,
         store: mpsc::UnboundedSender<Output>,
     },
+    /// Cluster mode: the broker sequences, and every node (this one too)
+    /// delivers what it publishes.
+    Cluster {
+        hub: Box<Hub>,
+        broker: mpsc::UnboundedSender<ClusterCmd>,
+        /// Local connections per user, to follow their direct messages.
+        users: FxHashMap<Arc<str>, usize>,
+        conn_users: FxHashMap<ConnId, Arc<str>>,
+    },
 }
 
 impl Engine {
     fn handle(&mut self, input: Input, now: Timestamp) {
         match self {
             Engine::Memory(node) => node.handle(input, now),
-            Engine::Stored { hub, .. } => hub.handle(input, now),
+            Engine::Stored { hub, .. } | Engine::Cluster { hub, .. } => hub.handle(input, now),
+        }
+    }
+
+    /// Follows which users have local connections (cluster mode only).
+    fn connected(&mut self, conn: ConnId, user: &Arc<str>) {
+        if let Engine::Cluster {
+            broker,
+            users,
+            conn_users,
+            ..
+        } = self
+        {
+            conn_users.insert(conn, user.clone());
+            let n = users.entry(user.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                let _ = broker.send(ClusterCmd::UserOnline(user.clone()));
+            }
+        }
+    }
+
+    fn disconnected(&mut self, conn: ConnId) {
+        if let Engine::Cluster {
+            broker,
+            users,
+            conn_users,
+            ..
+        } = self
+            && let Some(user) = conn_users.remove(&conn)
+            && let Some(n) = users.get_mut(&user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(&user);
+                let _ = broker.send(ClusterCmd::UserOffline(user));
+            }
         }
     }
 
@@ -164,6 +230,41 @@ impl Engine {
                     out => return Some(out),
                 }
             },
+            Engine::Cluster { hub, broker, .. } => loop {
+                match hub.poll_output()? {
+                    out @ (Output::Append(_)
+                    | Output::OpenRoom { .. }
+                    | Output::CloseRoom { .. }
+                    | Output::Presence { .. }
+                    | Output::Relay(_)) => {
+                        let _ = broker.send(ClusterCmd::Output(out));
+                    }
+                    out => return Some(out),
+                }
+            },
+        }
+    }
+
+    /// Starts an API publish; the memory engine answers at once.
+    fn publish(&mut self, request: AppendRequest, now: Timestamp) -> Option<Published> {
+        match self {
+            Engine::Memory(node) => {
+                let msg = node.sequencer.append(request);
+                let published = Published {
+                    message_id: msg.id.clone(),
+                    offset: msg.offset,
+                };
+                node.handle(Input::Sequenced(msg), now);
+                Some(published)
+            }
+            Engine::Stored { store, .. } => {
+                let _ = store.send(Output::Append(Box::new(request)));
+                None
+            }
+            Engine::Cluster { broker, .. } => {
+                let _ = broker.send(ClusterCmd::Output(Output::Append(Box::new(request))));
+                None
+            }
         }
     }
 
@@ -174,7 +275,7 @@ impl Engine {
     fn hub(&self) -> &Hub {
         match self {
             Engine::Memory(node) => &node.hub,
-            Engine::Stored { hub, .. } => hub,
+            Engine::Stored { hub, .. } | Engine::Cluster { hub, .. } => hub,
         }
     }
 }
@@ -211,6 +312,9 @@ pub(crate) struct HubTask {
     pub(crate) metrics: Metrics,
     pub(crate) send_queue_bytes: usize,
     pub(crate) shutdown: CancellationToken,
+    /// API publishes waiting for their receipt, by request id.
+    pub(crate) publishes: FxHashMap<u64, oneshot::Sender<Result<Published, ()>>>,
+    pub(crate) next_publish: u64,
 }
 
 /// Events taken per wake-up before outputs are dispatched, so one burst of
@@ -258,15 +362,67 @@ impl HubTask {
                 outbox,
             } => {
                 outboxes.insert(conn, outbox);
+                self.engine.connected(conn, &identity.user.id);
                 self.engine.handle(Input::Connected { conn, identity }, now);
             }
             HubEvent::Input(input) => {
                 if let Input::Disconnected { conn } = &input {
                     outboxes.remove(conn);
+                    self.engine.disconnected(*conn);
                 }
-                self.engine.handle(input, now);
+                if !self.answer_publish(&input) {
+                    self.engine.handle(input, now);
+                }
+            }
+            HubEvent::Publish { mut request, reply } => {
+                self.next_publish += 1;
+                let id = self.next_publish;
+                request.origin = Some(Origin {
+                    node: self.engine.hub().config().node_id,
+                    conn: API_CONN,
+                    request_id: Some(id.to_string().into()),
+                });
+                match self.engine.publish(request, now) {
+                    Some(done) => {
+                        let _ = reply.send(Ok(done));
+                    }
+                    None => {
+                        self.publishes.insert(id, reply);
+                    }
+                }
             }
         }
+    }
+
+    /// Takes the store's or broker's answer to an API publish. Returns
+    /// false for everything else.
+    fn answer_publish(&mut self, input: &Input) -> bool {
+        let (origin, result) = match input {
+            Input::Appended(receipt) => (
+                &receipt.origin,
+                Ok(Published {
+                    message_id: receipt.message_id.clone(),
+                    offset: receipt.offset,
+                }),
+            ),
+            Input::AppendFailed(request) => match &request.origin {
+                Some(origin) => (origin, Err(())),
+                None => return false,
+            },
+            _ => return false,
+        };
+        if origin.conn != API_CONN {
+            return false;
+        }
+        let waiting = origin
+            .request_id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .and_then(|id| self.publishes.remove(&id));
+        if let Some(reply) = waiting {
+            let _ = reply.send(result);
+        }
+        true
     }
 
     /// Hands every output to its connection. Overflows found on the way are

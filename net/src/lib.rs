@@ -8,6 +8,7 @@
 //!   each connection has a reader and a writer.
 
 pub mod auth;
+pub mod broker;
 pub mod clock;
 pub mod config;
 mod conn;
@@ -16,6 +17,7 @@ pub mod dev;
 pub mod fuzzing;
 mod hub_task;
 pub mod metrics;
+pub mod redis_broker;
 pub mod server;
 pub mod store;
 

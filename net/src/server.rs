@@ -16,7 +16,9 @@ use axum::routing::get;
 use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomhub_core::{ConnId, HistoryLimits, Hub, Identity, SingleNode};
+use roomhub_core::{
+    AppendRequest, ConnId, HistoryLimits, Hub, Identity, RoomName, SingleNode, UserRef,
+};
 use rustc_hash::FxHashMap;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -26,10 +28,12 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::auth::{AuthError, Authenticator, SUBPROTOCOL, TokenSource, extract_token};
+use crate::broker::{Broker, ClusterTiming, ClusterView};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::hub_task::{Engine, HubEvent, HubTask};
 use crate::metrics::Metrics;
+use crate::redis_broker::RedisBroker;
 use crate::store::Store;
 
 /// Events queued for the hub before connection readers wait (backpressure
@@ -57,7 +61,9 @@ pub struct AppState {
     sockets: AtomicUsize,
     /// Connections live in the protocol's sense (not yet closed by either
     /// side): what `/ws/online` reports.
-    pub(crate) online: AtomicUsize,
+    pub(crate) online: Arc<AtomicUsize>,
+    /// Cluster mode: the other nodes' counts and the broker's health.
+    cluster: Option<Arc<ClusterView>>,
     per_user: std::sync::Mutex<FxHashMap<Arc<str>, usize>>,
     shutting_down: AtomicBool,
     pub(crate) metrics: Metrics,
@@ -74,9 +80,97 @@ pub struct Server {
 
 impl Server {
     /// Starts serving on `listener`; returns once accepting.
+    /// With `config.redis`, the node joins that Redis cluster.
     pub fn start<L>(listener: L, config: ServerConfig, clock: Clock) -> std::io::Result<Server>
     where
         L: Listener<Addr = SocketAddr>,
+    {
+        match &config.redis {
+            Some(url) => {
+                let limits = HistoryLimits::from_config(&config.core);
+                let broker = RedisBroker::new(url, limits, config.node_ttl)
+                    .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?;
+                info!(redis = %url, node = config.core.node_id.0, "cluster mode");
+                Server::start_clustered(listener, config, clock, Arc::new(broker))
+            }
+            None => Server::launch(listener, config, clock, |config, clock, hub_tx, _| {
+                let engine = match &config.data_dir {
+                    None => Engine::Memory(Box::new(SingleNode::new(
+                        config.core.clone(),
+                        config.sequencer_seed,
+                    ))),
+                    Some(dir) => {
+                        let limits = HistoryLimits::from_config(&config.core);
+                        let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
+                        info!(dir = %dir.display(), "durable history in the data directory");
+                        Engine::Stored {
+                            hub: Box::new(Hub::new(config.core.clone())),
+                            store: crate::store::spawn(store, clock, hub_tx.clone()),
+                        }
+                    }
+                };
+                Ok((engine, None))
+            }),
+        }
+    }
+
+    /// Starts a cluster node on any [`Broker`] (Redis, or a simulated one).
+    pub fn start_clustered<L, B>(
+        listener: L,
+        mut config: ServerConfig,
+        clock: Clock,
+        broker: Arc<B>,
+    ) -> std::io::Result<Server>
+    where
+        L: Listener<Addr = SocketAddr>,
+        B: Broker,
+    {
+        config.core.clustered = true;
+        config.data_dir = None;
+        Server::launch(
+            listener,
+            config,
+            clock,
+            move |config, clock, hub_tx, online| {
+                let view = Arc::new(ClusterView::default());
+                let timing = ClusterTiming {
+                    node_ttl: config.node_ttl,
+                    max_backoff: std::time::Duration::from_secs(2),
+                };
+                let broker = crate::broker::spawn(
+                    broker,
+                    config.core.node_id,
+                    timing,
+                    clock,
+                    hub_tx.clone(),
+                    online.clone(),
+                    view.clone(),
+                );
+                let engine = Engine::Cluster {
+                    hub: Box::new(Hub::new(config.core.clone())),
+                    broker,
+                    users: FxHashMap::default(),
+                    conn_users: FxHashMap::default(),
+                };
+                Ok((engine, Some(view)))
+            },
+        )
+    }
+
+    fn launch<L, F>(
+        listener: L,
+        config: ServerConfig,
+        clock: Clock,
+        make_engine: F,
+    ) -> std::io::Result<Server>
+    where
+        L: Listener<Addr = SocketAddr>,
+        F: FnOnce(
+            &ServerConfig,
+            Clock,
+            &mpsc::Sender<HubEvent>,
+            &Arc<AtomicUsize>,
+        ) -> std::io::Result<(Engine, Option<Arc<ClusterView>>)>,
     {
         let local_addr = listener.local_addr()?;
         let auth = Authenticator::new(&config.auth).map_err(std::io::Error::other)?;
@@ -86,21 +180,8 @@ impl Server {
         let (hub_tx, hub_rx) = mpsc::channel(HUB_QUEUE);
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
-        let engine = match &config.data_dir {
-            None => Engine::Memory(Box::new(SingleNode::new(
-                config.core.clone(),
-                config.sequencer_seed,
-            ))),
-            Some(dir) => {
-                let limits = HistoryLimits::from_config(&config.core);
-                let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
-                info!(dir = %dir.display(), "durable history in the data directory");
-                Engine::Stored {
-                    hub: Box::new(Hub::new(config.core.clone())),
-                    store: crate::store::spawn(store, clock, hub_tx.clone()),
-                }
-            }
-        };
+        let online = Arc::new(AtomicUsize::new(0));
+        let (engine, cluster) = make_engine(&config, clock, &hub_tx, &online)?;
         let hub = HubTask {
             engine,
             events: hub_rx,
@@ -108,6 +189,8 @@ impl Server {
             metrics: metrics.clone(),
             send_queue_bytes: config.send_queue_bytes,
             shutdown: shutdown.clone(),
+            publishes: FxHashMap::default(),
+            next_publish: 0,
         };
         let state = Arc::new(AppState {
             config,
@@ -116,7 +199,8 @@ impl Server {
             hub: hub_tx,
             next_conn: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
-            online: AtomicUsize::new(0),
+            online,
+            cluster,
             per_user: Default::default(),
             shutting_down: AtomicBool::new(false),
             metrics,
@@ -219,6 +303,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws_handler))
         .route("/ws/online", get(online))
+        .route("/api/publish", axum::routing::post(publish))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
@@ -229,8 +314,111 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// Connections online: this node's, plus (in cluster mode) every other live
+/// node's as of its last heartbeat.
 async fn online(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({ "online": state.online.load(Ordering::Relaxed) })).into_response()
+    let local = state.online.load(Ordering::Relaxed);
+    let remote = state
+        .cluster
+        .as_ref()
+        .map_or(0, |c| c.remote_online.load(Ordering::Relaxed));
+    axum::Json(json!({ "online": local + remote })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PublishBody {
+    room: String,
+    payload: PublishPayload,
+    /// Shown as the message's sender; `{"id":"server","name":"server"}` if
+    /// not given.
+    sender: Option<UserRef>,
+}
+
+#[derive(serde::Deserialize)]
+struct PublishPayload {
+    content: String,
+    reply_to: Option<String>,
+}
+
+/// `POST /api/publish`: a backend puts a message into a room. It takes the
+/// same path as a member's message: sequenced, stored, delivered to every
+/// member, recoverable. Answers once it is stored.
+async fn publish(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(key) = &state.config.api_key else {
+        return json_error(StatusCode::NOT_FOUND, "not found");
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        return json_error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    let core = &state.config.core;
+    let room = match RoomName::parse(&body.room, core.max_room_name_bytes) {
+        Ok(room) => room,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.describe()),
+    };
+    let content = body.payload.content;
+    if content.is_empty() || content.len() > core.max_content_bytes {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("content must be 1..={} bytes", core.max_content_bytes),
+        );
+    }
+    if body
+        .payload
+        .reply_to
+        .as_ref()
+        .is_some_and(|r| r.len() > core.max_reply_to_bytes)
+    {
+        return json_error(StatusCode::BAD_REQUEST, "reply_to too long");
+    }
+    let sender = body.sender.unwrap_or_else(|| UserRef {
+        id: "server".into(),
+        name: "server".into(),
+    });
+    let request = AppendRequest {
+        room: room.clone(),
+        sender,
+        content: content.into(),
+        reply_to: body.payload.reply_to.map(Into::into),
+        timestamp: state.clock.now(),
+        origin: None,
+    };
+    let (reply, done) = tokio::sync::oneshot::channel();
+    if state
+        .hub
+        .send(HubEvent::Publish { request, reply })
+        .await
+        .is_err()
+    {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(10), done).await {
+        Ok(Ok(Ok(published))) => axum::Json(json!({
+            "room": room.as_str(),
+            "message_id": &*published.message_id,
+            "offset": published.offset,
+        }))
+        .into_response(),
+        _ => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE: the message could not be stored; retry",
+        ),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -247,6 +435,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     if state.shutting_down.load(Ordering::Relaxed) {
         json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| !c.healthy.load(Ordering::Relaxed))
+    {
+        // Joins and sends would get UNAVAILABLE: keep load balancers away.
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
     } else {
         axum::Json(json!({ "status": "ok" })).into_response()
     }

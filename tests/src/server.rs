@@ -44,6 +44,29 @@ impl TestServer {
         }
     }
 
+    /// A cluster node on `redis_url`, with a short node TTL (1.5 s) and no
+    /// rate limit.
+    pub async fn node(redis_url: &str) -> TestServer {
+        TestServer::start_with(|c| {
+            c.redis = Some(redis_url.to_string());
+            c.node_ttl = Duration::from_millis(1500);
+            c.core.rate_limit_per_second = 0;
+        })
+        .await
+        .ready()
+        .await
+    }
+
+    /// Waits until `/healthz` says ok (a cluster node: its broker is up).
+    pub async fn ready(self) -> TestServer {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.get("/healthz").await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "never healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -92,8 +115,13 @@ pub fn token_for(user: &str, ttl: Duration) -> String {
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, &request).await
+}
+
+/// Sends one raw HTTP/1.1 request; returns the status and body.
+async fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
@@ -108,6 +136,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
+}
+
+/// A plain HTTP POST with a JSON body and optional Bearer token; returns
+/// status and body.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http_exchange(addr, &request).await
 }
 
 /// Why a connection attempt was refused before the upgrade.

@@ -1,0 +1,376 @@
+//! Cluster mode against real `redis-server` processes started by the tests:
+//! several roomhub nodes in this process, real WebSocket clients on each.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use roomhub_tests::redis::RedisServer;
+use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TestServer::node(&redis.url()).await);
+    }
+    out
+}
+
+async fn say(c: &mut Client, room: &str, content: &str, id: &str) {
+    c.send_json(
+        json!({"type": "send_message", "room": room, "id": id, "payload": {"content": content}}),
+    )
+    .await;
+}
+
+/// Polls `check` until it holds, for at most [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn online(node: &TestServer) -> u64 {
+    let (_, body) = node.get("/ws/online").await;
+    serde_json::from_str::<Value>(&body).unwrap()["online"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Every client sees one order per room: with one client per node sending
+/// concurrently, each client's view (its own acked messages plus what it
+/// received) is offsets 1..=total with the same content at each offset.
+async fn one_order(node_count: usize) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, node_count).await;
+    let per_client = 30;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        clients.push(node.member(&format!("u{i}"), "g").await);
+    }
+    let total = per_client * node_count;
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut view: BTreeMap<u64, String> = BTreeMap::new();
+            let mut sent = 0;
+            while view.len() < total {
+                if sent < per_client {
+                    say(&mut c, "g", &format!("u{i}-{sent}"), &format!("{sent}")).await;
+                    sent += 1;
+                }
+                // Drain what has arrived; wait when everything is sent.
+                let wait = if sent < per_client { 1 } else { 10_000 };
+                while let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_millis(wait), c.ws.next()).await
+                {
+                    let Ok(Message::Text(t)) = msg else { continue };
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("new_message") => {
+                            let content = v["payload"]["content"].as_str().unwrap().to_string();
+                            assert!(
+                                !content.starts_with(&format!("u{i}-")),
+                                "own message echoed"
+                            );
+                            view.insert(v["offset"].as_u64().unwrap(), content);
+                        }
+                        Some("ack") => {
+                            let n: usize = v["id"].as_str().unwrap().parse().unwrap();
+                            view.insert(
+                                v["payload"]["offset"].as_u64().unwrap(),
+                                format!("u{i}-{n}"),
+                            );
+                        }
+                        Some("error") => panic!("error frame: {v}"),
+                        _ => {}
+                    }
+                    if view.len() >= total {
+                        break;
+                    }
+                }
+            }
+            view
+        }));
+    }
+    let mut views = Vec::new();
+    for t in tasks {
+        views.push(t.await.unwrap());
+    }
+    let expected: Vec<u64> = (1..=total as u64).collect();
+    for view in &views {
+        assert_eq!(view.keys().copied().collect::<Vec<_>>(), expected);
+        assert_eq!(view, &views[0], "every client sees the same order");
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_agree_on_one_order_per_room() {
+    one_order(2).await;
+}
+
+#[tokio::test]
+async fn three_nodes_agree_on_one_order_per_room() {
+    one_order(3).await;
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_once_per_user() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut alice = a.member("alice", "g").await;
+    let mut bob_b = b.client("bob").await;
+    let info = bob_b.join("g").await;
+    assert_eq!(
+        info["payload"]["users"],
+        json!([{"id": "bob", "name": "bob"}, {"id": "alice", "name": "alice"}])
+    );
+    let joined = alice.recv_type("user_joined").await;
+    assert_eq!(joined["payload"]["id"], "bob");
+    // Bob's second connection, on alice's node: no second user_joined.
+    let mut bob_a = a.member("bob", "g").await;
+    bob_b
+        .send_json(json!({"type": "leave_room", "room": "g", "id": "l"}))
+        .await;
+    bob_b.recv_type("ack").await;
+    // Bob is still in the room on node a.
+    alice.silent_for(500).await;
+    alice
+        .send_json(json!({"type": "online_users", "room": "g"}))
+        .await;
+    let list = alice.recv_type("online_users").await;
+    assert_eq!(list["payload"]["count"], 2);
+    bob_a
+        .send_json(json!({"type": "leave_room", "room": "g", "id": "l"}))
+        .await;
+    let left = alice.recv_type("user_left").await;
+    assert_eq!(left["payload"]["id"], "bob");
+    // Counted across the cluster: three connections (alice, bob twice).
+    eventually("/ws/online counts both nodes", || async {
+        online(a).await == 3 && online(b).await == 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recovery_works_on_a_different_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut bob = nodes[0].client("bob").await;
+    let info = bob.join("g").await;
+    let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
+    let offset = info["payload"]["offset"].as_u64().unwrap();
+    drop(bob);
+    let mut alice = nodes[1].member("alice", "g").await;
+    for i in 0..3 {
+        say(&mut alice, "g", &format!("m{i}"), &format!("{i}")).await;
+        alice.recv_type("ack").await;
+    }
+    let mut bob = nodes[1].client("bob").await;
+    bob.send_json(json!({"type": "join_room", "payload": {"room_id": "g", "since": {"offset": offset, "epoch": epoch}}}))
+        .await;
+    let mut contents = Vec::new();
+    loop {
+        let v = bob.recv().await;
+        match v["type"].as_str() {
+            Some("new_message") => contents.push(v["payload"]["content"].clone()),
+            Some("room_info") => {
+                assert_eq!(v["payload"]["recovered"], true);
+                assert_eq!(v["payload"]["epoch"], epoch.as_str());
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(contents, [json!("m0"), json!("m1"), json!("m2")]);
+}
+
+#[tokio::test]
+async fn direct_messages_cross_nodes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = nodes[0].client("alice").await;
+    let mut bob = nodes[1].client("bob").await;
+    // Bob's node subscribes to bob's channel as he connects; give it a beat.
+    let mut tries = 0;
+    loop {
+        alice
+            .send_json(json!({"type": "send_direct", "id": "d", "payload": {"to": "bob", "content": "hi"}}))
+            .await;
+        let v = alice.recv().await;
+        if v["type"] == "ack" {
+            break;
+        }
+        assert_eq!(v["payload"]["code"], "RECIPIENT_OFFLINE", "{v}");
+        tries += 1;
+        assert!(tries < 50, "bob never became reachable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dm = bob.recv_type("direct_message").await;
+    assert_eq!(dm["payload"]["content"], "hi");
+    assert_eq!(dm["sender"]["id"], "alice");
+    alice
+        .send_json(
+            json!({"type": "send_direct", "id": "x", "payload": {"to": "nobody", "content": "hi"}}),
+        )
+        .await;
+    let e = alice.recv_type("error").await;
+    assert_eq!(e["payload"]["code"], "RECIPIENT_OFFLINE");
+}
+
+#[tokio::test]
+async fn the_publish_api_goes_through_the_cluster_order() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let node = TestServer::start_with(|c| {
+        c.redis = Some(redis.url());
+        c.api_key = Some("k3y".into());
+    })
+    .await
+    .ready()
+    .await;
+    let other = TestServer::node(&redis.url()).await;
+    let mut alice = other.member("alice", "news").await;
+    let body = r#"{"room":"news","payload":{"content":"from the backend"}}"#;
+    assert_eq!(
+        http_post(node.addr, "/api/publish", None, body).await.0,
+        401
+    );
+    assert_eq!(
+        http_post(node.addr, "/api/publish", Some("wrong"), body)
+            .await
+            .0,
+        401
+    );
+    let (status, reply) = http_post(node.addr, "/api/publish", Some("k3y"), body).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["offset"], 1);
+    let msg = alice.recv_type("new_message").await;
+    assert_eq!(msg["payload"]["content"], "from the backend");
+    assert_eq!(msg["sender"]["id"], "server");
+    assert_eq!(msg["id"], reply["message_id"]);
+    // The node without a key does not offer the endpoint.
+    assert_eq!(
+        http_post(other.addr, "/api/publish", Some("k3y"), body)
+            .await
+            .0,
+        404
+    );
+}
+
+/// Receives new messages for `room` until `want` distinct offsets are held,
+/// rejoining with `since` whenever the server closes the connection (4002
+/// after a gap it could not fill, or any other close).
+async fn collect_through_outages(
+    node: &TestServer,
+    user: &str,
+    room: &str,
+    mut last: (u64, String),
+    mut c: Client,
+    done: impl Fn(&BTreeMap<u64, String>) -> bool,
+) -> BTreeMap<u64, String> {
+    let mut got = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done(&got) {
+        assert!(tokio::time::Instant::now() < deadline, "gave up: {got:?}");
+        match tokio::time::timeout(PATIENCE, c.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("new_message") => {
+                        let offset = v["offset"].as_u64().unwrap();
+                        assert_eq!(offset, last.0 + 1, "no gap, no repeat: {v}");
+                        last.0 = offset;
+                        got.insert(offset, v["payload"]["content"].as_str().unwrap().into());
+                    }
+                    Some("room_info") => {
+                        assert_eq!(v["payload"]["recovered"], true, "{v}");
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => {
+                // Closed (or silent): come back with since.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                c = node.client(user).await;
+                c.send_json(json!({"type": "join_room", "payload": {"room_id": room, "since": {"offset": last.0, "epoch": last.1}}}))
+                    .await;
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_traffic_loses_nothing_acked() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut receiver = nodes[1].client("bob").await;
+    let info = receiver.join("g").await;
+    let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
+    let mut sender = nodes[0].member("alice", "g").await;
+
+    // The sender sends 60 messages, one at a time, retrying each until it
+    // is acked; Redis is killed and restarted after the 20th ack.
+    let sent = 60;
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut unavailable = 0;
+    let mut i = 0;
+    while i < sent {
+        if acked.len() == 20 && unavailable == 0 {
+            redis.kill();
+        }
+        say(&mut sender, "g", &format!("m{i}"), &format!("{i}")).await;
+        let v = loop {
+            let v = sender.recv().await;
+            if v["type"] == "ack" || v["type"] == "error" {
+                break v;
+            }
+        };
+        if v["type"] == "ack" {
+            acked.insert(v["payload"]["offset"].as_u64().unwrap(), format!("m{i}"));
+            i += 1;
+        } else {
+            assert_eq!(v["payload"]["code"], "UNAVAILABLE", "{v}");
+            unavailable += 1;
+            if unavailable == 3 {
+                redis.restart();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(unavailable >= 3, "the outage was seen by the sender");
+    let last_acked = *acked.keys().last().unwrap();
+    let got = collect_through_outages(&nodes[1], "bob", "g", (0, epoch), receiver, |got| {
+        got.keys().last().is_some_and(|o| *o >= last_acked)
+    })
+    .await;
+    for (offset, content) in &acked {
+        assert_eq!(got.get(offset), Some(content), "acked message {offset}");
+    }
+}
