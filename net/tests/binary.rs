@@ -11,6 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomhub");
 
+/// A private redis-server per test (shared with the roomhub-tests crate).
+#[path = "../../tests/src/redis.rs"]
+#[allow(dead_code)]
+mod redis;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -319,4 +324,129 @@ fn acked_messages_survive_kill_9_and_a_lost_data_directory_changes_the_epoch() {
         assert_ne!(info["payload"]["epoch"], epoch.as_str());
     });
     std::fs::remove_dir_all(dir).ok();
+}
+
+fn online(port: u16) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /ws/online HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str::<serde_json::Value>(body).unwrap()["online"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_cluster_node_killed_with_sigkill_leaves_no_ghosts() {
+    let Some(redis) = redis::RedisServer::start() else {
+        return;
+    };
+    let dir = workdir("cluster-kill9");
+    let secret = "cluster-secret";
+    let ports = [free_port(), free_port()];
+    let mut nodes: Vec<Running> = ports
+        .iter()
+        .map(|port| {
+            let listen = format!("127.0.0.1:{port}");
+            let args = [
+                "--listen",
+                &listen,
+                "--jwt-secret",
+                secret,
+                "--redis",
+                &redis.url(),
+                "--node-ttl-ms",
+                "1000",
+            ];
+            start(&dir, &args)
+        })
+        .collect();
+    for port in ports {
+        wait_for_port(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Healthy once its broker session is up.
+        while !healthz_ok(port) {
+            assert!(Instant::now() < deadline, "node never healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = |port: u16, user: &str| {
+            format!("ws://127.0.0.1:{port}/ws?token={}", token_for(user, secret))
+        };
+        let (mut alice, _) = tokio_tungstenite::connect_async(url(ports[0], "alice"))
+            .await
+            .unwrap();
+        alice
+            .send(Message::text(r#"{"type":"join_room","room":"g"}"#))
+            .await
+            .unwrap();
+        next_of_type(&mut alice, "room_info").await;
+        let (mut bob, _) = tokio_tungstenite::connect_async(url(ports[1], "bob"))
+            .await
+            .unwrap();
+        bob.send(Message::text(r#"{"type":"join_room","room":"g"}"#))
+            .await
+            .unwrap();
+        let info = next_of_type(&mut bob, "room_info").await;
+        assert_eq!(info["payload"]["count"], 2);
+        assert_eq!(
+            next_of_type(&mut alice, "user_joined").await["payload"]["id"],
+            "bob"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while online(ports[0]) != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "/ws/online never counted both nodes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // No goodbye from bob's node: its liveness has to run out.
+        let killed = Instant::now();
+        let mut bob_node = nodes.pop().unwrap();
+        bob_node.child.kill().unwrap();
+        bob_node.child.wait().unwrap();
+        let left = next_of_type(&mut alice, "user_left").await;
+        assert_eq!(left["payload"]["id"], "bob");
+        eprintln!(
+            "user_left {} ms after SIGKILL",
+            killed.elapsed().as_millis()
+        );
+        while online(ports[0]) != 1 {
+            assert!(Instant::now() < deadline, "/ws/online kept the dead node");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        alice
+            .send(Message::text(r#"{"type":"online_users","room":"g"}"#))
+            .await
+            .unwrap();
+        let list = next_of_type(&mut alice, "online_users").await;
+        assert_eq!(list["payload"]["count"], 1);
+        drop(bob);
+    });
+    drop(nodes);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn healthz_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.starts_with("HTTP/1.1 200")
 }

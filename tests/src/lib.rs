@@ -2,6 +2,7 @@
 //! transcript tests, and ([`server`]) a real server on loopback with a real
 //! WebSocket client for the end-to-end tests.
 
+pub mod proxy;
 pub mod redis;
 pub mod server;
 

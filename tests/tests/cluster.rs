@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use roomhub_tests::proxy::Proxy;
 use roomhub_tests::redis::RedisServer;
 use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
 use serde_json::{Value, json};
@@ -373,4 +374,68 @@ async fn a_redis_restart_mid_traffic_loses_nothing_acked() {
     for (offset, content) in &acked {
         assert_eq!(got.get(offset), Some(content), "acked message {offset}");
     }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_fails_fast_then_fills_its_gap() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = TestServer::node(&redis.url()).await;
+    let b = TestServer::node(&format!("redis://{}", proxy.addr)).await;
+    let mut bob = b.member("bob", "g").await;
+    let mut alice = a.member("alice", "g").await;
+    bob.recv_type("user_joined").await;
+    for i in 0..3 {
+        say(&mut alice, "g", &format!("before{i}"), &format!("{i}")).await;
+        alice.recv_type("ack").await;
+    }
+    for _ in 0..3 {
+        bob.recv_type("new_message").await;
+    }
+
+    proxy.cut();
+    // Alice's node still reaches Redis: these are stored and acked, and
+    // bob's node never hears them published.
+    for i in 0..4 {
+        say(&mut alice, "g", &format!("during{i}"), &format!("d{i}")).await;
+        alice.recv_type("ack").await;
+    }
+    // Bob's node answers at once instead of hanging.
+    let asked = tokio::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        say(&mut bob, "g", "from bob", "b").await;
+        let v = bob.recv().await;
+        if v["type"] == "error" {
+            assert_eq!(v["payload"]["code"], "UNAVAILABLE");
+            break;
+        }
+        // The cut is noticed within a round trip or two.
+        tries += 1;
+        assert!(tries < 20, "bob's node never noticed the partition: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(asked.elapsed() < Duration::from_secs(5));
+
+    proxy.heal();
+    // Nothing more is sent: the reconnect itself must fill the gap.
+    let mut contents = Vec::new();
+    let mut last = 3;
+    while contents.len() < 4 {
+        let v = bob.recv().await;
+        if v["type"] == "new_message" {
+            let offset = v["offset"].as_u64().unwrap();
+            if offset <= last {
+                continue; // bob's own retried send may land in between
+            }
+            assert_eq!(offset, last + 1, "no gap: {v}");
+            last = offset;
+            if v["sender"]["id"] == "alice" {
+                contents.push(v["payload"]["content"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(contents, ["during0", "during1", "during2", "during3"]);
 }
