@@ -70,11 +70,10 @@ pub enum Input {
     /// A direct message relayed by another node, for this node's connections
     /// of `message.to`.
     RemoteDirect(Box<DirectMessage>),
-    /// The answer to an [`Output::Relay`] that carried an origin: whether any
-    /// other node had a connection of the recipient.
+    /// The answer to an [`Output::Relay`] that carried an origin.
     Relayed {
         message: Box<DirectMessage>,
-        delivered: bool,
+        outcome: RelayOutcome,
     },
     /// The broker connection came back after an outage: every open room may
     /// have missed messages and presence changes, so each is resynced.
@@ -251,6 +250,17 @@ pub struct DirectMessage {
     /// The sender's connection, when it waits for the answer (ack or
     /// `RECIPIENT_OFFLINE`); `None` when the sender's node already acked.
     pub origin: Option<Origin>,
+}
+
+/// What became of a relayed direct message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// Another node had a connection of the recipient: ack the sender.
+    Delivered,
+    /// No node had one: `RECIPIENT_OFFLINE`.
+    Offline,
+    /// The broker could not be reached: `UNAVAILABLE`.
+    Unavailable,
 }
 
 /// A room member connected to another node, as the broker records it.

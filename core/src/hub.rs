@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::event::{
     AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,
-    RoomSnapshot, SequencedMessage, close,
+    RelayOutcome, RoomSnapshot, SequencedMessage, close,
 };
 use crate::ids::{ConnId, Identity, NodeId, RoomName, UserRef};
 use crate::limiter::{ConnLimiter, RateLimits};
@@ -145,7 +145,7 @@ impl Hub {
             } => self.on_remote_presence(&room, (node, user, present)),
             Input::NodeGone { node } => self.on_node_gone(node),
             Input::RemoteDirect(message) => self.on_remote_direct(&message),
-            Input::Relayed { message, delivered } => self.on_relayed(&message, delivered),
+            Input::Relayed { message, outcome } => self.on_relayed(&message, outcome),
             Input::BrokerReconnected => {
                 for room in self.room_names() {
                     self.request_resync(&room);
@@ -857,27 +857,30 @@ impl Hub {
         }
     }
 
-    fn on_relayed(&mut self, message: &DirectMessage, delivered: bool) {
+    fn on_relayed(&mut self, message: &DirectMessage, outcome: RelayOutcome) {
         let Some(origin) = &message.origin else {
             return;
         };
         if origin.node != self.config.node_id {
             return;
         }
-        if delivered {
-            self.ack(
+        let req_id = origin.request_id.as_deref();
+        match outcome {
+            RelayOutcome::Delivered => {
+                self.ack(origin.conn, req_id, None, Some((&message.id, None)));
+            }
+            RelayOutcome::Offline => self.send_error(
                 origin.conn,
-                origin.request_id.as_deref(),
-                None,
-                Some((&message.id, None)),
-            );
-        } else {
-            self.send_error(
-                origin.conn,
-                origin.request_id.as_deref(),
+                req_id,
                 ErrorCode::RecipientOffline,
                 "the recipient is not connected",
-            );
+            ),
+            RelayOutcome::Unavailable => self.send_error(
+                origin.conn,
+                req_id,
+                ErrorCode::Unavailable,
+                "the message could not be relayed now; retry",
+            ),
         }
     }
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::event::{FrameKind, RemoteMember, close};
+use crate::event::{FrameKind, RelayOutcome, RemoteMember, close};
 use crate::ids::{Epoch, NodeId, RoomAccess};
 use crate::testkit::{START, TestWorld};
 
@@ -1275,7 +1275,7 @@ fn direct_messages_are_relayed_to_other_nodes() {
     assert_eq!(origin.conn, ConnId(1));
     let outs = m.input(Input::Relayed {
         message: relay.clone(),
-        delivered: true,
+        outcome: RelayOutcome::Delivered,
     });
     let ack = &sends_to(&outs, 1)[0];
     assert_eq!(ack["type"], "ack");
@@ -1283,9 +1283,14 @@ fn direct_messages_are_relayed_to_other_nodes() {
     assert_eq!(ack["payload"]["message_id"], relay.id.as_ref());
     let outs = m.input(Input::Relayed {
         message: relay.clone(),
-        delivered: false,
+        outcome: RelayOutcome::Offline,
     });
     assert_eq!(error_code(&sends_to(&outs, 1)[0]), "RECIPIENT_OFFLINE");
+    let outs = m.input(Input::Relayed {
+        message: relay.clone(),
+        outcome: RelayOutcome::Unavailable,
+    });
+    assert_eq!(error_code(&sends_to(&outs, 1)[0]), "UNAVAILABLE");
 
     // Bob connected here and on another node: delivered here, acked at
     // once, and still relayed (without an origin) for bob's other node.

@@ -33,7 +33,7 @@ pub use config::Config;
 pub use error::ErrorCode;
 pub use event::{
     AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,
-    RemoteMember, RoomSnapshot, SequencedMessage, close,
+    RelayOutcome, RemoteMember, RoomSnapshot, SequencedMessage, close,
 };
 pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};

@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomhub_core::{
-    AppendRequest, DirectMessage, Epoch, Input, NodeId, Output, RoomName, RoomSnapshot,
-    SequencedMessage, Timestamp, UserRef,
+    AppendRequest, DirectMessage, Epoch, Input, NodeId, Output, RelayOutcome, RoomName,
+    RoomSnapshot, SequencedMessage, Timestamp, UserRef,
 };
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -548,17 +548,22 @@ async fn worker<B: Broker>(
                     None
                 }
                 Output::Relay(message) => {
-                    let delivered = match broker.relay(&message).await {
-                        Ok(n) => n > 0,
-                        Err(e) => {
-                            warn!("direct message relay failed: {e}");
-                            false
+                    let outcome = if !view.healthy.load(Ordering::Relaxed) {
+                        RelayOutcome::Unavailable
+                    } else {
+                        match broker.relay(&message).await {
+                            Ok(0) => RelayOutcome::Offline,
+                            Ok(_) => RelayOutcome::Delivered,
+                            Err(e) => {
+                                warn!("direct message relay failed: {e}");
+                                RelayOutcome::Unavailable
+                            }
                         }
                     };
                     message
                         .origin
                         .is_some()
-                        .then_some(Input::Relayed { message, delivered })
+                        .then_some(Input::Relayed { message, outcome })
                 }
                 Output::Append(_)
                 | Output::Send { .. }
