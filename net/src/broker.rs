@@ -190,6 +190,16 @@ pub struct Subscription {
     pub messages: mpsc::UnboundedReceiver<Bytes>,
 }
 
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Every live node with the online count it last reported.
+    pub live: Vec<(NodeId, u64)>,
+    /// This node's liveness had run out (or it is new): the other nodes
+    /// may have dropped its presence, so it must announce it again.
+    pub was_gone: bool,
+}
+
 /// The sequencing, history, presence and fan-out contract nodes share.
 pub trait Broker: Send + Sync + 'static {
     fn append(
@@ -215,12 +225,13 @@ pub trait Broker: Send + Sync + 'static {
         present: bool,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
-    /// Returns every live node with the online count it last reported.
+    /// Keeps `node` alive; nodes whose liveness ran out (never `node`
+    /// itself) are removed and announced gone.
     fn heartbeat(
         &self,
         node: NodeId,
         online: u64,
-    ) -> impl Future<Output = Result<Vec<(NodeId, u64)>, BrokerError>> + Send;
+    ) -> impl Future<Output = Result<Heartbeat, BrokerError>> + Send;
 
     fn relay(
         &self,
@@ -283,7 +294,7 @@ pub(crate) fn spawn<B: Broker>(
         sub_rx,
         events.clone(),
         view.clone(),
-        reannounce_tx,
+        reannounce_tx.clone(),
     ));
     tokio::spawn(worker(
         broker.clone(),
@@ -295,7 +306,14 @@ pub(crate) fn spawn<B: Broker>(
         events,
         view.clone(),
     ));
-    tokio::spawn(heartbeat(broker, node, timing, local_online, view));
+    tokio::spawn(heartbeat(
+        broker,
+        node,
+        timing,
+        local_online,
+        view,
+        reannounce_tx,
+    ));
     cmd_tx
 }
 
@@ -305,14 +323,21 @@ async fn heartbeat<B: Broker>(
     timing: ClusterTiming,
     local_online: Arc<AtomicUsize>,
     view: Arc<ClusterView>,
+    reannounce: mpsc::UnboundedSender<()>,
 ) {
+    let mut first = true;
     let mut every = tokio::time::interval(timing.heartbeat_every());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let online = local_online.load(Ordering::Relaxed) as u64;
         match broker.heartbeat(node, online).await {
-            Ok(live) => {
+            Ok(Heartbeat { live, was_gone }) => {
+                if was_gone && !first {
+                    warn!("this node's liveness had run out; announcing its presence again");
+                    let _ = reannounce.send(());
+                }
+                first = false;
                 let others: u64 = live
                     .iter()
                     .filter(|(n, _)| *n != node)

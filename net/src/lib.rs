@@ -19,6 +19,7 @@ mod hub_task;
 pub mod metrics;
 pub mod redis_broker;
 pub mod server;
+pub mod sim_broker;
 pub mod store;
 
 pub use clock::Clock;

@@ -31,8 +31,8 @@ use roomhub_core::{
 use tokio::sync::{Mutex, mpsc};
 
 use crate::broker::{
-    Broker, BrokerError, Event, PresenceEvent, SubRequest, Subscription, channel, new_epoch,
-    request_json, sequenced,
+    Broker, BrokerError, Event, Heartbeat, PresenceEvent, SubRequest, Subscription, channel,
+    new_epoch, request_json, sequenced,
 };
 
 const APPEND: &str = r"
@@ -93,8 +93,11 @@ const HEARTBEAT: &str = r"
 -- KEYS: nodes, online. ARGV: node, ttl ms, online count
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local was_gone = (not mine) or tonumber(mine) <= now
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, d in ipairs(dead) do
+  if d ~= ARGV[1] then
   local rooms_key = 'rh:node:' .. d .. ':rooms'
   for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
     local pkey = 'rh:presence:' .. room
@@ -108,12 +111,13 @@ for _, d in ipairs(dead) do
   redis.call('ZREM', KEYS[1], d)
   redis.call('HDEL', KEYS[2], d)
   redis.call('PUBLISH', 'rh:nodes', 'g ' .. d)
+  end
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 local counts = redis.call('HMGET', KEYS[2], unpack(live))
-return {live, counts}
+return {live, counts, was_gone and 1 or 0}
 ";
 
 pub struct RedisBroker {
@@ -339,11 +343,7 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn heartbeat(
-        &self,
-        node: NodeId,
-        online: u64,
-    ) -> Result<Vec<(NodeId, u64)>, BrokerError> {
+    async fn heartbeat(&self, node: NodeId, online: u64) -> Result<Heartbeat, BrokerError> {
         let mut conn = self.conn().await?;
         let reply: Value = self
             .heartbeat
@@ -357,11 +357,14 @@ impl Broker for RedisBroker {
         let parts = array(&reply).ok_or_else(|| bad("heartbeat"))?;
         let live = parts.first().and_then(array).unwrap_or(&[]);
         let counts = parts.get(1).and_then(array).unwrap_or(&[]);
-        Ok(live
-            .iter()
-            .zip(counts.iter().map(Some).chain(std::iter::repeat(None)))
-            .filter_map(|(n, c)| Some((NodeId(int(n)?), c.and_then(int).unwrap_or(0))))
-            .collect())
+        Ok(Heartbeat {
+            live: live
+                .iter()
+                .zip(counts.iter().map(Some).chain(std::iter::repeat(None)))
+                .filter_map(|(n, c)| Some((NodeId(int(n)?), c.and_then(int).unwrap_or(0))))
+                .collect(),
+            was_gone: parts.get(2).and_then(int) == Some(1),
+        })
     }
 
     async fn relay(&self, message: &DirectMessage) -> Result<usize, BrokerError> {

@@ -1,0 +1,252 @@
+//! One contract, two brokers: every case runs against the Redis adapter (on a
+//! real `redis-server` started here) and against the simulated broker that
+//! turmoil worlds use, so the two cannot drift apart.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomhub_core::{AppendRequest, DirectMessage, HistoryLimits, NodeId, RoomName, UserRef};
+use roomhub_net::broker::{Broker, Event, PresenceEvent, SubRequest, Subscription, channel};
+use roomhub_net::clock::Clock;
+use roomhub_net::redis_broker::RedisBroker;
+use roomhub_net::sim_broker::{SimBroker, SimBrokerConfig, serve, tcp_connector};
+use roomhub_tests::redis::RedisServer;
+use tokio::sync::oneshot;
+
+const MAX_MESSAGES: usize = 5;
+const MAX_AGE_MS: u64 = 3_600_000;
+const TTL: Duration = Duration::from_millis(300);
+
+fn user(id: &str) -> UserRef {
+    UserRef {
+        id: id.into(),
+        name: id.into(),
+    }
+}
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name, 64).unwrap()
+}
+
+fn request(r: &str, content: &str) -> AppendRequest {
+    AppendRequest {
+        room: room(r),
+        sender: user("alice"),
+        content: content.into(),
+        reply_to: None,
+        timestamp: Clock::system().now(),
+        origin: None,
+    }
+}
+
+async fn subscribed(broker: &impl Broker, channels: &[String]) -> Subscription {
+    let sub = broker.subscribe().await.expect("subscribe");
+    for ch in channels {
+        let (tx, rx) = oneshot::channel();
+        sub.control
+            .send(SubRequest::Subscribe(ch.clone(), tx))
+            .unwrap();
+        rx.await.unwrap().expect("confirmed");
+    }
+    sub
+}
+
+async fn next_event(sub: &mut Subscription) -> Event {
+    let payload: Bytes = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
+        .await
+        .expect("an event in time")
+        .expect("session open");
+    Event::decode(&payload).expect("a well-formed event")
+}
+
+async fn no_event(sub: &mut Subscription) {
+    let got = tokio::time::timeout(Duration::from_millis(200), sub.messages.recv()).await;
+    assert!(got.is_err(), "unexpected event: {got:?}");
+}
+
+/// Appends are numbered in order, one epoch per room, published in order to
+/// subscribers, and history is capped and readable after an offset.
+async fn appends_are_ordered_published_and_capped(b: &impl Broker) {
+    let mut sub = subscribed(b, &[channel::room("r1")]).await;
+    let batch: Vec<AppendRequest> = (1..=4).map(|i| request("r1", &format!("m{i}"))).collect();
+    let first = b.append(&batch).await.unwrap();
+    let second = b
+        .append(&[request("r1", "m5"), request("r1", "m6")])
+        .await
+        .unwrap();
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    assert_eq!(
+        all.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert!(all.iter().all(|m| m.epoch == all[0].epoch));
+    assert_eq!(&*all[5].content, "m6");
+    assert_eq!(&*all[0].id, format!("{}-1", all[0].epoch.as_str()));
+    for expected in &all {
+        match next_event(&mut sub).await {
+            Event::Message(m) => assert_eq!(&m, expected),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    let now = Clock::system().now();
+    let snap = b.open(&room("r1"), None, now).await.unwrap();
+    assert_eq!((snap.head, snap.epoch.clone()), (6, all[0].epoch.clone()));
+    // Capped at MAX_MESSAGES: the oldest is gone.
+    assert_eq!(
+        snap.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [2, 3, 4, 5, 6]
+    );
+    assert_eq!(snap.messages[4], all[5]);
+    let after = b.open(&room("r1"), Some(4), now).await.unwrap();
+    assert_eq!(
+        after.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    // Another room has its own order and epoch.
+    let other = b.append(&[request("r2", "x")]).await.unwrap();
+    assert_eq!(other[0].offset, 1);
+    assert_ne!(other[0].epoch, all[0].epoch);
+}
+
+/// A room never seen gets an epoch on open, and keeps it.
+async fn open_gives_new_rooms_a_stable_epoch(b: &impl Broker) {
+    let now = Clock::system().now();
+    let first = b.open(&room("fresh"), None, now).await.unwrap();
+    assert_eq!((first.head, first.messages.len()), (0, 0));
+    let again = b.open(&room("fresh"), None, now).await.unwrap();
+    assert_eq!(again.epoch, first.epoch);
+    let stored = b.append(&[request("fresh", "hi")]).await.unwrap();
+    assert_eq!((stored[0].offset, &stored[0].epoch), (1, &first.epoch));
+}
+
+/// Presence is recorded per (node, user), published, and shown only for
+/// live nodes; a node whose TTL runs out is removed and announced gone.
+async fn presence_follows_live_nodes(b: &impl Broker) {
+    let (n1, n2) = (NodeId(11), NodeId(22));
+    let mut sub = subscribed(b, &[channel::room("p"), channel::NODES.to_string()]).await;
+    b.heartbeat(n1, 3).await.unwrap();
+    let beat = b.heartbeat(n2, 4).await.unwrap();
+    assert!(beat.was_gone, "a new node announces itself");
+    let live = beat.live;
+    assert!(
+        live.contains(&(n1, 3)) && live.contains(&(n2, 4)),
+        "{live:?}"
+    );
+    assert!(!b.heartbeat(n2, 4).await.unwrap().was_gone);
+    b.presence(n1, &room("p"), &user("ann"), true)
+        .await
+        .unwrap();
+    b.presence(n2, &room("p"), &user("ben"), true)
+        .await
+        .unwrap();
+    for (node, id) in [(n1, "ann"), (n2, "ben")] {
+        let expected = Event::Presence(PresenceEvent {
+            room: room("p"),
+            node,
+            user: user(id),
+            present: true,
+        });
+        assert_eq!(next_event(&mut sub).await, expected);
+    }
+    let now = Clock::system().now();
+    let mut members: Vec<(u64, String)> = b
+        .open(&room("p"), None, now)
+        .await
+        .unwrap()
+        .presence
+        .into_iter()
+        .map(|m| (m.node.0, m.user.id.to_string()))
+        .collect();
+    members.sort();
+    assert_eq!(members, [(11, "ann".into()), (22, "ben".into())]);
+    b.presence(n1, &room("p"), &user("ann"), false)
+        .await
+        .unwrap();
+    match next_event(&mut sub).await {
+        Event::Presence(p) => assert!(!p.present && p.node == n1),
+        other => panic!("{other:?}"),
+    }
+    // n2 stops its heartbeat; n1 keeps going and, once n2's TTL is over,
+    // its heartbeat removes n2.
+    b.presence(n1, &room("p"), &user("ann"), true)
+        .await
+        .unwrap();
+    next_event(&mut sub).await;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    // n1 was late too, but a node never declares itself gone: it is told
+    // to announce its presence again instead.
+    let beat = b.heartbeat(n1, 1).await.unwrap();
+    assert_eq!(beat.live, [(n1, 1)]);
+    assert!(beat.was_gone);
+    assert_eq!(next_event(&mut sub).await, Event::NodeGone(n2));
+    let now = Clock::system().now();
+    let snap = b.open(&room("p"), None, now).await.unwrap();
+    assert_eq!(
+        snap.presence
+            .iter()
+            .map(|m| m.user.id.to_string())
+            .collect::<Vec<_>>(),
+        ["ann"]
+    );
+}
+
+/// Direct messages reach the recipient's channel; the count says whether
+/// anyone was listening. Unsubscribing stops delivery.
+async fn relays_count_receivers_and_unsubscribe_stops_delivery(b: &impl Broker) {
+    let message = DirectMessage {
+        id: "d1".into(),
+        from: user("alice"),
+        to: "bob".into(),
+        content: "psst".into(),
+        timestamp: Clock::system().now(),
+        origin: None,
+    };
+    assert_eq!(b.relay(&message).await.unwrap(), 0);
+    let mut sub = subscribed(b, &[channel::user("bob"), channel::room("u")]).await;
+    assert_eq!(b.relay(&message).await.unwrap(), 1);
+    assert_eq!(next_event(&mut sub).await, Event::Direct(message.clone()));
+    sub.control
+        .send(SubRequest::Unsubscribe(channel::user("bob")))
+        .unwrap();
+    // The room channel still works, so the unsubscribe has been processed
+    // once this arrives.
+    b.append(&[request("u", "still here")]).await.unwrap();
+    assert!(matches!(next_event(&mut sub).await, Event::Message(_)));
+    assert_eq!(b.relay(&message).await.unwrap(), 0);
+    no_event(&mut sub).await;
+}
+
+async fn suite(b: impl Broker) {
+    appends_are_ordered_published_and_capped(&b).await;
+    open_gives_new_rooms_a_stable_epoch(&b).await;
+    presence_follows_live_nodes(&b).await;
+    relays_count_receivers_and_unsubscribe_stops_delivery(&b).await;
+}
+
+#[tokio::test]
+async fn the_redis_broker_keeps_the_contract() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let limits = HistoryLimits {
+        max_messages: MAX_MESSAGES,
+        max_age_ms: MAX_AGE_MS,
+        max_rooms: 1000,
+    };
+    suite(RedisBroker::new(&redis.url(), limits, TTL).unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_simulated_broker_keeps_the_contract() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = SimBrokerConfig {
+        seed: 7,
+        max_messages: MAX_MESSAGES,
+        max_age_ms: MAX_AGE_MS,
+        node_ttl: TTL,
+    };
+    let server = tokio::spawn(serve(listener, config));
+    suite(SimBroker::new(tcp_connector(addr), MAX_AGE_MS)).await;
+    server.abort();
+}
