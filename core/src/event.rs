@@ -222,6 +222,7 @@ pub struct AppendReceipt {
     pub origin: Origin,
     pub room: RoomName,
     pub message_id: Arc<str>,
+    pub epoch: Epoch,
     pub offset: u64,
 }
 
@@ -232,6 +233,7 @@ impl SequencedMessage {
             origin: origin.clone(),
             room: self.room.clone(),
             message_id: self.id.clone(),
+            epoch: self.epoch.clone(),
             offset: self.offset,
         })
     }

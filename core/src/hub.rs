@@ -132,7 +132,7 @@ impl Hub {
             }
             Input::Tick => {}
             Input::Sequenced(msg) => self.on_sequenced(msg),
-            Input::Appended(receipt) => self.on_appended(&receipt),
+            Input::Appended(receipt) => self.on_appended(receipt),
             Input::AppendFailed(request) => self.on_append_failed(request),
             Input::RoomOpened(snapshot) => self.on_room_opened(snapshot),
             Input::RoomOpenFailed { room } => self.on_room_open_failed(&room),
@@ -726,6 +726,7 @@ impl Hub {
 
     fn close_if_deserted(&mut self, name: &RoomName) {
         if self.rooms.get(name).is_some_and(Room::is_deserted) {
+            self.release_acks(name, true);
             self.rooms.remove(name);
             self.out.push_back(Output::CloseRoom { room: name.clone() });
         }
@@ -1000,16 +1001,56 @@ impl Hub {
             self.config.history_max_messages,
         );
         log.trim_by_age(self.now, self.config.history_max_age_ms);
+        if !log.pending_acks.is_empty() {
+            self.release_acks(name, false);
+        }
     }
 
-    fn on_appended(&mut self, receipt: &AppendReceipt) {
-        if receipt.origin.node == self.config.node_id {
-            self.ack(
-                receipt.origin.conn,
-                receipt.origin.request_id.as_deref(),
-                Some(&receipt.room),
-                Some((&receipt.message_id, Some(receipt.offset))),
-            );
+    fn on_appended(&mut self, receipt: AppendReceipt) {
+        if receipt.origin.node != self.config.node_id {
+            return;
+        }
+        let max = self.config.max_gap_buffer;
+        if let Some(RoomState::Open(log)) = self.rooms.get_mut(&receipt.room).map(|r| &mut r.state)
+            && log.epoch == receipt.epoch
+            && log.head < receipt.offset
+            && log.pending_acks.len() < max
+        {
+            // Earlier messages have not reached this node yet: the ack
+            // waits for them (see `RoomLog::pending_acks`).
+            log.pending_acks.insert(receipt.offset, receipt);
+            return;
+        }
+        self.send_receipt(&receipt);
+    }
+
+    fn send_receipt(&mut self, receipt: &AppendReceipt) {
+        self.ack(
+            receipt.origin.conn,
+            receipt.origin.request_id.as_deref(),
+            Some(&receipt.room),
+            Some((&receipt.message_id, Some(receipt.offset))),
+        );
+    }
+
+    /// Sends the acks whose offsets the room's head has reached; with
+    /// `all`, every one (the room is closing or restarting).
+    fn release_acks(&mut self, name: &RoomName, all: bool) {
+        let due: Vec<AppendReceipt> = match self.rooms.get_mut(name).map(|r| &mut r.state) {
+            Some(RoomState::Open(log)) => {
+                let keep = if all {
+                    std::collections::BTreeMap::new()
+                } else {
+                    log.pending_acks.split_off(&(log.head + 1))
+                };
+                std::mem::replace(&mut log.pending_acks, keep)
+                    .into_values()
+                    .collect()
+            }
+            _ => return,
+        };
+        for receipt in due {
+            self.send_receipt(&receipt);
         }
     }
 
@@ -1138,6 +1179,8 @@ impl Hub {
             .get(name)
             .map(|r| r.members.iter().copied().collect())
             .unwrap_or_default();
+        // Stored all the same: their senders (if still here) get the acks.
+        self.release_acks(name, true);
         for conn in members {
             self.close(conn, close::RESYNC, reason);
         }

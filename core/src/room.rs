@@ -151,6 +151,11 @@ pub(crate) struct RoomLog {
     pub(crate) ahead: BTreeMap<u64, SequencedMessage>,
     /// An `OpenRoom { after }` is outstanding for this room.
     pub(crate) resyncing: bool,
+    /// Acks for this node's messages that were stored before the messages
+    /// ahead of them reached this node (a cluster: the ack and the delivery
+    /// travel different paths). Sent once `head` reaches their offset, so a
+    /// sender never learns an offset before the ones below it.
+    pub(crate) pending_acks: BTreeMap<u64, crate::event::AppendReceipt>,
 }
 
 /// What a rejoining connection can be given.
@@ -170,6 +175,7 @@ impl RoomLog {
             ring: VecDeque::new(),
             ahead: BTreeMap::new(),
             resyncing: false,
+            pending_acks: BTreeMap::new(),
         }
     }
 

@@ -87,6 +87,9 @@ pub enum Event {
     Presence(PresenceEvent),
     NodeGone(NodeId),
     Direct(DirectMessage),
+    /// A node's heartbeat, published on [`channel::NODES`]: a node that
+    /// stops hearing its own beats knows its subscription died silently.
+    Beat(NodeId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl Event {
             }
             Event::Presence(p) => tagged(b'p', &serde_json::to_vec(p).unwrap_or_default()),
             Event::NodeGone(node) => format!("g {}", node.0).into_bytes(),
+            Event::Beat(node) => format!("h {}", node.0).into_bytes(),
             Event::Direct(d) => tagged(b'd', &serde_json::to_vec(d).unwrap_or_default()),
         }
     }
@@ -142,6 +146,10 @@ impl Event {
                 text.parse().ok().map(|n| Event::NodeGone(NodeId(n)))
             }
             b'd' => serde_json::from_slice(body).ok().map(Event::Direct),
+            b'h' => {
+                let text = std::str::from_utf8(body).ok()?;
+                text.parse().ok().map(|n| Event::Beat(NodeId(n)))
+            }
             _ => None,
         }
     }
@@ -272,6 +280,21 @@ pub struct ClusterView {
     pub remote_online: AtomicUsize,
     /// The broker is reachable (the subscription session is up).
     pub healthy: AtomicBool,
+    /// Tells the subscription session to start over: a heartbeat failed,
+    /// so the session may be stuck on a link that silently died.
+    reset: tokio::sync::Notify,
+    /// This node's own beats heard on its subscription.
+    beats_heard: std::sync::atomic::AtomicU64,
+}
+
+impl ClusterView {
+    /// A broker call failed: count the broker as gone and start a new
+    /// subscription session (the old one may be silently dead), which
+    /// resyncs every room once it is up.
+    fn broker_failed(&self) {
+        self.healthy.store(false, Ordering::Relaxed);
+        self.reset.notify_one();
+    }
 }
 
 /// Starts the node's cluster side: the subscription session, the request
@@ -290,6 +313,7 @@ pub(crate) fn spawn<B: Broker>(
     let (reannounce_tx, reannounce_rx) = mpsc::unbounded_channel();
     tokio::spawn(subscriber(
         broker.clone(),
+        node,
         timing,
         sub_rx,
         events.clone(),
@@ -326,6 +350,7 @@ async fn heartbeat<B: Broker>(
     reannounce: mpsc::UnboundedSender<()>,
 ) {
     let mut first = true;
+    let (mut heard, mut silent_rounds) = (0u64, 0u32);
     let mut every = tokio::time::interval(timing.heartbeat_every());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -334,10 +359,27 @@ async fn heartbeat<B: Broker>(
         match broker.heartbeat(node, online).await {
             Ok(Heartbeat { live, was_gone }) => {
                 if was_gone && !first {
-                    warn!("this node's liveness had run out; announcing its presence again");
+                    // Its users were dropped by the others, and whatever was
+                    // published meanwhile may be lost: start over.
+                    warn!("this node's liveness had run out; reconnecting");
+                    view.broker_failed();
                     let _ = reannounce.send(());
                 }
                 first = false;
+                // Each beat is published back to this node; silence on a
+                // healthy session means the subscription died unnoticed.
+                let now_heard = view.beats_heard.load(Ordering::Relaxed);
+                if now_heard == heard && view.healthy.load(Ordering::Relaxed) {
+                    silent_rounds += 1;
+                } else {
+                    silent_rounds = 0;
+                }
+                heard = now_heard;
+                if silent_rounds >= 3 {
+                    warn!("not hearing this node's own beats; restarting the broker session");
+                    silent_rounds = 0;
+                    view.broker_failed();
+                }
                 let others: u64 = live
                     .iter()
                     .filter(|(n, _)| *n != node)
@@ -348,7 +390,13 @@ async fn heartbeat<B: Broker>(
                     Ordering::Relaxed,
                 );
             }
-            Err(e) => warn!("cluster heartbeat failed: {e}"),
+            Err(e) => {
+                // A partition can leave the subscription connection open
+                // but dead; treat the broker as gone until a new session
+                // proves otherwise.
+                warn!("cluster heartbeat failed: {e}; restarting the broker session");
+                view.broker_failed();
+            }
         }
     }
 }
@@ -359,6 +407,7 @@ async fn heartbeat<B: Broker>(
 /// and the worker re-announces this node's presence.
 async fn subscriber<B: Broker>(
     broker: Arc<B>,
+    node: NodeId,
     timing: ClusterTiming,
     mut requests: mpsc::UnboundedReceiver<SubRequest>,
     events: mpsc::Sender<HubEvent>,
@@ -422,6 +471,7 @@ async fn subscriber<B: Broker>(
         first = false;
         loop {
             tokio::select! {
+                () = view.reset.notified() => break,
                 req = requests.recv() => match req {
                     Some(SubRequest::Subscribe(ch, done)) => {
                         wanted.insert(ch.clone());
@@ -435,7 +485,11 @@ async fn subscriber<B: Broker>(
                 },
                 msg = messages.recv() => match msg {
                     Some(payload) => {
-                        if let Some(input) = Event::decode(&payload).map(into_input)
+                        let event = Event::decode(&payload);
+                        if event == Some(Event::Beat(node)) {
+                            view.beats_heard.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(input) = event.and_then(into_input)
                             && events.send(HubEvent::Input(input)).await.is_err()
                         {
                             return;
@@ -464,8 +518,8 @@ fn refuse(wanted: &mut BTreeSet<String>, req: SubRequest) {
     }
 }
 
-fn into_input(event: Event) -> Input {
-    match event {
+fn into_input(event: Event) -> Option<Input> {
+    Some(match event {
         Event::Message(m) => Input::Sequenced(m),
         Event::Presence(p) => Input::RemotePresence {
             room: p.room,
@@ -475,7 +529,8 @@ fn into_input(event: Event) -> Input {
         },
         Event::NodeGone(node) => Input::NodeGone { node },
         Event::Direct(d) => Input::RemoteDirect(Box::new(d)),
-    }
+        Event::Beat(_) => return None,
+    })
 }
 
 /// Appends taken into one broker round trip at most.
@@ -569,6 +624,7 @@ async fn worker<B: Broker>(
                     }
                     if let Err(e) = broker.presence(node, &room, &user, present).await {
                         warn!(room = %room, "presence update failed: {e}");
+                        view.broker_failed();
                     }
                     None
                 }
@@ -581,6 +637,7 @@ async fn worker<B: Broker>(
                             Ok(_) => RelayOutcome::Delivered,
                             Err(e) => {
                                 warn!("direct message relay failed: {e}");
+                                view.broker_failed();
                                 RelayOutcome::Unavailable
                             }
                         }
@@ -636,6 +693,7 @@ where
         }
         Err(e) => {
             warn!(count = batch.len(), "appends failed: {e}");
+            view.broker_failed();
             for request in batch {
                 if !answer(Input::AppendFailed(request)).await {
                     return false;
@@ -675,6 +733,7 @@ async fn open<B: Broker>(
         Ok(snapshot) => Input::RoomOpened(snapshot),
         Err(e) => {
             warn!(room = %room, "opening room failed: {e}");
+            view.broker_failed();
             failed()
         }
     }

@@ -115,6 +115,7 @@ for _, d in ipairs(dead) do
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('PUBLISH', 'rh:nodes', 'h ' .. ARGV[1])
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 local counts = redis.call('HMGET', KEYS[2], unpack(live))
 return {live, counts, was_gone and 1 or 0}

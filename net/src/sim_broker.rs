@@ -225,6 +225,7 @@ impl State {
                 }
                 self.nodes
                     .insert(node, (now + self.config.node_ttl, online));
+                self.publish(channel::NODES, Event::Beat(node).encode());
                 Reply::Live {
                     live: self.nodes.iter().map(|(n, (_, c))| (*n, *c)).collect(),
                     was_gone,

@@ -79,6 +79,8 @@ impl RoomView {
 #[derive(Default)]
 struct Session {
     user: String,
+    /// The server host it is connected to.
+    server: String,
     live: bool,
     rooms: BTreeMap<String, RoomView>,
     /// Request id → (type, room, content of a message).
@@ -143,12 +145,13 @@ impl Checker {
 
     fn apply(&mut self, r: &Record) {
         match &r.event {
-            Event::Connected { user } => {
+            Event::Connected { user, server } => {
                 self.report.sessions += 1;
                 self.sessions.insert(
                     r.session,
                     Session {
                         user: user.clone(),
+                        server: server.clone(),
                         live: true,
                         ..Session::default()
                     },
@@ -165,10 +168,11 @@ impl Checker {
             Event::Broken { .. } | Event::Dropped { .. } => self.end(r, false),
             Event::Finished => self.end(r, true),
             Event::Probe {
+                server,
                 online,
                 rooms,
                 queue_peak_bytes,
-            } => self.probe(r, *online, *rooms, *queue_peak_bytes),
+            } => self.probe(r, server, *online, *rooms, *queue_peak_bytes),
         }
     }
 
@@ -516,18 +520,20 @@ impl Checker {
         }
     }
 
-    fn probe(&mut self, r: &Record, online: u64, rooms: u64, queue_peak_bytes: u64) {
+    /// `/ws/online` counts the whole cluster; each server keeps exactly the
+    /// rooms its own live connections are members of.
+    fn probe(&mut self, r: &Record, server: &str, online: u64, rooms: u64, queue_peak_bytes: u64) {
         let live = self.sessions.values().filter(|s| s.live).count() as u64;
         if online != live {
             self.violation(
                 r,
-                format!("/ws/online says {online}, {live} connections are live"),
+                format!("/ws/online on {server} says {online}, {live} connections are live"),
             );
         }
         let occupied: BTreeSet<&String> = self
             .sessions
             .values()
-            .filter(|s| s.live)
+            .filter(|s| s.live && s.server == server)
             .flat_map(|s| {
                 s.rooms
                     .iter()
@@ -539,7 +545,7 @@ impl Checker {
             self.violation(
                 r,
                 format!(
-                    "server keeps {rooms} rooms, {} have live members",
+                    "{server} keeps {rooms} rooms, {} have live members",
                     occupied.len()
                 ),
             );

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::trace::{Event, SessionId, Trace};
-use crate::world::{SECRET, SERVER, SERVER_PORT, START_MS, now_ms};
+use crate::world::{SECRET, SERVER_PORT, START_MS, now_ms};
 
 type Ws = tokio_tungstenite::WebSocketStream<turmoil::net::TcpStream>;
 
@@ -27,6 +27,9 @@ type Ws = tokio_tungstenite::WebSocketStream<turmoil::net::TcpStream>;
 pub struct ClientPlan {
     pub index: usize,
     pub user: String,
+    /// Server hosts; each new connection goes to the next one, so in a
+    /// cluster a client rejoins (and recovers) on a different node.
+    pub servers: Vec<String>,
     /// Rooms this client may be in; it starts in the first one or two.
     pub rooms: Vec<String>,
     /// Start in every room (a slow consumer sees all traffic).
@@ -70,6 +73,8 @@ struct Client {
     /// The last (epoch, offset) seen per room, kept across sessions.
     seen: BTreeMap<String, RoomState>,
     session: u32,
+    /// Connection attempts, which pick the server host.
+    attempts: usize,
     sent: u64,
     storm_done: bool,
 }
@@ -81,6 +86,7 @@ pub async fn run(plan: ClientPlan, trace: Trace) -> turmoil::Result {
         trace,
         seen: BTreeMap::new(),
         session: 0,
+        attempts: 0,
         sent: 0,
         storm_done: false,
     };
@@ -125,14 +131,16 @@ impl Client {
         };
         // Whole seconds: a short token lives at least `ttl_ms`.
         let token = mint_token(SECRET, &spec, Duration::from_millis(ttl_ms + 999), now_unix);
+        let server = self.plan.servers[self.attempts % self.plan.servers.len()].clone();
+        self.attempts += 1;
         let stream = timeout(
             CONNECT_TIMEOUT,
-            turmoil::net::TcpStream::connect((SERVER, SERVER_PORT)),
+            turmoil::net::TcpStream::connect((server.as_str(), SERVER_PORT)),
         )
         .await
         .ok()?
         .ok()?;
-        let url = format!("ws://{SERVER}:{SERVER_PORT}/ws?token={token}");
+        let url = format!("ws://{server}:{SERVER_PORT}/ws?token={token}");
         let (ws, _) = timeout(
             CONNECT_TIMEOUT,
             tokio_tungstenite::client_async(url, stream),
@@ -143,6 +151,7 @@ impl Client {
         self.session += 1;
         self.record(Event::Connected {
             user: self.plan.user.clone(),
+            server,
         });
         Some(ws)
     }

@@ -12,8 +12,8 @@ pub type SessionId = (usize, u32);
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// The upgrade succeeded.
-    Connected { user: String },
+    /// The upgrade succeeded, on this server host.
+    Connected { user: String, server: String },
     /// A request went out. `since` is set for joins with `since`.
     Sent { frame: Value },
     /// A frame arrived.
@@ -26,8 +26,10 @@ pub enum Event {
     Dropped { why: &'static str },
     /// The client finished normally at the end of the world.
     Finished,
-    /// HTTP probe results at the end: `/ws/online` and `/metrics`.
+    /// HTTP probe results at the end, per server host: `/ws/online` and
+    /// `/metrics`.
     Probe {
+        server: String,
         online: u64,
         rooms: u64,
         queue_peak_bytes: u64,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use roomhub_core::PlantedBug;
+use roomhub_net::sim_broker::{BrokerStream, Connector, SimBroker, SimBrokerConfig, serve};
 use roomhub_net::{Clock, Server, ServerConfig};
 
 use crate::check::{CheckContext, Report, check};
@@ -53,6 +54,11 @@ pub enum FaultKind {
     TokenExpiry,
     /// A client sends a burst that trips the rate limit.
     RateBurst,
+    /// Cluster worlds: a node loses its link to the broker for a while
+    /// (sometimes longer than the node TTL).
+    BrokerPartition,
+    /// Cluster worlds: a node crashes and restarts (a new node id).
+    NodeCrash,
 }
 
 impl FaultKind {
@@ -69,6 +75,22 @@ impl FaultKind {
         FaultKind::RateBurst,
     ];
 
+    /// What cluster worlds draw from: the client faults, plus the broker
+    /// partition and node crashes in place of the single server's bounce.
+    pub const CLUSTER: [FaultKind; 11] = [
+        FaultKind::Latency,
+        FaultKind::Partition,
+        FaultKind::Hold,
+        FaultKind::SlowConsumer,
+        FaultKind::HalfOpen,
+        FaultKind::AbruptDisconnect,
+        FaultKind::ReconnectStorm,
+        FaultKind::TokenExpiry,
+        FaultKind::RateBurst,
+        FaultKind::BrokerPartition,
+        FaultKind::NodeCrash,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Latency => "latency",
@@ -81,11 +103,16 @@ impl FaultKind {
             FaultKind::Bounce => "bounce",
             FaultKind::TokenExpiry => "token-expiry",
             FaultKind::RateBurst => "rate-burst",
+            FaultKind::BrokerPartition => "broker-partition",
+            FaultKind::NodeCrash => "node-crash",
         }
     }
 
     pub fn parse(name: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+        FaultKind::ALL
+            .into_iter()
+            .chain(FaultKind::CLUSTER)
+            .find(|k| k.name() == name)
     }
 }
 
@@ -114,6 +141,9 @@ pub struct WorldConfig {
     /// turmoil's step. 1 ms by default; large worlds use a coarser one,
     /// since turmoil polls every host at every step.
     pub tick_ms: u64,
+    /// 0: one server host. 2 or more: that many nodes sharing rooms through
+    /// a simulated broker host.
+    pub nodes: usize,
 }
 
 impl WorldConfig {
@@ -139,6 +169,26 @@ impl WorldConfig {
             every_fault: true,
             send_queue_bytes: 256 * 1024,
             tick_ms: 10,
+            nodes: 0,
+        }
+    }
+
+    /// Two nodes and a broker; clients spread over the nodes and move to
+    /// the next node whenever they reconnect.
+    pub fn cluster(seed: u64) -> Self {
+        WorldConfig {
+            nodes: 2,
+            faults: FaultKind::CLUSTER.to_vec(),
+            ..WorldConfig::standard(seed)
+        }
+    }
+
+    /// The server hosts clients connect to.
+    pub fn server_hosts(&self) -> Vec<String> {
+        if self.nodes < 2 {
+            vec![SERVER.to_string()]
+        } else {
+            (0..self.nodes).map(|i| format!("node{i}")).collect()
         }
     }
 
@@ -155,6 +205,7 @@ impl WorldConfig {
             every_fault: false,
             send_queue_bytes: 2 * 1024,
             tick_ms: 1,
+            nodes: 0,
         }
     }
 }
@@ -182,7 +233,11 @@ enum NetAction {
     Repair(String),
     Hold(String),
     Release(String),
-    Bounce,
+    /// Restart a server host.
+    Bounce(String),
+    /// Cut / restore a node's link to the broker.
+    CutBroker(String),
+    HealBroker(String),
     LatencySpike(u64),
     LatencyNormal(u64),
 }
@@ -230,9 +285,14 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
             let user = format!("u{}", i % world.clients.saturating_sub(1).max(1));
             let mut own_rooms = rooms.clone();
             own_rooms.rotate_left(i % rooms.len());
+            let hosts = world.server_hosts();
+            let servers = (0..hosts.len())
+                .map(|k| hosts[(i + k) % hosts.len()].clone())
+                .collect();
             ClientPlan {
                 index: i,
                 user,
+                servers,
                 rooms: own_rooms,
                 join_all: false,
                 seed: rng.next_u64(),
@@ -282,7 +342,19 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                 actions.push((at, NetAction::Partition(host.clone())));
                 actions.push((at + 4_000 + rng.next_u64() % 2_000, NetAction::Repair(host)));
             }
-            FaultKind::Bounce => actions.push((at, NetAction::Bounce)),
+            FaultKind::Bounce => actions.push((at, NetAction::Bounce(SERVER.to_string()))),
+            FaultKind::BrokerPartition => {
+                let node = format!("node{}", rng.next_u64() as usize % world.nodes.max(1));
+                actions.push((at, NetAction::CutBroker(node.clone())));
+                actions.push((
+                    at + 300 + rng.next_u64() % 3_000,
+                    NetAction::HealBroker(node),
+                ));
+            }
+            FaultKind::NodeCrash => {
+                let node = format!("node{}", rng.next_u64() as usize % world.nodes.max(1));
+                actions.push((at, NetAction::Bounce(node)));
+            }
             FaultKind::SlowConsumer => {
                 // It hears every room and stops reading while two others
                 // burst: the server must close it, and serve everyone else.
@@ -327,25 +399,33 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
         // listener's backlog, which must hold a whole reconnect storm.
         .tcp_capacity(8.max(world.clients + 2))
         .build();
-    let boots = Arc::new(AtomicU64::new(0));
-    let host_world = world.clone();
-    sim.host(SERVER, move || {
-        let boot = boots.fetch_add(1, Ordering::Relaxed);
-        let config = server_config(&host_world, boot);
-        async move {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
-            let listener = SimListener::bind(addr).await?;
-            let server = Server::start(listener, config, Clock::new(START_MS + now_ms()))?;
-            server.wait().await;
-            Ok(())
-        }
-    });
+    let servers = world.server_hosts();
+    if world.nodes < 2 {
+        let boots = Arc::new(AtomicU64::new(0));
+        let host_world = world.clone();
+        sim.host(SERVER, move || {
+            let boot = boots.fetch_add(1, Ordering::Relaxed);
+            let config = server_config(&host_world, boot);
+            async move {
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
+                let listener = SimListener::bind(addr).await?;
+                let server = Server::start(listener, config, Clock::new(START_MS + now_ms()))?;
+                server.wait().await;
+                Ok(())
+            }
+        });
+    } else {
+        cluster_hosts(&mut sim, world);
+    }
     let clients = plans.len();
     for plan in plans {
         let host = format!("c{}", plan.index);
         sim.client(host, client::run(plan, trace.clone()));
     }
-    sim.client("probe", probe(settle + 1_000, clients, trace.clone()));
+    sim.client(
+        "probe",
+        probe(settle + 1_000, clients, servers.clone(), trace.clone()),
+    );
 
     let mut next = 0;
     let mut failure = None;
@@ -361,11 +441,22 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
         let now = sim.elapsed().as_millis() as u64;
         while next < actions.len() && actions[next].0 <= now {
             match &actions[next].1 {
-                NetAction::Partition(h) => sim.partition(SERVER, h.as_str()),
-                NetAction::Repair(h) => sim.repair(SERVER, h.as_str()),
-                NetAction::Hold(h) => sim.hold(SERVER, h.as_str()),
-                NetAction::Release(h) => sim.release(SERVER, h.as_str()),
-                NetAction::Bounce => sim.bounce(SERVER),
+                // A client's link to every server host.
+                NetAction::Partition(h) => servers
+                    .iter()
+                    .for_each(|s| sim.partition(s.as_str(), h.as_str())),
+                NetAction::Repair(h) => servers
+                    .iter()
+                    .for_each(|s| sim.repair(s.as_str(), h.as_str())),
+                NetAction::Hold(h) => servers
+                    .iter()
+                    .for_each(|s| sim.hold(s.as_str(), h.as_str())),
+                NetAction::Release(h) => servers
+                    .iter()
+                    .for_each(|s| sim.release(s.as_str(), h.as_str())),
+                NetAction::Bounce(h) => sim.bounce(h.as_str()),
+                NetAction::CutBroker(h) => sim.partition(BROKER, h.as_str()),
+                NetAction::HealBroker(h) => sim.repair(BROKER, h.as_str()),
                 NetAction::LatencySpike(ms) | NetAction::LatencyNormal(ms) => {
                     sim.set_max_message_latency(Duration::from_millis(*ms));
                 }
@@ -396,11 +487,70 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
     (outcome, records)
 }
 
-/// At `at_ms`, asks the server over HTTP for `/ws/online` and `/metrics`.
-async fn probe(at_ms: u64, index: usize, trace: Trace) -> turmoil::Result {
+/// The broker host of cluster worlds, and its port.
+pub const BROKER: &str = "broker";
+pub const BROKER_PORT: u16 = 6379;
+/// Cluster nodes in simulations: a node silent this long is gone.
+const NODE_TTL_MS: u64 = 2_000;
+
+/// The broker host and one host per node, each node on the simulated broker
+/// over turmoil TCP.
+fn cluster_hosts(sim: &mut turmoil::Sim<'_>, world: &WorldConfig) {
+    let broker_config = SimBrokerConfig {
+        seed: world.seed,
+        max_messages: 1000,
+        max_age_ms: 24 * 3_600_000,
+        node_ttl: Duration::from_millis(NODE_TTL_MS),
+    };
+    sim.host(BROKER, move || async move {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BROKER_PORT);
+        serve(SimListener::bind(addr).await?, broker_config).await;
+        Ok(())
+    });
+    for (i, host) in world.server_hosts().into_iter().enumerate() {
+        let boots = Arc::new(AtomicU64::new(0));
+        let host_world = world.clone();
+        sim.host(host, move || {
+            let boot = boots.fetch_add(1, Ordering::Relaxed);
+            let mut config = server_config(&host_world, boot);
+            // Unique per node and per boot.
+            config.core.node_id = roomhub_core::NodeId(
+                host_world.seed.wrapping_mul(0x100_0000_01b3) ^ ((i as u64) << 40 | boot),
+            );
+            config.core.seed ^= (i as u64) << 48;
+            config.node_ttl = Duration::from_millis(NODE_TTL_MS);
+            async move {
+                let connect: Connector = Arc::new(|| {
+                    Box::pin(async {
+                        let s = turmoil::net::TcpStream::connect((BROKER, BROKER_PORT)).await?;
+                        Ok(Box::new(s) as Box<dyn BrokerStream>)
+                    })
+                });
+                let broker = Arc::new(SimBroker::new(connect, config.core.history_max_age_ms));
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
+                let listener = SimListener::bind(addr).await?;
+                let clock = Clock::new(START_MS + now_ms());
+                let server = Server::start_clustered(listener, config, clock, broker)?;
+                server.wait().await;
+                Ok(())
+            }
+        });
+    }
+}
+
+/// At `at_ms`, asks every server host over HTTP for `/ws/online` and
+/// `/metrics`.
+async fn probe(at_ms: u64, index: usize, servers: Vec<String>, trace: Trace) -> turmoil::Result {
     tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms()))).await;
-    let online = http_get("/ws/online").await?;
-    let metrics = http_get("/metrics").await?;
+    for server in servers {
+        probe_one(&server, index, &trace).await?;
+    }
+    Ok(())
+}
+
+async fn probe_one(server: &str, index: usize, trace: &Trace) -> turmoil::Result {
+    let online = http_get(server, "/ws/online").await?;
+    let metrics = http_get(server, "/metrics").await?;
     let online: u64 = serde_json::from_str::<serde_json::Value>(&online)?["online"]
         .as_u64()
         .unwrap_or(u64::MAX);
@@ -417,6 +567,7 @@ async fn probe(at_ms: u64, index: usize, trace: Trace) -> turmoil::Result {
         now_ms(),
         (index, 0),
         Event::Probe {
+            server: server.to_string(),
             online,
             rooms: metric("roomhub_rooms "),
             queue_peak_bytes: metric("roomhub_send_queue_peak_bytes "),
@@ -425,10 +576,10 @@ async fn probe(at_ms: u64, index: usize, trace: Trace) -> turmoil::Result {
     Ok(())
 }
 
-async fn http_get(path: &str) -> std::io::Result<String> {
+async fn http_get(server: &str, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = turmoil::net::TcpStream::connect((SERVER, SERVER_PORT)).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {SERVER}\r\nConnection: close\r\n\r\n");
+    let mut stream = turmoil::net::TcpStream::connect((server, SERVER_PORT)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;

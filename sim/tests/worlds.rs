@@ -183,3 +183,19 @@ fn regression_seed_5_a_rejoin_does_not_replay_own_messages() {
 fn regression_seed_54_online_count_drops_when_a_dead_link_is_closed() {
     assert_passes(&WorldConfig::standard(54));
 }
+
+#[test]
+#[ignore = "probe"]
+fn zz_cluster_probe() {
+    if std::env::var("ROOMHUB_SIM_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter("warn,roomhub_net=info")
+            .init();
+    }
+    let start = env_seed("ROOMHUB_SIM_START").unwrap_or(0);
+    let n: u64 = env_seed("ROOMHUB_SIM_N").unwrap_or(5);
+    for seed in start..start + n {
+        let o = run_world(&WorldConfig::cluster(seed));
+        eprintln!("{}", describe(&o));
+    }
+}
