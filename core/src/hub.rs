@@ -49,6 +49,8 @@ pub struct Hub {
     direct_id_prefix: String,
     direct_seq: u64,
     shutting_down: bool,
+    /// Connections whose deferred requests may run now.
+    resume: Vec<ConnId>,
     /// Errors answered, indexed like [`ErrorCode::ALL`].
     errors_sent: [u64; ErrorCode::ALL.len()],
 }
@@ -61,6 +63,12 @@ struct Conn {
     /// that one connection's requests take effect in the order sent.
     waiting_for: Option<RoomName>,
     deferred: VecDeque<Request>,
+    /// This connection's messages not yet acked (or refused).
+    in_flight: u32,
+    /// A `leave_room` waits (at the front of `deferred`) until the messages
+    /// sent before it are acked, so answers arrive in request order and no
+    /// ack comes after the leave's.
+    leave_waits: bool,
     limiter: Option<ConnLimiter>,
     last_seen: Timestamp,
     next_ping: Timestamp,
@@ -92,6 +100,7 @@ impl Hub {
             out: VecDeque::new(),
             direct_seq: 0,
             shutting_down: false,
+            resume: Vec::new(),
             errors_sent: [0; ErrorCode::ALL.len()],
         }
     }
@@ -151,6 +160,9 @@ impl Hub {
                     self.request_resync(&room);
                 }
             }
+        }
+        while let Some(conn) = self.resume.pop() {
+            self.run_deferred(conn);
         }
     }
 
@@ -396,6 +408,8 @@ impl Hub {
             rooms: Vec::new(),
             waiting_for: None,
             deferred: VecDeque::new(),
+            in_flight: 0,
+            leave_waits: false,
             limiter: self.rate.new_limiter(),
             last_seen: self.now,
             next_ping: self.now.plus_ms(self.config.ping_interval_ms),
@@ -492,7 +506,7 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.waiting_for.is_none() {
+        if conn.waiting_for.is_none() && !conn.leave_waits {
             self.execute(id, request);
         } else if conn.deferred.len() < self.config.max_deferred_requests {
             conn.deferred.push_back(request);
@@ -507,6 +521,14 @@ impl Hub {
     }
 
     fn execute(&mut self, id: ConnId, request: Request) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if matches!(request.kind, RequestKind::Leave { .. }) && conn.in_flight > 0 {
+            conn.leave_waits = true;
+            conn.deferred.push_front(request);
+            return;
+        }
         let Request { id: req_id, kind } = request;
         let Some(conn) = self.conns.get(&id) else {
             return;
@@ -548,6 +570,9 @@ impl Hub {
                     }),
                 };
                 self.out.push_back(Output::Append(Box::new(request)));
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.in_flight += 1;
+                }
             }
             RequestKind::Typing { room, typing }
                 if is_member(&room) || self.planted(PlantedBug::TypingWithoutMembership) =>
@@ -726,7 +751,7 @@ impl Hub {
 
     fn close_if_deserted(&mut self, name: &RoomName) {
         if self.rooms.get(name).is_some_and(Room::is_deserted) {
-            self.release_acks(name, true);
+            self.release_acks(name);
             self.rooms.remove(name);
             self.out.push_back(Output::CloseRoom { room: name.clone() });
         }
@@ -891,7 +916,7 @@ impl Hub {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
-            if conn.waiting_for.is_some() {
+            if conn.waiting_for.is_some() || conn.leave_waits {
                 return;
             }
             let Some(request) = conn.deferred.pop_front() else {
@@ -1001,8 +1026,22 @@ impl Hub {
             self.config.history_max_messages,
         );
         log.trim_by_age(self.now, self.config.history_max_age_ms);
-        if !log.pending_acks.is_empty() {
-            self.release_acks(name, false);
+        // This node's own message is stored and now in order: ack it here,
+        // so the sender learns its offset exactly when the others get the
+        // message, never ahead of the messages below it.
+        if let Some(origin) = msg
+            .origin
+            .as_ref()
+            .filter(|o| o.node == self.config.node_id)
+        {
+            log.pending_acks.remove(&msg.offset);
+            self.ack(
+                origin.conn,
+                origin.request_id.as_deref(),
+                Some(name),
+                Some((&msg.id, Some(msg.offset))),
+            );
+            self.append_answered(origin.conn);
         }
     }
 
@@ -1013,13 +1052,17 @@ impl Hub {
         let max = self.config.max_gap_buffer;
         if let Some(RoomState::Open(log)) = self.rooms.get_mut(&receipt.room).map(|r| &mut r.state)
             && log.epoch == receipt.epoch
-            && log.head < receipt.offset
-            && log.pending_acks.len() < max
+            && receipt.offset > log.opened_head
         {
-            // Earlier messages have not reached this node yet: the ack
-            // waits for them (see `RoomLog::pending_acks`).
-            log.pending_acks.insert(receipt.offset, receipt);
-            return;
+            if receipt.offset <= log.head {
+                // Delivered here already, and acked then.
+                return;
+            }
+            if log.pending_acks.len() < max {
+                // The delivery has not reached this node yet: it acks.
+                log.pending_acks.insert(receipt.offset, receipt);
+                return;
+            }
         }
         self.send_receipt(&receipt);
     }
@@ -1031,22 +1074,29 @@ impl Hub {
             Some(&receipt.room),
             Some((&receipt.message_id, Some(receipt.offset))),
         );
+        self.append_answered(receipt.origin.conn);
     }
 
-    /// Sends the acks whose offsets the room's head has reached; with
-    /// `all`, every one (the room is closing or restarting).
-    fn release_acks(&mut self, name: &RoomName, all: bool) {
-        let due: Vec<AppendReceipt> = match self.rooms.get_mut(name).map(|r| &mut r.state) {
-            Some(RoomState::Open(log)) => {
-                let keep = if all {
-                    std::collections::BTreeMap::new()
-                } else {
-                    log.pending_acks.split_off(&(log.head + 1))
-                };
-                std::mem::replace(&mut log.pending_acks, keep)
-                    .into_values()
-                    .collect()
+    /// One of the connection's messages was acked or refused; a leave that
+    /// waited for them runs once the last is answered (at the end of the
+    /// current input, never in the middle of a delivery).
+    fn append_answered(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if c.in_flight == 0 && c.leave_waits {
+                c.leave_waits = false;
+                self.resume.push(conn);
             }
+        }
+    }
+
+    /// Sends every ack still waiting for its delivery: the room is closing
+    /// or restarting, and the messages are stored all the same.
+    fn release_acks(&mut self, name: &RoomName) {
+        let due: Vec<AppendReceipt> = match self.rooms.get_mut(name).map(|r| &mut r.state) {
+            Some(RoomState::Open(log)) => std::mem::take(&mut log.pending_acks)
+                .into_values()
+                .collect(),
             _ => return,
         };
         for receipt in due {
@@ -1064,6 +1114,7 @@ impl Hub {
                 ErrorCode::Unavailable,
                 "the message could not be stored; retry",
             );
+            self.append_answered(origin.conn);
         }
     }
 
@@ -1180,7 +1231,7 @@ impl Hub {
             .map(|r| r.members.iter().copied().collect())
             .unwrap_or_default();
         // Stored all the same: their senders (if still here) get the acks.
-        self.release_acks(name, true);
+        self.release_acks(name);
         for conn in members {
             self.close(conn, close::RESYNC, reason);
         }
@@ -1311,6 +1362,7 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
     if log.head < snapshot.head {
         log.restart_at(snapshot.head);
     }
+    log.opened_head = log.head;
     log.trim_by_age(now, config.history_max_age_ms);
     log
 }

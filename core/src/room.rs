@@ -151,11 +151,14 @@ pub(crate) struct RoomLog {
     pub(crate) ahead: BTreeMap<u64, SequencedMessage>,
     /// An `OpenRoom { after }` is outstanding for this room.
     pub(crate) resyncing: bool,
-    /// Acks for this node's messages that were stored before the messages
-    /// ahead of them reached this node (a cluster: the ack and the delivery
-    /// travel different paths). Sent once `head` reaches their offset, so a
-    /// sender never learns an offset before the ones below it.
+    /// Receipts for this node's messages whose delivery has not reached
+    /// this node yet (in a cluster the receipt and the delivery travel
+    /// different paths). The delivery sends the ack, so a sender never
+    /// learns an offset before the messages below it.
     pub(crate) pending_acks: BTreeMap<u64, crate::event::AppendReceipt>,
+    /// The head when the room was opened: messages up to it came with the
+    /// snapshot, not through delivery, so their receipts ack at once.
+    pub(crate) opened_head: u64,
 }
 
 /// What a rejoining connection can be given.
@@ -176,6 +179,7 @@ impl RoomLog {
             ahead: BTreeMap::new(),
             resyncing: false,
             pending_acks: BTreeMap::new(),
+            opened_head: head,
         }
     }
 

@@ -431,6 +431,7 @@ async fn subscriber<B: Broker>(
                 tokio::pin!(retry);
                 loop {
                     tokio::select! {
+                        biased;
                         () = &mut retry => break,
                         req = requests.recv() => match req {
                             Some(req) => refuse(&mut wanted, req),
@@ -471,6 +472,7 @@ async fn subscriber<B: Broker>(
         first = false;
         loop {
             tokio::select! {
+                biased;
                 () = view.reset.notified() => break,
                 req = requests.recv() => match req {
                     Some(SubRequest::Subscribe(ch, done)) => {

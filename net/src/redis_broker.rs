@@ -389,6 +389,7 @@ impl Broker for RedisBroker {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     req = requests.recv() => match req {
                         Some(SubRequest::Subscribe(ch, done)) => {
                             let r = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(&ch)).await;

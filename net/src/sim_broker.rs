@@ -484,6 +484,7 @@ impl Broker for SimBroker {
             let mut waiting: VecDeque<oneshot::Sender<Result<(), BrokerError>>> = VecDeque::new();
             loop {
                 tokio::select! {
+                    biased;
                     req = requests.recv() => {
                         let request = match req {
                             Some(SubRequest::Subscribe(channel, done)) => {

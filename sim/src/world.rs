@@ -214,6 +214,8 @@ impl WorldConfig {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub seed: u64,
+    /// The world's node count (0: one server).
+    pub nodes: usize,
     pub report: Report,
     pub faults: BTreeMap<FaultKind, u32>,
     pub trace_hash: u64,
@@ -479,6 +481,7 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
     }
     let outcome = Outcome {
         seed: world.seed,
+        nodes: world.nodes,
         report,
         faults,
         trace_hash: trace.hash(),

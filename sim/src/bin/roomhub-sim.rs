@@ -19,7 +19,8 @@ struct Args {
     start: u64,
     /// Fault kinds to draw from, comma-separated (default: all). Kinds:
     /// latency, partition, hold, slow-consumer, half-open, abrupt-disconnect,
-    /// reconnect-storm, bounce, token-expiry, rate-burst.
+    /// reconnect-storm, bounce, token-expiry, rate-burst, and for cluster
+    /// worlds broker-partition, node-crash.
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Clients per world.
@@ -28,11 +29,19 @@ struct Args {
     /// Print each seed's trace hash (to compare runs for determinism).
     #[arg(long)]
     hashes: bool,
+    /// Cluster worlds with this many nodes on a simulated broker (2 or
+    /// more); the default fault kinds then include broker-partition and
+    /// node-crash instead of bounce.
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let faults: Vec<FaultKind> = if args.faults.is_empty() {
+    let cluster = args.nodes >= 2;
+    let faults: Vec<FaultKind> = if args.faults.is_empty() && cluster {
+        FaultKind::CLUSTER.to_vec()
+    } else if args.faults.is_empty() {
         FaultKind::ALL.to_vec()
     } else {
         let mut kinds = Vec::new();
@@ -51,10 +60,18 @@ fn main() -> ExitCode {
     let (mut messages, mut sessions, mut slow_closes) = (0u64, 0u64, 0u64);
     let mut failed = Vec::new();
     for seed in args.start..args.start + args.seeds {
+        let base = if cluster {
+            WorldConfig {
+                nodes: args.nodes,
+                ..WorldConfig::cluster(seed)
+            }
+        } else {
+            WorldConfig::standard(seed)
+        };
         let world = WorldConfig {
             faults: faults.clone(),
             clients: args.clients,
-            ..WorldConfig::standard(seed)
+            ..base
         };
         let outcome = run_world(&world);
         if args.hashes {
