@@ -170,6 +170,10 @@ pub struct Origin {
     pub node: NodeId,
     pub conn: ConnId,
     pub request_id: Option<Arc<str>>,
+    /// The connection's own count of its messages: which one this is, so
+    /// it is answered exactly once however many paths report it.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A validated message waiting for its place in a room's order.

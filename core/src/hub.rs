@@ -63,8 +63,10 @@ struct Conn {
     /// that one connection's requests take effect in the order sent.
     waiting_for: Option<RoomName>,
     deferred: VecDeque<Request>,
-    /// This connection's messages not yet acked (or refused).
-    in_flight: u32,
+    /// This connection's messages (by `Origin::seq`) not yet acked or
+    /// refused.
+    in_flight: std::collections::BTreeSet<u64>,
+    next_seq: u64,
     /// A `leave_room` waits (at the front of `deferred`) until the messages
     /// sent before it are acked, so answers arrive in request order and no
     /// ack comes after the leave's.
@@ -408,7 +410,8 @@ impl Hub {
             rooms: Vec::new(),
             waiting_for: None,
             deferred: VecDeque::new(),
-            in_flight: 0,
+            in_flight: Default::default(),
+            next_seq: 0,
             leave_waits: false,
             limiter: self.rate.new_limiter(),
             last_seen: self.now,
@@ -524,7 +527,7 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if matches!(request.kind, RequestKind::Leave { .. }) && conn.in_flight > 0 {
+        if matches!(request.kind, RequestKind::Leave { .. }) && !conn.in_flight.is_empty() {
             conn.leave_waits = true;
             conn.deferred.push_front(request);
             return;
@@ -557,9 +560,15 @@ impl Hub {
                 content,
                 reply_to,
             } if is_member(&room) => {
+                let sender = conn.identity.user.clone();
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                c.next_seq += 1;
+                c.in_flight.insert(c.next_seq);
                 let request = AppendRequest {
                     room,
-                    sender: conn.identity.user.clone(),
+                    sender,
                     content,
                     reply_to,
                     timestamp: self.now,
@@ -567,12 +576,10 @@ impl Hub {
                         node: self.config.node_id,
                         conn: id,
                         request_id: req_id,
+                        seq: c.next_seq,
                     }),
                 };
                 self.out.push_back(Output::Append(Box::new(request)));
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.in_flight += 1;
-                }
             }
             RequestKind::Typing { room, typing }
                 if is_member(&room) || self.planted(PlantedBug::TypingWithoutMembership) =>
@@ -790,6 +797,7 @@ impl Hub {
                     node: self.config.node_id,
                     conn: id,
                     request_id: req_id.clone(),
+                    seq: 0,
                 }),
             };
             self.out.push_back(Output::Relay(Box::new(message)));
@@ -997,11 +1005,19 @@ impl Hub {
     /// connection except the one that sent it. Serialized once.
     fn deliver(&mut self, name: &RoomName, msg: &SequencedMessage) {
         let deliver_to_sender = self.planted(PlantedBug::DeliverToSender);
-        let sender_conn = msg
-            .origin
-            .as_ref()
-            .filter(|o| o.node == self.config.node_id && !deliver_to_sender)
-            .map(|o| o.conn);
+        // The sender is skipped only while its message waits for the ack it
+        // gets now. One it was told had failed (the reply was lost, the
+        // message stored all the same) reaches it like anyone else's, so its
+        // stream has no hole.
+        let acks_now = msg.origin.as_ref().filter(|o| {
+            o.node == self.config.node_id
+                && self
+                    .conns
+                    .get(&o.conn)
+                    .is_some_and(|c| c.in_flight.contains(&o.seq))
+        });
+        let sender_conn = acks_now.filter(|_| !deliver_to_sender).map(|o| o.conn);
+        let acks_now = acks_now.is_some();
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
@@ -1035,13 +1051,15 @@ impl Hub {
             .filter(|o| o.node == self.config.node_id)
         {
             log.pending_acks.remove(&msg.offset);
-            self.ack(
-                origin.conn,
-                origin.request_id.as_deref(),
-                Some(name),
-                Some((&msg.id, Some(msg.offset))),
-            );
-            self.append_answered(origin.conn);
+            if acks_now {
+                self.ack(
+                    origin.conn,
+                    origin.request_id.as_deref(),
+                    Some(name),
+                    Some((&msg.id, Some(msg.offset))),
+                );
+                self.append_answered(origin);
+            }
         }
     }
 
@@ -1068,26 +1086,32 @@ impl Hub {
     }
 
     fn send_receipt(&mut self, receipt: &AppendReceipt) {
-        self.ack(
-            receipt.origin.conn,
-            receipt.origin.request_id.as_deref(),
-            Some(&receipt.room),
-            Some((&receipt.message_id, Some(receipt.offset))),
-        );
-        self.append_answered(receipt.origin.conn);
+        if self.append_answered(&receipt.origin) {
+            self.ack(
+                receipt.origin.conn,
+                receipt.origin.request_id.as_deref(),
+                Some(&receipt.room),
+                Some((&receipt.message_id, Some(receipt.offset))),
+            );
+        }
     }
 
-    /// One of the connection's messages was acked or refused; a leave that
-    /// waited for them runs once the last is answered (at the end of the
-    /// current input, never in the middle of a delivery).
-    fn append_answered(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-            if c.in_flight == 0 && c.leave_waits {
-                c.leave_waits = false;
-                self.resume.push(conn);
-            }
+    /// Marks one of the connection's messages answered (acked or refused).
+    /// False if it already was: every message gets exactly one answer. A
+    /// leave that waited for the connection's messages runs once the last is
+    /// answered (at the end of the current input, never mid-delivery).
+    fn append_answered(&mut self, origin: &Origin) -> bool {
+        let Some(c) = self.conns.get_mut(&origin.conn) else {
+            return false;
+        };
+        if !c.in_flight.remove(&origin.seq) {
+            return false;
         }
+        if c.in_flight.is_empty() && c.leave_waits {
+            c.leave_waits = false;
+            self.resume.push(origin.conn);
+        }
+        true
     }
 
     /// Sends every ack still waiting for its delivery: the room is closing
@@ -1107,14 +1131,14 @@ impl Hub {
     fn on_append_failed(&mut self, request: AppendRequest) {
         if let Some(origin) = request.origin
             && origin.node == self.config.node_id
+            && self.append_answered(&origin)
         {
             self.send_error(
                 origin.conn,
                 origin.request_id.as_deref(),
                 ErrorCode::Unavailable,
-                "the message could not be stored; retry",
+                "the message may not have been stored; retry",
             );
-            self.append_answered(origin.conn);
         }
     }
 

@@ -912,6 +912,7 @@ fn messages_from_other_nodes_reach_every_local_member() {
         node: NodeId(9),
         conn: ConnId(1),
         request_id: Some("x".into()),
+        seq: 0,
     });
     let outs = m.input(Input::Sequenced(remote.clone()));
     assert_eq!(
@@ -1312,6 +1313,7 @@ fn direct_messages_are_relayed_to_other_nodes() {
         node: NodeId(2),
         conn: ConnId(9),
         request_id: None,
+        seq: 0,
     });
     let outs = m.input(Input::RemoteDirect(Box::new(from_elsewhere.clone())));
     let frames = sends_to(&outs, 2);
@@ -1355,4 +1357,79 @@ fn a_single_node_never_emits_cluster_outputs() {
             .iter()
             .any(|o| matches!(o, Output::Presence { .. } | Output::Relay(_)))
     );
+}
+
+fn sent(m: &mut Manual, conn: u64, id: &str) -> AppendRequest {
+    let outs = m.text(
+        conn,
+        &format!(
+            r#"{{"type":"send_message","room":"g","id":"{id}","payload":{{"content":"{id}"}}}}"#
+        ),
+    );
+    outs.into_iter()
+        .find_map(|o| match o {
+            Output::Append(r) => Some(*r),
+            _ => None,
+        })
+        .expect("an append")
+}
+
+fn stored(request: AppendRequest, offset: u64) -> SequencedMessage {
+    SequencedMessage::new(
+        request,
+        Epoch::new("E"),
+        offset,
+        format!("E-{offset}").into(),
+    )
+}
+
+#[test]
+fn in_a_cluster_an_ack_never_overtakes_the_messages_below_it() {
+    let mut m = cluster_with_bob_remote();
+    let mine = stored(sent(&mut m, 1, "s1"), 2);
+    // The broker's reply (the receipt) arrives before message 1 and the
+    // delivery of alice's own message 2: the ack waits.
+    let outs = m.input(Input::Appended(mine.receipt().unwrap()));
+    assert!(sends_to(&outs, 1).is_empty(), "{outs:?}");
+    let outs = m.input(Input::Sequenced(msg("g", "E", 1)));
+    assert_eq!(types(&outs, 1), ["new_message"]);
+    let outs = m.input(Input::Sequenced(mine.clone()));
+    let frames = sends_to(&outs, 1);
+    assert_eq!(frames.len(), 1, "the ack, not the message: {frames:?}");
+    assert_eq!(
+        (
+            frames[0]["type"].as_str(),
+            frames[0]["payload"]["offset"].as_u64()
+        ),
+        (Some("ack"), Some(2))
+    );
+}
+
+#[test]
+fn a_message_reported_failed_but_stored_reaches_its_sender_and_is_answered_once() {
+    let mut m = cluster_with_bob_remote();
+    let request = sent(&mut m, 1, "s1");
+    let outs = m.input(Input::AppendFailed(request.clone()));
+    assert_eq!(error_code(&sends_to(&outs, 1)[0]), "UNAVAILABLE");
+    // It was stored after all (the reply was lost): alice gets it like
+    // everyone else, so her stream has no hole, and no second answer.
+    let outs = m.input(Input::Sequenced(stored(request.clone(), 1)));
+    assert_eq!(types(&outs, 1), ["new_message"]);
+    let receipt = stored(request, 1).receipt().unwrap();
+    assert!(m.input(Input::Appended(receipt)).is_empty());
+}
+
+#[test]
+fn a_leave_waits_for_the_connections_messages_in_flight() {
+    let mut m = cluster_with_bob_remote();
+    let request = sent(&mut m, 1, "s1");
+    // Not answered yet: nothing happens.
+    assert!(
+        m.text(1, r#"{"type":"leave_room","room":"g","id":"l"}"#)
+            .is_empty()
+    );
+    let outs = m.input(Input::Sequenced(stored(request, 1)));
+    let frames = sends_to(&outs, 1);
+    let ids: Vec<&str> = frames.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["s1", "l"], "answers in request order");
 }

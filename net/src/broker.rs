@@ -550,9 +550,10 @@ async fn worker<B: Broker>(
     events: mpsc::Sender<HubEvent>,
     view: Arc<ClusterView>,
 ) {
-    // This node's presence, to announce again after an outage (the other
-    // nodes may have dropped it when its liveness ran out).
-    let mut announced: FxHashMap<(RoomName, Arc<str>), UserRef> = FxHashMap::default();
+    // This node's presence as it should be in the broker: users present
+    // (announced again after an outage, since the other nodes may have
+    // dropped them) and departures the broker has not taken yet.
+    let mut announced: FxHashMap<(RoomName, Arc<str>), (UserRef, bool)> = FxHashMap::default();
     let answer = |input: Input| {
         let events = events.clone();
         async move { events.send(HubEvent::Input(input)).await.is_ok() }
@@ -561,11 +562,18 @@ async fn worker<B: Broker>(
         let first = tokio::select! {
             biased;
             Some(()) = reannounce.recv() => {
-                for ((room, _), user) in &announced {
-                    if let Err(e) = broker.presence(node, room, user, true).await {
+                let mut settled = Vec::new();
+                for ((room, id), (user, present)) in &announced {
+                    if let Err(e) = broker.presence(node, room, user, *present).await {
                         warn!("re-announcing presence failed: {e}");
                         break;
                     }
+                    if !present {
+                        settled.push((room.clone(), id.clone()));
+                    }
+                }
+                for key in settled {
+                    announced.remove(&key);
                 }
                 continue;
             }
@@ -619,14 +627,17 @@ async fn worker<B: Broker>(
                     present,
                 } => {
                     let key = (room.clone(), user.id.clone());
-                    if present {
-                        announced.insert(key, user.clone());
-                    } else {
-                        announced.remove(&key);
-                    }
-                    if let Err(e) = broker.presence(node, &room, &user, present).await {
-                        warn!(room = %room, "presence update failed: {e}");
-                        view.broker_failed();
+                    announced.insert(key.clone(), (user.clone(), present));
+                    match broker.presence(node, &room, &user, present).await {
+                        Ok(()) if !present => {
+                            announced.remove(&key);
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            // Kept in `announced`: sent again on reconnect.
+                            warn!(room = %room, "presence update failed: {e}");
+                            view.broker_failed();
+                        }
                     }
                     None
                 }

@@ -381,6 +381,7 @@ impl HubTask {
                     node: self.engine.hub().config().node_id,
                     conn: API_CONN,
                     request_id: Some(id.to_string().into()),
+                    seq: 0,
                 });
                 match self.engine.publish(request, now) {
                     Some(done) => {

@@ -285,6 +285,11 @@ impl Checker {
                 format!("{req_kind} refused NOT_IN_ROOM while a member of {room}"),
             );
         }
+        if kind == "error" && req_kind == "send_message" {
+            // Refused, or failed with UNAVAILABLE (stored or not): if it was
+            // stored after all, the sender gets it like everyone else.
+            s.own.remove(&content);
+        }
         if kind != "ack" {
             if req_kind == "join_room"
                 && let Some(view) = s.rooms.get_mut(&room)

@@ -290,3 +290,17 @@ fn regression_cluster_seeds_52_55_61_a_leave_waits_for_earlier_acks() {
         assert_passes(&WorldConfig::cluster(seed));
     }
 }
+
+/// Found by `roomhub-sim --nodes 2 --seeds 300 --start 1000`.
+/// 1188, 1296: an append whose reply was lost (UNAVAILABLE) was stored all
+/// the same; its delivery acked it a second time and the sender's stream
+/// had a hole. Each message is now answered once, and one answered as
+/// failed reaches its sender like anyone else's.
+/// 1038: a departure that could not reach the broker during a partition
+/// was never sent again, so the other node kept showing the user.
+#[test]
+fn regression_cluster_seeds_1038_1188_1296_lost_replies_and_lost_departures() {
+    for seed in [1038, 1188, 1296] {
+        assert_passes(&WorldConfig::cluster(seed));
+    }
+}
