@@ -439,3 +439,48 @@ async fn a_node_cut_off_from_redis_fails_fast_then_fills_its_gap() {
     }
     assert_eq!(contents, ["during0", "during1", "during2", "during3"]);
 }
+
+/// How many subscribers Redis has for `channel` (RESP over a plain socket).
+async fn subscribers(redis: &RedisServer, channel: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+        .await
+        .unwrap();
+    let cmd = format!(
+        "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    s.write_all(cmd.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    // *2 $len channel :count
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(':'))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {text:?}"))
+}
+
+#[tokio::test]
+async fn a_node_listens_to_a_room_only_while_it_has_members_there() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let node = TestServer::node(&redis.url()).await;
+    assert_eq!(subscribers(&redis, "rh:room:g").await, 0);
+    let mut alice = node.member("alice", "g").await;
+    let mut bob = node.member("bob", "g").await;
+    assert_eq!(subscribers(&redis, "rh:room:g").await, 1, "one per node");
+    alice
+        .send_json(json!({"type": "leave_room", "room": "g", "id": "l"}))
+        .await;
+    alice.recv_type("ack").await;
+    assert_eq!(subscribers(&redis, "rh:room:g").await, 1);
+    bob.send_json(json!({"type": "leave_room", "room": "g", "id": "l"}))
+        .await;
+    bob.recv_type("ack").await;
+    eventually("the node unsubscribed", || async {
+        subscribers(&redis, "rh:room:g").await == 0
+    })
+    .await;
+}

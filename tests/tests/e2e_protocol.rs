@@ -410,3 +410,51 @@ async fn a_replay_larger_than_the_send_queue_still_recovers() {
     assert_eq!(info["payload"]["recovered"], true);
     back.silent_for(300).await;
 }
+
+/// `POST /api/publish` on a single node with the durable store: stored,
+/// delivered, acked with its offset, and refused without the key.
+#[tokio::test]
+async fn the_publish_api_on_a_single_durable_node() {
+    let dir = std::env::temp_dir().join(format!("roomhub-publish-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = TestServer::start_with(|c| {
+        c.data_dir = Some(dir.clone());
+        c.api_key = Some("secret-key".into());
+    })
+    .await;
+    let mut alice = server.member("alice", "news").await;
+    let body = r#"{"room":"news","payload":{"content":"hello from the backend"},"sender":{"id":"bot","name":"Bot"}}"#;
+    let post = |key: Option<&'static str>, body: &'static str| {
+        roomhub_tests::server::http_post(server.addr, "/api/publish", key, body)
+    };
+    assert_eq!(post(Some("nope"), body).await.0, 401);
+    assert_eq!(
+        post(
+            Some("secret-key"),
+            r#"{"room":"","payload":{"content":"x"}}"#
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            Some("secret-key"),
+            r#"{"room":"news","payload":{"content":""}}"#
+        )
+        .await
+        .0,
+        400
+    );
+    let (status, reply) = post(Some("secret-key"), body).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["offset"], 1);
+    let msg = alice.recv_type("new_message").await;
+    assert_eq!(msg["payload"]["content"], "hello from the backend");
+    assert_eq!(msg["sender"]["name"], "Bot");
+    assert_eq!(msg["offset"], 1);
+    assert_eq!(msg["id"], reply["message_id"]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
