@@ -179,6 +179,35 @@ pub fn sequenced(request: AppendRequest, epoch: &str, offset: u64) -> SequencedM
     SequencedMessage::new(request, Epoch::new(epoch), offset, id)
 }
 
+/// A room's snapshot from what a broker read: its epoch and head, the
+/// stored (offset, request JSON) entries, and the members on live nodes.
+/// Messages older than `max_age_ms` at `now` are left out: retention by age
+/// applies to what is offered for recovery.
+pub fn snapshot(
+    room: &RoomName,
+    epoch: &str,
+    head: u64,
+    entries: Vec<(u64, String)>,
+    presence: Vec<roomhub_core::RemoteMember>,
+    now: Timestamp,
+    max_age_ms: u64,
+) -> Result<RoomSnapshot, BrokerError> {
+    let mut messages = Vec::with_capacity(entries.len());
+    for (offset, json) in entries {
+        let request: AppendRequest = serde_json::from_str(&json)?;
+        if now.ms_since(request.timestamp) <= max_age_ms {
+            messages.push(sequenced(request, epoch, offset));
+        }
+    }
+    Ok(RoomSnapshot {
+        room: room.clone(),
+        epoch: Epoch::new(epoch),
+        head,
+        messages,
+        presence,
+    })
+}
+
 /// A fresh epoch for a room a broker has never seen.
 pub fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())

@@ -25,14 +25,14 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use roomhub_core::{
-    AppendRequest, DirectMessage, Epoch, HistoryLimits, NodeId, RemoteMember, RoomName,
-    RoomSnapshot, SequencedMessage, Timestamp, UserRef,
+    AppendRequest, DirectMessage, HistoryLimits, NodeId, RemoteMember, RoomName, RoomSnapshot,
+    SequencedMessage, Timestamp, UserRef,
 };
 use tokio::sync::{Mutex, mpsc};
 
 use crate::broker::{
     Broker, BrokerError, Event, Heartbeat, PresenceEvent, SubRequest, Subscription, channel,
-    new_epoch, request_json, sequenced,
+    new_epoch, request_json, sequenced, snapshot,
 };
 
 const APPEND: &str = r"
@@ -273,7 +273,7 @@ impl Broker for RedisBroker {
         let parts = array(&reply).ok_or_else(|| bad("open"))?;
         let epoch = parts.first().and_then(text).ok_or_else(|| bad("epoch"))?;
         let head = parts.get(1).and_then(int).ok_or_else(|| bad("head"))?;
-        let mut messages = Vec::new();
+        let mut entries = Vec::new();
         for entry in parts.get(2).and_then(array).unwrap_or(&[]) {
             let Some([id, fields]) = array(entry).and_then(|e| <&[Value; 2]>::try_from(e).ok())
             else {
@@ -286,12 +286,7 @@ impl Broker for RedisBroker {
                 .and_then(|f| f.get(1))
                 .and_then(text)
                 .ok_or_else(|| bad("entry"))?;
-            let request: AppendRequest =
-                serde_json::from_str(&json).map_err(|e| bad(&e.to_string()))?;
-            // Retention by age: too old is not offered for recovery.
-            if now.ms_since(request.timestamp) <= self.limits.max_age_ms {
-                messages.push(sequenced(request, &epoch, offset));
-            }
+            entries.push((offset, json));
         }
         let presence = parts
             .get(3)
@@ -300,13 +295,15 @@ impl Broker for RedisBroker {
             .iter()
             .filter_map(|v| serde_json::from_str::<RemoteMember>(&text(v)?).ok())
             .collect();
-        Ok(RoomSnapshot {
-            room: room.clone(),
-            epoch: Epoch::new(&epoch),
+        snapshot(
+            room,
+            &epoch,
             head,
-            messages,
+            entries,
             presence,
-        })
+            now,
+            self.limits.max_age_ms,
+        )
     }
 
     async fn presence(

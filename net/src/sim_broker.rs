@@ -19,8 +19,8 @@ use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use roomhub_core::{
-    AppendRequest, DirectMessage, Epoch, NodeId, RemoteMember, RoomName, RoomSnapshot,
-    SequencedMessage, Timestamp, UserRef,
+    AppendRequest, DirectMessage, NodeId, RemoteMember, RoomName, RoomSnapshot, SequencedMessage,
+    Timestamp, UserRef,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::broker::{
     Broker, BrokerError, Event, Heartbeat, PresenceEvent, SubRequest, Subscription, channel,
-    message_payload, request_json, sequenced,
+    message_payload, request_json, sequenced, snapshot,
 };
 
 /// What the broker keeps and how long nodes live.
@@ -422,20 +422,7 @@ impl Broker for SimBroker {
         else {
             return Err(unexpected());
         };
-        let mut kept = Vec::with_capacity(messages.len());
-        for (offset, json) in messages {
-            let request: AppendRequest = serde_json::from_str(&json)?;
-            if now.ms_since(request.timestamp) <= self.max_age_ms {
-                kept.push(sequenced(request, &epoch, offset));
-            }
-        }
-        Ok(RoomSnapshot {
-            room: room.clone(),
-            epoch: Epoch::new(&epoch),
-            head,
-            messages: kept,
-            presence,
-        })
+        snapshot(room, &epoch, head, messages, presence, now, self.max_age_ms)
     }
 
     async fn presence(
