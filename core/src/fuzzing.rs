@@ -10,9 +10,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::config::Config;
-use crate::event::{AppendRequest, Input, Output, RoomSnapshot, SequencedMessage};
+use crate::event::{
+    AppendRequest, DirectMessage, Input, Output, RelayOutcome, RoomSnapshot, SequencedMessage,
+};
 use crate::hub::Hub;
-use crate::ids::{ConnId, Epoch, Identity, RoomAccess, RoomName};
+use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName};
 use crate::request::{ParseLimits, RequestKind, parse_request};
 use crate::time::Timestamp;
 
@@ -189,10 +191,17 @@ impl Shape {
 /// every frame it emits must be JSON.
 pub fn hub_events(data: &[u8]) {
     let mut u = Unstructured::new(data);
+    // A cluster node also takes other nodes' presence, node losses, relayed
+    // direct messages, receipts apart from deliveries, and reconnects.
+    let Ok(clustered) = bool::arbitrary(&mut u) else {
+        return;
+    };
     let Ok(ops) = Vec::<Op>::arbitrary(&mut u) else {
         return;
     };
     let config = Config {
+        clustered,
+        node_id: NodeId(1),
         max_rooms_per_connection: 3,
         history_max_messages: 8,
         history_max_age_ms: 60_000,
@@ -206,6 +215,7 @@ pub fn hub_events(data: &[u8]) {
         hub: Hub::new(config),
         now: Timestamp(1_767_225_600_000),
         appends: Vec::new(),
+        relays: Vec::new(),
         opens: Vec::new(),
         rooms: BTreeMap::new(),
         connected: BTreeMap::new(),
@@ -268,6 +278,32 @@ enum Op {
         nth: u8,
     },
     Shutdown,
+    /// Cluster: number the `nth` waiting append; its receipt may come
+    /// first, and its delivery may be lost (a gap for a resync to fill).
+    SequenceSplit {
+        nth: u8,
+        receipt_first: bool,
+        lose_delivery: bool,
+    },
+    Remote {
+        room: u8,
+        node: u8,
+        user: u8,
+        present: bool,
+    },
+    NodeGone {
+        node: u8,
+    },
+    RemoteDirect {
+        to: u8,
+    },
+    /// Answer the `nth` waiting relay: 0 delivered, 1 offline, else
+    /// unavailable.
+    Relayed {
+        nth: u8,
+        outcome: u8,
+    },
+    Reconnected,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -293,6 +329,7 @@ struct FuzzWorld {
     hub: Hub,
     now: Timestamp,
     appends: Vec<AppendRequest>,
+    relays: Vec<DirectMessage>,
     opens: Vec<RoomName>,
     rooms: BTreeMap<RoomName, SeqRoom>,
     connected: BTreeMap<ConnId, ()>,
@@ -326,7 +363,12 @@ impl FuzzWorld {
                 Output::Ping { conn } => assert!(self.connected.contains_key(&conn)),
                 Output::Append(request) => self.appends.push(*request),
                 Output::OpenRoom { room, .. } => self.opens.push(room),
-                Output::CloseRoom { .. } | Output::Presence { .. } | Output::Relay(_) => {}
+                Output::Relay(r) => {
+                    if r.origin.is_some() {
+                        self.relays.push(*r);
+                    }
+                }
+                Output::CloseRoom { .. } | Output::Presence { .. } => {}
             }
         }
     }
@@ -459,6 +501,77 @@ impl FuzzWorld {
                 }
             }
             Op::Shutdown => self.handle(Input::Shutdown),
+            Op::SequenceSplit {
+                nth,
+                receipt_first,
+                lose_delivery,
+            } => {
+                if self.appends.is_empty() {
+                    return;
+                }
+                let request = self.appends.remove(usize::from(*nth) % self.appends.len());
+                let room = self.room(&request.room);
+                room.head += 1;
+                let id: Arc<str> = format!("{}-{}", room.epoch.as_str(), room.head).into();
+                let msg = SequencedMessage::new(request, room.epoch.clone(), room.head, id);
+                room.history.push(msg.clone());
+                let receipt = msg.receipt();
+                if *receipt_first && let Some(r) = receipt.clone() {
+                    self.handle(Input::Appended(r));
+                }
+                if !*lose_delivery {
+                    self.handle(Input::Sequenced(msg));
+                }
+                if !*receipt_first && let Some(r) = receipt {
+                    self.handle(Input::Appended(r));
+                }
+            }
+            Op::Remote {
+                room,
+                node,
+                user,
+                present,
+            } => {
+                let room =
+                    RoomName::parse(ROOMS[usize::from(*room) % ROOMS.len()], 64).expect("valid");
+                let user = Identity::user(&format!("u{}", user % 4)).user;
+                self.handle(Input::RemotePresence {
+                    room,
+                    node: NodeId(u64::from(node % 4)),
+                    user,
+                    present: *present,
+                });
+            }
+            Op::NodeGone { node } => self.handle(Input::NodeGone {
+                node: NodeId(u64::from(node % 4)),
+            }),
+            Op::RemoteDirect { to } => {
+                let message = DirectMessage {
+                    id: "remote".into(),
+                    from: Identity::user("far").user,
+                    to: format!("u{}", to % 4).into(),
+                    content: "psst".into(),
+                    timestamp: self.now,
+                    origin: None,
+                };
+                self.handle(Input::RemoteDirect(Box::new(message)));
+            }
+            Op::Relayed { nth, outcome } => {
+                if self.relays.is_empty() {
+                    return;
+                }
+                let message = self.relays.remove(usize::from(*nth) % self.relays.len());
+                let outcome = match outcome {
+                    0 => RelayOutcome::Delivered,
+                    1 => RelayOutcome::Offline,
+                    _ => RelayOutcome::Unavailable,
+                };
+                self.handle(Input::Relayed {
+                    message: Box::new(message),
+                    outcome,
+                });
+            }
+            Op::Reconnected => self.handle(Input::BrokerReconnected),
         }
     }
 }
