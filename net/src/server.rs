@@ -304,6 +304,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(ws_handler))
         .route("/ws/online", get(online))
         .route("/api/publish", axum::routing::post(publish))
+        .route("/roomhub.js", get(client_module))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
@@ -312,6 +313,23 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The JavaScript client (`net/assets/roomhub.js`), embedded in the binary.
+pub const CLIENT_JS: &str = include_str!("../assets/roomhub.js");
+
+async fn client_module() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+        .into_response()
 }
 
 /// Connections online: this node's, plus (in cluster mode) every other live

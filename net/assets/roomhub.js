@@ -1,0 +1,298 @@
+// roomhub.js: a dependency-free client for the roomhub v1 protocol.
+// An ES module, no build step: import { RoomhubClient } from "/roomhub.js".
+//
+// It reconnects on its own (exponential backoff with full jitter), rejoins
+// every room with `since` from the last offset and epoch it saw, drops
+// duplicates by offset, and raises "reset" when a room could not be
+// recovered, so the app reloads that room's history from its backend.
+
+const AUTH_CLOSE_CODES = new Set([1008, 4401, 4403]);
+
+/** Seconds since the Unix epoch at which a JWT expires, if it says. */
+function tokenExpiry(token) {
+  try {
+    const part = token.split(".")[1];
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
+    const exp = JSON.parse(json).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+export class RoomhubClient {
+  /**
+   * @param {string} url  ws:// or wss:// URL of the server's /ws endpoint
+   * @param {object} options
+   *   token: the JWT; tokenIn: "query" (default) or "subprotocol";
+   *   baseDelayMs (500) and maxDelayMs (30000): reconnect backoff;
+   *   WebSocket: the WebSocket class (default: the global one);
+   *   random: a () => [0, 1) source for the jitter (default Math.random).
+   */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.token = options.token;
+    this.tokenIn = options.tokenIn || "query";
+    this.baseDelayMs = options.baseDelayMs ?? 500;
+    this.maxDelayMs = options.maxDelayMs ?? 30000;
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    this.random = options.random || Math.random;
+    /** "idle" | "connecting" | "open" | "reconnecting" | "auth_required" | "closed" */
+    this.state = "idle";
+    /** room -> { epoch, offset, joined } */
+    this.rooms = new Map();
+    this.handlers = new Map();
+    this.pending = new Map();
+    this.nextId = 1;
+    this.attempt = 0;
+    this.ws = null;
+    this.timer = null;
+  }
+
+  // ---- events ----
+
+  /** Listens for an event; returns a function that stops listening. */
+  on(type, handler) {
+    if (!this.handlers.has(type)) this.handlers.set(type, new Set());
+    this.handlers.get(type).add(handler);
+    return () => this.handlers.get(type).delete(handler);
+  }
+
+  emit(type, detail) {
+    for (const handler of this.handlers.get(type) || []) {
+      try {
+        handler(detail);
+      } catch (e) {
+        console.error(`roomhub: a "${type}" handler threw`, e);
+      }
+    }
+  }
+
+  setState(state) {
+    if (this.state !== state) {
+      this.state = state;
+      this.emit("state", state);
+    }
+  }
+
+  // ---- connection ----
+
+  connect() {
+    clearTimeout(this.timer);
+    if (this.expired()) {
+      this.setState("auth_required");
+      return;
+    }
+    this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    let ws;
+    if (this.tokenIn === "subprotocol") {
+      ws = new this.WebSocket(this.url, ["roomhub.v1", this.token]);
+    } else {
+      const sep = this.url.includes("?") ? "&" : "?";
+      ws = new this.WebSocket(`${this.url}${sep}token=${encodeURIComponent(this.token)}`);
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      this.attempt = 0;
+      this.setState("open");
+      for (const [room, state] of this.rooms) {
+        if (state.joined) this.rejoin(room, state);
+      }
+    };
+    ws.onmessage = (event) => {
+      if (this.ws !== ws) return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      this.receive(frame);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.failPending("DISCONNECTED", "the connection closed before an answer");
+      this.emit("close", { code: event.code, reason: event.reason });
+      if (this.state === "closed") return;
+      if (AUTH_CLOSE_CODES.has(event.code) || this.expired()) {
+        // A new token is needed: reconnecting with this one would loop.
+        this.setState("auth_required");
+        return;
+      }
+      this.scheduleReconnect();
+    };
+  }
+
+  /** Whether the token's `exp` has passed (a refused upgrade shows no reason). */
+  expired() {
+    const exp = this.token ? tokenExpiry(this.token) : null;
+    return exp !== null && exp * 1000 <= Date.now();
+  }
+
+  scheduleReconnect() {
+    // Full jitter: a random delay up to the exponential bound, so clients
+    // of a restarted server do not all come back at once.
+    const bound = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** this.attempt);
+    const delay = Math.floor(this.random() * bound);
+    this.attempt += 1;
+    this.setState("reconnecting");
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Gives a new token; connects again if the old one was refused. */
+  setToken(token) {
+    this.token = token;
+    if (this.state === "auth_required") {
+      this.attempt = 0;
+      this.connect();
+    }
+  }
+
+  /** Closes for good (no reconnect). */
+  close() {
+    this.setState("closed");
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000, "client closed");
+  }
+
+  // ---- requests ----
+
+  request(type, fields = {}) {
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== 1) {
+        reject({ code: "DISCONNECTED", message: "not connected" });
+        return;
+      }
+      const id = `r${this.nextId++}`;
+      this.pending.set(id, { resolve, reject, type, room: fields.room });
+      this.ws.send(JSON.stringify({ type, id, ...fields }));
+    });
+  }
+
+  failPending(code, message) {
+    for (const { reject } of this.pending.values()) reject({ code, message });
+    this.pending.clear();
+  }
+
+  /** Joins a room; resolves with its room_info payload. */
+  join(room) {
+    const state = this.rooms.get(room) || { epoch: null, offset: 0, joined: false };
+    state.joined = true;
+    this.rooms.set(room, state);
+    return this.request("join_room", { payload: { room_id: room } });
+  }
+
+  rejoin(room, state) {
+    const payload = { room_id: room };
+    if (state.epoch) payload.since = { offset: state.offset, epoch: state.epoch };
+    this.request("join_room", { payload }).catch((e) => this.emit("error", { room, ...e }));
+  }
+
+  leave(room) {
+    const state = this.rooms.get(room);
+    if (state) state.joined = false;
+    return this.request("leave_room", { payload: { room_id: room } }).then(() =>
+      this.rooms.delete(room),
+    );
+  }
+
+  /** Sends a message; resolves with `{message_id, offset}` once stored. */
+  send(room, content, replyTo) {
+    const payload = { content };
+    if (replyTo) payload.reply_to = replyTo;
+    return this.request("send_message", { room, payload });
+  }
+
+  typing(room, on = true) {
+    return this.request(on ? "typing" : "stop_typing", { room });
+  }
+
+  direct(to, content) {
+    return this.request("send_direct", { payload: { to, content } });
+  }
+
+  /** Resolves with the room's users. */
+  onlineUsers(room) {
+    return this.request("online_users", { room });
+  }
+
+  // ---- frames from the server ----
+
+  receive(frame) {
+    this.emit("frame", frame);
+    const room = frame.room;
+    switch (frame.type) {
+      case "new_message": {
+        const state = this.rooms.get(room);
+        if (state) {
+          // A replay can overlap what arrived live: offsets say which.
+          if (frame.offset <= state.offset) return;
+          state.offset = frame.offset;
+        }
+        this.emit("message", frame);
+        return;
+      }
+      case "room_info": {
+        const info = frame.payload;
+        const state = this.rooms.get(info.room_id) || { joined: true };
+        const reset = info.recovered === false;
+        state.epoch = info.epoch;
+        state.offset = info.offset;
+        this.rooms.set(info.room_id, state);
+        this.lastInfo = info;
+        this.emit("room_info", info);
+        if (reset) this.emit("reset", { room: info.room_id, epoch: info.epoch, offset: info.offset });
+        return;
+      }
+      case "online_users":
+        this.lastUsers = frame.payload;
+        this.emit("online_users", frame.payload);
+        return;
+      case "ack":
+        return this.answer(frame, true);
+      case "error":
+        if (frame.id && this.pending.has(frame.id)) return this.answer(frame, false);
+        this.emit("error", frame.payload);
+        return;
+      case "user_joined":
+      case "user_left":
+        this.emit("presence", { room, user: frame.payload, joined: frame.type === "user_joined" });
+        return;
+      case "user_typing":
+        this.emit("typing", { room, user: frame.sender, typing: frame.payload.typing });
+        return;
+      case "direct_message":
+        this.emit("direct", frame);
+        return;
+    }
+  }
+
+  answer(frame, ok) {
+    const waiting = this.pending.get(frame.id);
+    if (!waiting) return;
+    this.pending.delete(frame.id);
+    if (!ok) {
+      waiting.reject(frame.payload);
+      return;
+    }
+    switch (waiting.type) {
+      case "send_message": {
+        // Acks come in offset order with the messages around them.
+        const state = this.rooms.get(frame.room);
+        if (state && frame.payload.offset > state.offset) state.offset = frame.payload.offset;
+        waiting.resolve(frame.payload);
+        return;
+      }
+      case "join_room":
+        waiting.resolve(this.lastInfo);
+        return;
+      case "online_users":
+        waiting.resolve(this.lastUsers);
+        return;
+      default:
+        waiting.resolve(frame.payload || {});
+    }
+  }
+}

@@ -1,0 +1,91 @@
+// Drives net/assets/roomhub.js (the module the server serves at /roomhub.js)
+// against a real server, in Node's own WebSocket. Run by
+// tests/tests/js_client.rs: node --experimental-websocket client.mjs <module> <ws-url> <alice> <bob> <expired>
+// Prints "ok" and exits 0, or prints what went wrong and exits 1.
+
+const [modulePath, url, aliceToken, bobToken, expiredToken] = process.argv.slice(2);
+const { RoomhubClient } = await import(modulePath);
+
+function fail(why) {
+  console.log(`FAIL: ${why}`);
+  process.exit(1);
+}
+
+function until(what, check, ms = 10000) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const poll = () => {
+      if (check()) return resolve();
+      if (Date.now() - started > ms) fail(`timed out waiting for ${what}`);
+      setTimeout(poll, 10);
+    };
+    poll();
+  });
+}
+
+const fast = { baseDelayMs: 50, maxDelayMs: 200 };
+const alice = new RoomhubClient(url, { token: aliceToken, ...fast });
+const bob = new RoomhubClient(url, { token: bobToken, tokenIn: "subprotocol", ...fast });
+const seen = [];
+const typing = [];
+const presence = [];
+bob.on("message", (m) => seen.push([m.offset, m.payload.content]));
+bob.on("typing", (t) => typing.push(t.user.id));
+alice.on("presence", (p) => presence.push(`${p.user.id}:${p.joined}`));
+
+alice.connect();
+bob.connect();
+await until("both open", () => alice.state === "open" && bob.state === "open");
+await alice.join("g");
+const info = await bob.join("g");
+if (info.count !== 2) fail(`room_info count ${info.count}`);
+await until("alice sees bob join", () => presence.includes("bob:true"));
+
+for (const n of [1, 2, 3]) {
+  const ack = await alice.send("g", `m${n}`);
+  if (ack.offset !== n) fail(`ack offset ${ack.offset} for m${n}`);
+}
+await alice.typing("g");
+await until("bob has m1..m3 and the typing", () => seen.length === 3 && typing.length === 1);
+
+// Bob's link drops; alice keeps talking; bob comes back on his own and
+// rejoins with `since`.
+const states = [];
+bob.on("state", (s) => states.push(s));
+bob.ws.close();
+await until("bob notices", () => bob.state === "reconnecting");
+for (const n of [4, 5, 6]) await alice.send("g", `m${n}`);
+await until("bob back with m4..m6", () => bob.state === "open" && seen.length === 6, 10000);
+const offsets = seen.map(([o]) => o).join(",");
+if (offsets !== "1,2,3,4,5,6") fail(`bob saw offsets ${offsets}`);
+if (!states.includes("reconnecting")) fail(`states ${states}`);
+
+// A direct message, and a request that fails.
+const dms = [];
+bob.on("direct", (d) => dms.push(d.payload.content));
+await alice.direct("bob", "psst");
+await until("bob's direct message", () => dms.length === 1);
+try {
+  await alice.send("not-joined", "x");
+  fail("sending to a room not joined succeeded");
+} catch (e) {
+  if (e.code !== "NOT_IN_ROOM") fail(`error ${JSON.stringify(e)}`);
+}
+
+// An expired token never opens a socket, and never loops.
+let sockets = 0;
+class Counting extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    sockets += 1;
+  }
+}
+const late = new RoomhubClient(url, { token: expiredToken, WebSocket: Counting, ...fast });
+late.connect();
+await new Promise((r) => setTimeout(r, 300));
+if (late.state !== "auth_required" || sockets !== 0) fail(`expired: ${late.state}, ${sockets} sockets`);
+
+alice.close();
+bob.close();
+console.log("ok");
+process.exit(0);
