@@ -147,6 +147,11 @@ pub struct ServerArgs {
     /// is considered gone, and its users leave their rooms.
     #[arg(long, env = "ROOMHUB_NODE_TTL_MS", default_value_t = 10_000)]
     pub node_ttl_ms: u64,
+    /// Serve the demo chat page at `/` (default: on in development mode,
+    /// off otherwise).
+    #[arg(long, env = "ROOMHUB_DEMO", num_args = 0..=1, default_missing_value = "true",
+          action = ArgAction::Set)]
+    pub demo: Option<bool>,
     /// Enables `POST /api/publish` for backends, with this key as a Bearer
     /// token. Without it the endpoint answers 404.
     #[arg(long, env = "ROOMHUB_API_KEY")]
@@ -258,6 +263,11 @@ pub struct ServerConfig {
     pub node_ttl: Duration,
     /// The key `POST /api/publish` requires; `None` disables it.
     pub api_key: Option<String>,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
+    /// Development mode only: `POST /demo/token` mints a token for a name
+    /// with this HS256 secret, so the demo page can log in by name.
+    pub demo_token_secret: Option<String>,
 }
 
 impl ServerConfig {
@@ -333,6 +343,8 @@ impl ServerConfig {
             redis: args.redis.clone(),
             node_ttl: Duration::from_millis(args.node_ttl_ms),
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            demo: args.demo.unwrap_or(false),
+            demo_token_secret: None,
         })
     }
 }

@@ -80,6 +80,12 @@ fn serve(mut args: ServerArgs) -> ExitCode {
         }
     }
     let config = match ServerConfig::from_args(&args, rand::random()) {
+        Ok(mut c) if dev_mode => {
+            // The demo page logs in by name with the development secret.
+            c.demo = args.demo.unwrap_or(true);
+            c.demo_token_secret = args.jwt_secret.clone().filter(|_| c.demo);
+            c
+        }
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -108,6 +114,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let config_demo = config.demo;
         let server = match Server::start(listener, config, Clock::system()) {
             Ok(s) => s,
             Err(e) => {
@@ -133,6 +140,9 @@ fn serve(mut args: ServerArgs) -> ExitCode {
                  More tokens: cargo run --release --bin roomhub -- token --user bob\n",
                 dev_secret_display().display()
             );
+            if config_demo {
+                println!("Or open the demo chat in a browser:  http://{addr}/\n");
+            }
         }
         let stop = server.shutdown_token();
         tokio::spawn(async move {

@@ -305,6 +305,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/online", get(online))
         .route("/api/publish", axum::routing::post(publish))
         .route("/roomhub.js", get(client_module))
+        .route("/", get(demo_page))
+        .route("/demo/token", axum::routing::post(demo_token))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
@@ -313,6 +315,56 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The demo chat page (`net/assets/demo.html`), embedded in the binary.
+pub const DEMO_HTML: &str = include_str!("../assets/demo.html");
+
+async fn demo_page(State(state): State<Arc<AppState>>) -> Response {
+    if !state.config.demo {
+        return json_error(StatusCode::NOT_FOUND, "not found");
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DEMO_HTML,
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DemoLogin {
+    name: String,
+}
+
+/// Development mode: a token for a name, so the demo page can log in. The
+/// user id is the name, lowercased; valid 24 hours.
+async fn demo_token(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let Some(secret) = &state.config.demo_token_secret else {
+        return json_error(StatusCode::NOT_FOUND, "not found");
+    };
+    let login: DemoLogin = match serde_json::from_slice(&body) {
+        Ok(l) => l,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    let name = login.name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "name must be 1..=64 printable bytes",
+        );
+    }
+    let spec = crate::dev::TokenSpec {
+        user: name.to_lowercase(),
+        name: Some(name.to_string()),
+        rooms: Vec::new(),
+    };
+    let token = crate::dev::mint_token(
+        secret,
+        &spec,
+        std::time::Duration::from_secs(24 * 3600),
+        state.clock.unix_seconds(),
+    );
+    axum::Json(json!({ "token": token })).into_response()
 }
 
 /// The JavaScript client (`net/assets/roomhub.js`), embedded in the binary.

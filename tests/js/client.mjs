@@ -53,7 +53,7 @@ await until("bob has m1..m3 and the typing", () => seen.length === 3 && typing.l
 const states = [];
 bob.on("state", (s) => states.push(s));
 bob.ws.close();
-await until("bob notices", () => bob.state === "reconnecting");
+await until("bob notices", () => states.includes("reconnecting"));
 for (const n of [4, 5, 6]) await alice.send("g", `m${n}`);
 await until("bob back with m4..m6", () => bob.state === "open" && seen.length === 6, 10000);
 const offsets = seen.map(([o]) => o).join(",");

@@ -75,3 +75,37 @@ async fn the_javascript_client_recovers_a_dropped_link_without_duplicates() {
         "node said:\n{stdout}\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_demo_page_is_served_only_when_enabled_and_logs_in_by_name() {
+    let plain = TestServer::start().await;
+    assert_eq!(plain.get("/").await.0, 404);
+    let post = |addr, body: &'static str| {
+        roomhub_tests::server::http_post(addr, "/demo/token", None, body)
+    };
+    assert_eq!(post(plain.addr, r#"{"name":"Ann"}"#).await.0, 404);
+
+    let demo = TestServer::start_with(|c| {
+        c.demo = true;
+        c.demo_token_secret = Some(SECRET.to_string());
+    })
+    .await;
+    let (status, page) = demo.get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"import { RoomhubClient } from "/roomhub.js""#));
+    assert_eq!(post(demo.addr, r#"{"name":""}"#).await.0, 400);
+    let (status, body) = post(demo.addr, r#"{"name":"Ann Lee"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ann = roomhub_tests::server::Client::connect(format!("{}?token={token}", demo.url()))
+        .await
+        .expect("the minted token works");
+    let info = ann.join("general").await;
+    assert_eq!(
+        info["payload"]["users"],
+        serde_json::json!([{"id": "ann lee", "name": "Ann Lee"}])
+    );
+}
