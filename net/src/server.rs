@@ -76,6 +76,7 @@ pub struct Server {
     shutdown: CancellationToken,
     local_addr: SocketAddr,
     done: tokio::task::JoinHandle<()>,
+    store_closed: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Server {
@@ -93,24 +94,29 @@ impl Server {
                 info!(redis = %url, node = config.core.node_id.0, "cluster mode");
                 Server::start_clustered(listener, config, clock, Arc::new(broker))
             }
-            None => Server::launch(listener, config, clock, |config, clock, hub_tx, _| {
-                let engine = match &config.data_dir {
-                    None => Engine::Memory(Box::new(SingleNode::new(
-                        config.core.clone(),
-                        config.sequencer_seed,
-                    ))),
-                    Some(dir) => {
-                        let limits = HistoryLimits::from_config(&config.core);
-                        let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
-                        info!(dir = %dir.display(), "durable history in the data directory");
-                        Engine::Stored {
-                            hub: Box::new(Hub::new(config.core.clone())),
-                            store: crate::store::spawn(store, clock, hub_tx.clone()),
+            None => Server::launch(
+                listener,
+                config,
+                clock,
+                |config, clock, hub_tx, _, closed| {
+                    let engine = match &config.data_dir {
+                        None => Engine::Memory(Box::new(SingleNode::new(
+                            config.core.clone(),
+                            config.sequencer_seed,
+                        ))),
+                        Some(dir) => {
+                            let limits = HistoryLimits::from_config(&config.core);
+                            let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
+                            info!(dir = %dir.display(), "durable history in the data directory");
+                            Engine::Stored {
+                                hub: Box::new(Hub::new(config.core.clone())),
+                                store: crate::store::spawn(store, clock, hub_tx.clone(), closed),
+                            }
                         }
-                    }
-                };
-                Ok((engine, None))
-            }),
+                    };
+                    Ok((engine, None))
+                },
+            ),
         }
     }
 
@@ -131,7 +137,7 @@ impl Server {
             listener,
             config,
             clock,
-            move |config, clock, hub_tx, online| {
+            move |config, clock, hub_tx, online, _| {
                 let view = Arc::new(ClusterView::default());
                 let timing = ClusterTiming {
                     node_ttl: config.node_ttl,
@@ -170,6 +176,7 @@ impl Server {
             Clock,
             &mpsc::Sender<HubEvent>,
             &Arc<AtomicUsize>,
+            tokio::sync::oneshot::Sender<()>,
         ) -> std::io::Result<(Engine, Option<Arc<ClusterView>>)>,
     {
         let local_addr = listener.local_addr()?;
@@ -181,7 +188,10 @@ impl Server {
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let online = Arc::new(AtomicUsize::new(0));
-        let (engine, cluster) = make_engine(&config, clock, &hub_tx, &online)?;
+        // Resolves once the store (if any) has closed its database, so a
+        // restart in the same process can open it again.
+        let (closed_tx, store_closed) = tokio::sync::oneshot::channel();
+        let (engine, cluster) = make_engine(&config, clock, &hub_tx, &online, closed_tx)?;
         let hub = HubTask {
             engine,
             events: hub_rx,
@@ -218,6 +228,7 @@ impl Server {
             shutdown,
             local_addr,
             done,
+            store_closed,
         })
     }
 
@@ -241,6 +252,7 @@ impl Server {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.done.await;
+        let _ = self.store_closed.await;
     }
 
     /// A token that, when cancelled, shuts the server down.
@@ -251,6 +263,7 @@ impl Server {
     /// Resolves when the server has shut down.
     pub async fn wait(self) {
         let _ = self.done.await;
+        let _ = self.store_closed.await;
     }
 }
 
@@ -297,6 +310,8 @@ async fn accept_loop<L>(
         );
     }
     hub_task.abort();
+    // Dropping the hub's engine ends the store thread.
+    let _ = hub_task.await;
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -162,11 +162,16 @@ pub(crate) fn spawn(
     store: Store,
     clock: Clock,
     events: mpsc::Sender<HubEvent>,
+    closed: tokio::sync::oneshot::Sender<()>,
 ) -> mpsc::UnboundedSender<Output> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
     std::thread::Builder::new()
         .name("roomhub-store".into())
         .spawn(move || {
+            // Dropped when this thread ends, after the database is closed
+            // (`store` is dropped first: it was moved in after `closed`).
+            let _closed = closed;
+            let store = store;
             let answer = |input: Input| events.blocking_send(HubEvent::Input(input)).is_ok();
             while let Some(first) = rx.blocking_recv() {
                 let mut pending = vec![first];
