@@ -109,3 +109,49 @@ async fn the_demo_page_is_served_only_when_enabled_and_logs_in_by_name() {
         serde_json::json!([{"id": "ann lee", "name": "Ann Lee"}])
     );
 }
+
+/// The seed's `WebSocketClient` (seed 002), read from `../shared/seeds`.
+#[tokio::test]
+async fn the_seeds_own_javascript_client_works_against_roomhub() {
+    if node().is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node with WebSocket is missing under CI=true"
+        );
+        eprintln!("SKIPPED: no node with a built-in WebSocket");
+        return;
+    }
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/seeds");
+    let seed = std::fs::read_dir(seeds)
+        .expect("../shared/seeds beside the checkout")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("002_"))
+        })
+        .expect("seed 002");
+    let server = TestServer::start().await;
+    let url = server.url();
+    let alice = token_for("alice", Duration::from_secs(3600));
+    let bob = token_for("bob", Duration::from_secs(3600));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/js/seed_client.mjs");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("--experimental-websocket")
+            .arg(script)
+            .arg(seed)
+            .args([&url, &alice, &bob])
+            .output()
+            .expect("run node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "node said:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
