@@ -193,6 +193,13 @@ async fn scenario() {
         "document.getElementById('messages').innerText.includes('hello bob')",
     )
     .await;
+    type_text(&bob, "hi").await;
+    until(
+        &alice,
+        "alice sees bob typing",
+        "document.getElementById('typing').innerText.includes('Bob')",
+    )
+    .await;
     say(&bob, "hi alice").await;
     until(
         &alice,
