@@ -205,7 +205,11 @@ pub struct SequencedMessage {
 }
 
 impl SequencedMessage {
-    pub fn new(request: AppendRequest, epoch: Epoch, offset: u64, id: Arc<str>) -> Self {
+    /// The request numbered `offset` in `epoch`. Its id, `<epoch>-<offset>`,
+    /// is the same whichever sequencer numbered it (epochs are random per
+    /// room lineage, so ids are unique across rooms and restarts).
+    pub fn new(request: AppendRequest, epoch: Epoch, offset: u64) -> Self {
+        let id: Arc<str> = format!("{}-{offset}", epoch.as_str()).into();
         SequencedMessage {
             room: request.room,
             epoch,

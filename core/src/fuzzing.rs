@@ -3,7 +3,6 @@
 //! on a real defect: a panic inside the core, or a broken invariant.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
@@ -373,6 +372,30 @@ impl FuzzWorld {
         }
     }
 
+    /// Numbers the `nth` waiting append. A sequencer on this node answers
+    /// with the delivery, then the receipt; a cluster's receipt may come
+    /// first, and its delivery may be lost (a gap for a resync to fill).
+    fn sequence(&mut self, nth: u8, receipt_first: bool, lose_delivery: bool) {
+        if self.appends.is_empty() {
+            return;
+        }
+        let request = self.appends.remove(usize::from(nth) % self.appends.len());
+        let room = self.room(&request.room);
+        room.head += 1;
+        let msg = SequencedMessage::new(request, room.epoch.clone(), room.head);
+        room.history.push(msg.clone());
+        let receipt = msg.receipt();
+        if receipt_first && let Some(r) = receipt.clone() {
+            self.handle(Input::Appended(r));
+        }
+        if !lose_delivery {
+            self.handle(Input::Sequenced(msg));
+        }
+        if !receipt_first && let Some(r) = receipt {
+            self.handle(Input::Appended(r));
+        }
+    }
+
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Connect {
@@ -421,22 +444,7 @@ impl FuzzWorld {
                 self.now = self.now.plus_ms(u64::from(*ms) * 10);
                 self.handle(Input::Tick);
             }
-            Op::Sequence { nth } => {
-                if self.appends.is_empty() {
-                    return;
-                }
-                let request = self.appends.remove(usize::from(*nth) % self.appends.len());
-                let room = self.room(&request.room);
-                room.head += 1;
-                let id: Arc<str> = format!("{}-{}", room.epoch.as_str(), room.head).into();
-                let msg = SequencedMessage::new(request, room.epoch.clone(), room.head, id);
-                room.history.push(msg.clone());
-                let receipt = msg.receipt();
-                self.handle(Input::Sequenced(msg));
-                if let Some(receipt) = receipt {
-                    self.handle(Input::Appended(receipt));
-                }
-            }
+            Op::Sequence { nth } => self.sequence(*nth, false, false),
             Op::Stray {
                 room,
                 skip,
@@ -505,27 +513,7 @@ impl FuzzWorld {
                 nth,
                 receipt_first,
                 lose_delivery,
-            } => {
-                if self.appends.is_empty() {
-                    return;
-                }
-                let request = self.appends.remove(usize::from(*nth) % self.appends.len());
-                let room = self.room(&request.room);
-                room.head += 1;
-                let id: Arc<str> = format!("{}-{}", room.epoch.as_str(), room.head).into();
-                let msg = SequencedMessage::new(request, room.epoch.clone(), room.head, id);
-                room.history.push(msg.clone());
-                let receipt = msg.receipt();
-                if *receipt_first && let Some(r) = receipt.clone() {
-                    self.handle(Input::Appended(r));
-                }
-                if !*lose_delivery {
-                    self.handle(Input::Sequenced(msg));
-                }
-                if !*receipt_first && let Some(r) = receipt {
-                    self.handle(Input::Appended(r));
-                }
-            }
+            } => self.sequence(*nth, *receipt_first, *lose_delivery),
             Op::Remote {
                 room,
                 node,

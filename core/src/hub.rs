@@ -824,10 +824,15 @@ impl Hub {
             return;
         };
         match &mut room.state {
-            RoomState::Opening { early_presence, .. } => {
-                // Beyond the bound, the room is resynced once open.
+            RoomState::Opening {
+                early_presence,
+                presence_overflowed,
+                ..
+            } => {
                 if early_presence.len() < max_early {
                     early_presence.push(change);
+                } else {
+                    *presence_overflowed = true;
                 }
             }
             RoomState::Open(_) => self.apply_remote(name, change),
@@ -1153,7 +1158,9 @@ impl Hub {
                 waiting,
                 early,
                 early_presence,
+                presence_overflowed,
             } => {
+                let resync = *presence_overflowed;
                 let waiting = std::mem::take(waiting);
                 let early = std::mem::take(early);
                 let early_presence = std::mem::take(early_presence);
@@ -1177,6 +1184,9 @@ impl Hub {
                     conn.waiting_for = None;
                     self.complete_join(&name, wait);
                     self.run_deferred(id);
+                }
+                if resync {
+                    self.request_resync(&name);
                 }
             }
             RoomState::Open(log) => {

@@ -1375,12 +1375,7 @@ fn sent(m: &mut Manual, conn: u64, id: &str) -> AppendRequest {
 }
 
 fn stored(request: AppendRequest, offset: u64) -> SequencedMessage {
-    SequencedMessage::new(
-        request,
-        Epoch::new("E"),
-        offset,
-        format!("E-{offset}").into(),
-    )
+    SequencedMessage::new(request, Epoch::new("E"), offset)
 }
 
 #[test]
@@ -1432,4 +1427,28 @@ fn a_leave_waits_for_the_connections_messages_in_flight() {
     let frames = sends_to(&outs, 1);
     let ids: Vec<&str> = frames.iter().map(|f| f["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["s1", "l"], "answers in request order");
+}
+
+#[test]
+fn presence_changes_beyond_the_opening_buffer_resync_the_room_once_open() {
+    let mut m = Manual {
+        hub: Hub::new(Config {
+            node_id: NodeId(1),
+            clustered: true,
+            max_gap_buffer: 2,
+            ..Config::default()
+        }),
+        now: START,
+    };
+    m.connect(1, "alice");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    for user in ["bob", "carol", "dave"] {
+        m.input(remote(2, user, true));
+    }
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::OpenRoom { after: Some(_), .. })),
+        "a resync fetches the presence that did not fit: {outs:?}"
+    );
 }

@@ -38,7 +38,9 @@ pub use event::{
 pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};
 pub use plant::PlantedBug;
-pub use request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
+pub use request::{
+    ParseLimits, Publish, Request, RequestError, RequestKind, Since, parse_publish, parse_request,
+};
 pub use sequencer::{HistoryLimits, MemorySequencer};
 pub use single::SingleNode;
 pub use time::Timestamp;

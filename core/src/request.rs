@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::ErrorCode;
-use crate::ids::{Epoch, RoomName};
+use crate::ids::{Epoch, RoomName, UserRef};
 
 /// A well-formed client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,14 +132,77 @@ pub fn parse_request(frame: &[u8], limits: &ParseLimits) -> Result<Request, Requ
         };
         RequestError::new(None, ErrorCode::InvalidFormat, message)
     })?;
-    let Value::Object(mut envelope) = value else {
+    let Value::Object(envelope) = value else {
         return Err(RequestError::new(
             None,
             ErrorCode::InvalidFormat,
             "frame must be a JSON object",
         ));
     };
+    parse_envelope(envelope, limits)
+}
 
+/// A backend's message for `POST /api/publish`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub room: RoomName,
+    pub content: Arc<str>,
+    pub reply_to: Option<Arc<str>>,
+    /// Shown as the sender; the server's own name when not given.
+    pub sender: Option<UserRef>,
+}
+
+/// Parses a publish body, `{"room", "payload": {"content", "reply_to"?},
+/// "sender"?: {"id", "name"}}`, by the same rules as a member's
+/// `send_message` (room name, content and reply_to limits, error codes).
+pub fn parse_publish(body: &[u8], limits: &ParseLimits) -> Result<Publish, RequestError> {
+    let invalid =
+        |message: &'static str| RequestError::new(None, ErrorCode::InvalidFormat, message);
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| invalid("body is not valid JSON"))?;
+    let Value::Object(mut envelope) = value else {
+        return Err(invalid("body must be a JSON object"));
+    };
+    let sender = match envelope.remove("sender") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let bad = || {
+                RequestError::new(
+                    None,
+                    ErrorCode::InvalidPayload,
+                    "sender must be {id, name}: non-empty strings within the id limit",
+                )
+            };
+            let user: UserRef = serde_json::from_value(v).map_err(|_| bad())?;
+            let fits = |s: &str| !s.is_empty() && s.len() <= limits.max_client_id_bytes;
+            if !fits(&user.id) || !fits(&user.name) {
+                return Err(bad());
+            }
+            Some(user)
+        }
+    };
+    envelope.remove("id");
+    envelope.insert("type".into(), Value::from("send_message"));
+    match parse_envelope(envelope, limits)?.kind {
+        RequestKind::Send {
+            room,
+            content,
+            reply_to,
+        } => Ok(Publish {
+            room,
+            content,
+            reply_to,
+            sender,
+        }),
+        _ => unreachable!("a send_message envelope parses as a send"),
+    }
+}
+
+/// Parses a request envelope (a JSON object).
+fn parse_envelope(
+    mut envelope: Map<String, Value>,
+    limits: &ParseLimits,
+) -> Result<Request, RequestError> {
     let id = match envelope.remove("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= limits.max_client_id_bytes => Some(Arc::from(s)),
@@ -501,6 +564,38 @@ mod tests {
         assert_eq!(
             code(r#"{"type":"leave_room","room":"tab\there"}"#),
             ErrorCode::InvalidRoom
+        );
+    }
+
+    #[test]
+    fn a_publish_body_follows_the_send_message_rules() {
+        let limits = ParseLimits::default();
+        let ok = parse_publish(
+            br#"{"room":"news","payload":{"content":"hi","reply_to":"m1"},"sender":{"id":"bot","name":"Bot"}}"#,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(ok.room, room("news"));
+        assert_eq!((&*ok.content, ok.reply_to.as_deref()), ("hi", Some("m1")));
+        assert_eq!(ok.sender.unwrap().name.as_ref(), "Bot");
+        let code = |body: &str| parse_publish(body.as_bytes(), &limits).unwrap_err().code;
+        assert_eq!(code("[1]"), ErrorCode::InvalidFormat);
+        assert_eq!(
+            code(r#"{"payload":{"content":"x"}}"#),
+            ErrorCode::MissingRoom
+        );
+        assert_eq!(
+            code(r#"{"room":"a","payload":{"content":""}}"#),
+            ErrorCode::InvalidPayload
+        );
+        let long = format!(
+            r#"{{"room":"a","payload":{{"content":"{}"}}}}"#,
+            "x".repeat(2001)
+        );
+        assert_eq!(code(&long), ErrorCode::ContentTooLong);
+        assert_eq!(
+            code(r#"{"room":"a","payload":{"content":"x"},"sender":{"id":""}}"#),
+            ErrorCode::InvalidPayload
         );
     }
 

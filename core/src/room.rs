@@ -47,6 +47,9 @@ pub(crate) enum RoomState {
         /// Other nodes' presence changes seen before the snapshot arrived;
         /// applied after it, in order.
         early_presence: Vec<PresenceChange>,
+        /// More changes came than `early_presence` holds: once open, the
+        /// room is resynced, which reconciles presence from the broker.
+        presence_overflowed: bool,
     },
     Open(RoomLog),
 }
@@ -67,6 +70,7 @@ impl Room {
                 waiting: vec![first],
                 early: Vec::new(),
                 early_presence: Vec::new(),
+                presence_overflowed: false,
             },
         }
     }

@@ -99,8 +99,7 @@ impl MemorySequencer {
         let limits = self.limits;
         let room = self.room_mut(&request.room);
         room.head += 1;
-        let id: Arc<str> = Arc::from(format!("{}-{}", room.epoch.as_str(), room.head));
-        let msg = SequencedMessage::new(request, room.epoch.clone(), room.head, id);
+        let msg = SequencedMessage::new(request, room.epoch.clone(), room.head);
         room.history.push_back(msg.clone());
         while room.history.len() > limits.max_messages {
             room.history.pop_front();

@@ -175,8 +175,7 @@ pub fn message_payload(offset: u64, epoch: &str, request_json: &str) -> Vec<u8> 
 
 /// A stored request with its place: the message every node delivers.
 pub fn sequenced(request: AppendRequest, epoch: &str, offset: u64) -> SequencedMessage {
-    let id: Arc<str> = format!("{epoch}-{offset}").into();
-    SequencedMessage::new(request, Epoch::new(epoch), offset, id)
+    SequencedMessage::new(request, Epoch::new(epoch), offset)
 }
 
 /// A room's snapshot from what a broker read: its epoch and head, the
@@ -206,11 +205,6 @@ pub fn snapshot(
         messages,
         presence,
     })
-}
-
-/// A fresh epoch for a room a broker has never seen.
-pub fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Asks a subscription session to change what it listens to.

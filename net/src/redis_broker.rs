@@ -32,7 +32,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::broker::{
     Broker, BrokerError, Event, Heartbeat, PresenceEvent, SubRequest, Subscription, channel,
-    new_epoch, request_json, sequenced, snapshot,
+    request_json, sequenced, snapshot,
 };
 
 const APPEND: &str = r"
@@ -227,7 +227,7 @@ impl Broker for RedisBroker {
                 .arg(2)
                 .arg(meta_key(room))
                 .arg(log_key(room))
-                .arg(new_epoch())
+                .arg(crate::store::new_epoch())
                 .arg(self.limits.max_messages.max(1))
                 .arg(self.ttl_ms())
                 .arg(json)
@@ -264,7 +264,7 @@ impl Broker for RedisBroker {
             .key(log_key(name))
             .key(presence_key(name))
             .key("rh:nodes")
-            .arg(new_epoch())
+            .arg(crate::store::new_epoch())
             .arg(self.ttl_ms())
             .arg(after.unwrap_or(0))
             .arg(self.limits.max_messages)

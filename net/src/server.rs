@@ -17,7 +17,8 @@ use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use roomhub_core::{
-    AppendRequest, ConnId, HistoryLimits, Hub, Identity, RoomName, SingleNode, UserRef,
+    AppendRequest, ConnId, HistoryLimits, Hub, Identity, ParseLimits, SingleNode, UserRef,
+    parse_publish,
 };
 use rustc_hash::FxHashMap;
 use serde_json::json;
@@ -410,21 +411,6 @@ async fn online(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(json!({ "online": local + remote })).into_response()
 }
 
-#[derive(serde::Deserialize)]
-struct PublishBody {
-    room: String,
-    payload: PublishPayload,
-    /// Shown as the message's sender; `{"id":"server","name":"server"}` if
-    /// not given.
-    sender: Option<UserRef>,
-}
-
-#[derive(serde::Deserialize)]
-struct PublishPayload {
-    content: String,
-    reply_to: Option<String>,
-}
-
 /// `POST /api/publish`: a backend puts a message into a room. It takes the
 /// same path as a member's message: sequenced, stored, delivered to every
 /// member, recoverable. Answers once it is stored.
@@ -443,39 +429,28 @@ async fn publish(
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
         return json_error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
     }
-    let body: PublishBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    // The core's rules for a member's send_message apply (limits, codes).
+    let limits = ParseLimits::from(&state.config.core);
+    let publish = match parse_publish(&body, &limits) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = e.code.as_str();
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": e.message, "code": code })),
+            )
+                .into_response();
+        }
     };
-    let core = &state.config.core;
-    let room = match RoomName::parse(&body.room, core.max_room_name_bytes) {
-        Ok(room) => room,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.describe()),
-    };
-    let content = body.payload.content;
-    if content.is_empty() || content.len() > core.max_content_bytes {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("content must be 1..={} bytes", core.max_content_bytes),
-        );
-    }
-    if body
-        .payload
-        .reply_to
-        .as_ref()
-        .is_some_and(|r| r.len() > core.max_reply_to_bytes)
-    {
-        return json_error(StatusCode::BAD_REQUEST, "reply_to too long");
-    }
-    let sender = body.sender.unwrap_or_else(|| UserRef {
-        id: "server".into(),
-        name: "server".into(),
-    });
+    let room = publish.room;
     let request = AppendRequest {
         room: room.clone(),
-        sender,
-        content: content.into(),
-        reply_to: body.payload.reply_to.map(Into::into),
+        sender: publish.sender.unwrap_or_else(|| UserRef {
+            id: "server".into(),
+            name: "server".into(),
+        }),
+        content: publish.content,
+        reply_to: publish.reply_to,
         timestamp: state.clock.now(),
         origin: None,
     };

@@ -12,7 +12,6 @@
 //! rather than handed offsets from a different history.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use roomhub_core::{
@@ -70,8 +69,7 @@ impl Store {
                     None => (new_epoch(), 0),
                 };
                 let offset = head + 1;
-                let id: Arc<str> = format!("{epoch}-{offset}").into();
-                let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset, id);
+                let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
                 let json = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
                 messages
                     .insert((name.as_str(), offset), json.as_slice())
@@ -152,7 +150,8 @@ impl Store {
     }
 }
 
-fn new_epoch() -> String {
+/// A fresh epoch for a room the store (or a broker) has never seen.
+pub(crate) fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 

@@ -446,6 +446,16 @@ async fn the_publish_api_on_a_single_durable_node() {
         .0,
         400
     );
+    // The core's send_message rules, with their error codes.
+    let long = format!(
+        r#"{{"room":"news","payload":{{"content":"{}"}}}}"#,
+        "x".repeat(2001)
+    );
+    let (status, refusal) =
+        roomhub_tests::server::http_post(server.addr, "/api/publish", Some("secret-key"), &long)
+            .await;
+    assert_eq!(status, 400);
+    assert!(refusal.contains("CONTENT_TOO_LONG"), "{refusal}");
     let (status, reply) = post(Some("secret-key"), body).await;
     assert_eq!(status, 200, "{reply}");
     let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
