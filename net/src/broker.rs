@@ -341,7 +341,7 @@ pub(crate) fn spawn<B: Broker>(
         sub_rx,
         events.clone(),
         view.clone(),
-        reannounce_tx.clone(),
+        reannounce_tx,
     ));
     tokio::spawn(worker(
         broker.clone(),
@@ -353,14 +353,7 @@ pub(crate) fn spawn<B: Broker>(
         events,
         view.clone(),
     ));
-    tokio::spawn(heartbeat(
-        broker,
-        node,
-        timing,
-        local_online,
-        view,
-        reannounce_tx,
-    ));
+    tokio::spawn(heartbeat(broker, node, timing, local_online, view));
     cmd_tx
 }
 
@@ -370,7 +363,6 @@ async fn heartbeat<B: Broker>(
     timing: ClusterTiming,
     local_online: Arc<AtomicUsize>,
     view: Arc<ClusterView>,
-    reannounce: mpsc::UnboundedSender<()>,
 ) {
     let mut first = true;
     let (mut heard, mut silent_rounds) = (0u64, 0u32);
@@ -383,10 +375,10 @@ async fn heartbeat<B: Broker>(
             Ok(Heartbeat { live, was_gone }) => {
                 if was_gone && !first {
                     // Its users were dropped by the others, and whatever was
-                    // published meanwhile may be lost: start over.
+                    // published meanwhile may be lost: start over (the new
+                    // session announces this node's presence again).
                     warn!("this node's liveness had run out; reconnecting");
                     view.broker_failed();
-                    let _ = reannounce.send(());
                 }
                 first = false;
                 // Each beat is published back to this node; silence on a
@@ -441,50 +433,27 @@ async fn subscriber<B: Broker>(
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
     loop {
-        // Connect and subscribe to everything wanted, answering requests
-        // (with failure) while the broker is away.
         let session = match broker.subscribe().await {
-            Ok(s) => s,
+            Ok(session) => subscribe_all(session, &wanted).await,
             Err(e) => {
                 if first {
                     warn!("broker unreachable: {e}; retrying");
                 }
-                first = false;
-                let retry = tokio::time::sleep(backoff);
-                tokio::pin!(retry);
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut retry => break,
-                        req = requests.recv() => match req {
-                            Some(req) => refuse(&mut wanted, req),
-                            None => return,
-                        },
-                    }
-                }
-                backoff = (backoff * 2).min(timing.max_backoff);
-                continue;
+                None
             }
         };
-        let Subscription {
+        let Some(Subscription {
             control,
             mut messages,
-        } = session;
-        let mut ok = true;
-        for ch in &wanted {
-            let (tx, rx) = oneshot::channel();
-            if control.send(SubRequest::Subscribe(ch.clone(), tx)).is_err()
-                || !matches!(rx.await, Ok(Ok(())))
-            {
-                ok = false;
-                break;
+        }) = session
+        else {
+            first = false;
+            if !wait_away(&mut requests, &mut wanted, backoff).await {
+                return;
             }
-        }
-        if !ok {
-            tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(timing.max_backoff);
             continue;
-        }
+        };
         backoff = Duration::from_millis(50);
         view.healthy.store(true, Ordering::Relaxed);
         if !first {
@@ -529,16 +498,44 @@ async fn subscriber<B: Broker>(
     }
 }
 
-fn refuse(wanted: &mut BTreeSet<String>, req: SubRequest) {
-    match req {
-        SubRequest::Subscribe(ch, done) => {
-            // Wanted all the same: the room is resubscribed on reconnect if
-            // someone else waits for it by then.
-            wanted.insert(ch);
-            let _ = done.send(Err(BrokerError("broker unreachable".into())));
-        }
-        SubRequest::Unsubscribe(ch) => {
-            wanted.remove(&ch);
+/// Subscribes a new session to every wanted channel; `None` if the broker
+/// refused or the session died on the way.
+async fn subscribe_all(session: Subscription, wanted: &BTreeSet<String>) -> Option<Subscription> {
+    for ch in wanted {
+        let (tx, rx) = oneshot::channel();
+        session
+            .control
+            .send(SubRequest::Subscribe(ch.clone(), tx))
+            .ok()?;
+        rx.await.ok()?.ok()?;
+    }
+    Some(session)
+}
+
+/// Waits `backoff` while the broker is away, answering subscription
+/// requests meanwhile: a subscribe fails at once (its open answers
+/// `UNAVAILABLE`; the hub forgets a room it could not open, so the channel
+/// is not wanted), an unsubscribe is noted. False when the node is gone.
+async fn wait_away(
+    requests: &mut mpsc::UnboundedReceiver<SubRequest>,
+    wanted: &mut BTreeSet<String>,
+    backoff: Duration,
+) -> bool {
+    let retry = tokio::time::sleep(backoff);
+    tokio::pin!(retry);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut retry => return true,
+            req = requests.recv() => match req {
+                Some(SubRequest::Subscribe(_, done)) => {
+                    let _ = done.send(Err(BrokerError("broker unreachable".into())));
+                }
+                Some(SubRequest::Unsubscribe(ch)) => {
+                    wanted.remove(&ch);
+                }
+                None => return false,
+            },
         }
     }
 }
@@ -750,27 +747,34 @@ async fn open<B: Broker>(
     after: Option<roomhub_core::Position>,
     now: Timestamp,
 ) -> Input {
-    let failed = || Input::RoomOpenFailed { room: room.clone() };
     if !view.healthy.load(Ordering::Relaxed) {
-        return failed();
+        return Input::RoomOpenFailed { room: room.clone() };
     }
+    let ch = channel::room(room.as_str());
     let (tx, rx) = oneshot::channel();
-    if subs
-        .send(SubRequest::Subscribe(channel::room(room.as_str()), tx))
-        .is_err()
-    {
-        return failed();
-    }
-    match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(Ok(()))) => {}
-        _ => return failed(),
-    }
-    match broker.open(room, after.map(|p| p.offset), now).await {
+    let subscribed = subs.send(SubRequest::Subscribe(ch.clone(), tx)).is_ok()
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(5), rx).await,
+            Ok(Ok(Ok(())))
+        );
+    let snapshot = if subscribed {
+        broker
+            .open(room, after.as_ref().map(|p| p.offset), now)
+            .await
+    } else {
+        Err(BrokerError("subscribing to the room failed".into()))
+    };
+    match snapshot {
         Ok(snapshot) => Input::RoomOpened(snapshot),
         Err(e) => {
             warn!(room = %room, "opening room failed: {e}");
             view.broker_failed();
-            failed()
+            if after.is_none() {
+                // The hub forgets a room it could not open (no CloseRoom
+                // follows), so its channel must not stay subscribed.
+                let _ = subs.send(SubRequest::Unsubscribe(ch));
+            }
+            Input::RoomOpenFailed { room: room.clone() }
         }
     }
 }

@@ -153,94 +153,112 @@ impl Outbox {
 pub(crate) enum Engine {
     /// In-memory history: the sequencer answers in-process, at once.
     Memory(Box<SingleNode>),
-    /// Durable history: the store thread sequences, commits, and answers
-    /// through the hub's event queue.
-    Stored {
-        hub: Box<Hub>,
-        store: mpsc::UnboundedSender<Output>,
-    },
+    /// The store thread or the cluster's broker worker owns the order and
+    /// answers through the hub's event queue.
+    Delegated { hub: Box<Hub>, sequencer: Sequencer },
+}
+
+/// Who a delegating engine hands the core's sequencing outputs to.
+pub(crate) enum Sequencer {
+    /// Durable history: the store thread sequences and commits.
+    Store(mpsc::UnboundedSender<Output>),
     /// Cluster mode: the broker sequences, and every node (this one too)
     /// delivers what it publishes.
-    Cluster {
-        hub: Box<Hub>,
-        broker: mpsc::UnboundedSender<ClusterCmd>,
-        /// Local connections per user, to follow their direct messages.
-        users: FxHashMap<Arc<str>, usize>,
-        conn_users: FxHashMap<ConnId, Arc<str>>,
-    },
+    Cluster(ClusterLink),
+}
+
+pub(crate) struct ClusterLink {
+    pub(crate) broker: mpsc::UnboundedSender<ClusterCmd>,
+    /// Local connections per user, to follow their direct messages.
+    pub(crate) users: FxHashMap<Arc<str>, usize>,
+    pub(crate) conn_users: FxHashMap<ConnId, Arc<str>>,
+}
+
+impl Sequencer {
+    /// A send error means the store thread or worker is gone; the requests
+    /// then stay unanswered and clients retry.
+    fn forward(&self, out: Output) {
+        match self {
+            Sequencer::Store(store) => {
+                let _ = store.send(out);
+            }
+            Sequencer::Cluster(link) => {
+                let _ = link.broker.send(ClusterCmd::Output(out));
+            }
+        }
+    }
+}
+
+impl ClusterLink {
+    fn connected(&mut self, conn: ConnId, user: &Arc<str>) {
+        self.conn_users.insert(conn, user.clone());
+        let n = self.users.entry(user.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            let _ = self.broker.send(ClusterCmd::UserOnline(user.clone()));
+        }
+    }
+
+    fn disconnected(&mut self, conn: ConnId) {
+        if let Some(user) = self.conn_users.remove(&conn)
+            && let Some(n) = self.users.get_mut(&user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(&user);
+                let _ = self.broker.send(ClusterCmd::UserOffline(user));
+            }
+        }
+    }
+}
+
+/// Sends, pings and closes; everything else is for the sequencer.
+fn for_connections(out: &Output) -> bool {
+    matches!(
+        out,
+        Output::Send { .. } | Output::Ping { .. } | Output::Close { .. }
+    )
 }
 
 impl Engine {
     fn handle(&mut self, input: Input, now: Timestamp) {
         match self {
             Engine::Memory(node) => node.handle(input, now),
-            Engine::Stored { hub, .. } | Engine::Cluster { hub, .. } => hub.handle(input, now),
+            Engine::Delegated { hub, .. } => hub.handle(input, now),
         }
     }
 
     /// Follows which users have local connections (cluster mode only).
     fn connected(&mut self, conn: ConnId, user: &Arc<str>) {
-        if let Engine::Cluster {
-            broker,
-            users,
-            conn_users,
+        if let Engine::Delegated {
+            sequencer: Sequencer::Cluster(link),
             ..
         } = self
         {
-            conn_users.insert(conn, user.clone());
-            let n = users.entry(user.clone()).or_default();
-            *n += 1;
-            if *n == 1 {
-                let _ = broker.send(ClusterCmd::UserOnline(user.clone()));
-            }
+            link.connected(conn, user);
         }
     }
 
     fn disconnected(&mut self, conn: ConnId) {
-        if let Engine::Cluster {
-            broker,
-            users,
-            conn_users,
+        if let Engine::Delegated {
+            sequencer: Sequencer::Cluster(link),
             ..
         } = self
-            && let Some(user) = conn_users.remove(&conn)
-            && let Some(n) = users.get_mut(&user)
         {
-            *n -= 1;
-            if *n == 0 {
-                users.remove(&user);
-                let _ = broker.send(ClusterCmd::UserOffline(user));
-            }
+            link.disconnected(conn);
         }
     }
 
-    /// The next output for connections; sequencing outputs go to the store.
+    /// The next output for connections; sequencing outputs are forwarded.
     fn poll_output(&mut self) -> Option<Output> {
         match self {
             Engine::Memory(node) => node.poll_output(),
-            Engine::Stored { hub, store } => loop {
-                match hub.poll_output()? {
-                    out @ (Output::Append(_)
-                    | Output::OpenRoom { .. }
-                    | Output::CloseRoom { .. }) => {
-                        // A send error means the store thread is gone; the
-                        // requests then stay unanswered and clients retry.
-                        let _ = store.send(out);
-                    }
-                    out => return Some(out),
+            Engine::Delegated { hub, sequencer } => loop {
+                let out = hub.poll_output()?;
+                if for_connections(&out) {
+                    return Some(out);
                 }
-            },
-            Engine::Cluster { hub, broker, .. } => loop {
-                match hub.poll_output()? {
-                    out @ (Output::Append(_)
-                    | Output::OpenRoom { .. }
-                    | Output::CloseRoom { .. }
-                    | Output::Presence { .. }
-                    | Output::Relay(_)) => {
-                        let _ = broker.send(ClusterCmd::Output(out));
-                    }
-                    out => return Some(out),
-                }
+                sequencer.forward(out);
             },
         }
     }
@@ -257,12 +275,8 @@ impl Engine {
                 node.handle(Input::Sequenced(msg), now);
                 Some(published)
             }
-            Engine::Stored { store, .. } => {
-                let _ = store.send(Output::Append(Box::new(request)));
-                None
-            }
-            Engine::Cluster { broker, .. } => {
-                let _ = broker.send(ClusterCmd::Output(Output::Append(Box::new(request))));
+            Engine::Delegated { sequencer, .. } => {
+                sequencer.forward(Output::Append(Box::new(request)));
                 None
             }
         }
@@ -275,7 +289,7 @@ impl Engine {
     fn hub(&self) -> &Hub {
         match self {
             Engine::Memory(node) => &node.hub,
-            Engine::Stored { hub, .. } | Engine::Cluster { hub, .. } => hub,
+            Engine::Delegated { hub, .. } => hub,
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::auth::{AuthError, Authenticator, SUBPROTOCOL, TokenSource, extract_to
 use crate::broker::{Broker, ClusterTiming, ClusterView};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
-use crate::hub_task::{Engine, HubEvent, HubTask};
+use crate::hub_task::{ClusterLink, Engine, HubEvent, HubTask, Sequencer};
 use crate::metrics::Metrics;
 use crate::redis_broker::RedisBroker;
 use crate::store::Store;
@@ -109,9 +109,14 @@ impl Server {
                             let limits = HistoryLimits::from_config(&config.core);
                             let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
                             info!(dir = %dir.display(), "durable history in the data directory");
-                            Engine::Stored {
+                            Engine::Delegated {
                                 hub: Box::new(Hub::new(config.core.clone())),
-                                store: crate::store::spawn(store, clock, hub_tx.clone(), closed),
+                                sequencer: Sequencer::Store(crate::store::spawn(
+                                    store,
+                                    clock,
+                                    hub_tx.clone(),
+                                    closed,
+                                )),
                             }
                         }
                     };
@@ -153,11 +158,13 @@ impl Server {
                     online.clone(),
                     view.clone(),
                 );
-                let engine = Engine::Cluster {
+                let engine = Engine::Delegated {
                     hub: Box::new(Hub::new(config.core.clone())),
-                    broker,
-                    users: FxHashMap::default(),
-                    conn_users: FxHashMap::default(),
+                    sequencer: Sequencer::Cluster(ClusterLink {
+                        broker,
+                        users: FxHashMap::default(),
+                        conn_users: FxHashMap::default(),
+                    }),
                 };
                 Ok((engine, Some(view)))
             },

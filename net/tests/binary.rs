@@ -88,6 +88,16 @@ fn development_mode_prints_a_working_wscat_line_and_token_minting_matches() {
     }
     let url = wscat.expect("a wscat line on stdout");
     assert!(url.starts_with(&format!("ws://{listen}/ws?token=")));
+    // Development mode serves the demo chat, and says where.
+    let demo_line = (&mut server.stdout)
+        .lines()
+        .take(10)
+        .map_while(Result::ok)
+        .find(|l| l.contains("demo chat"));
+    assert!(
+        demo_line.is_some_and(|l| l.contains(&format!("http://{listen}/"))),
+        "a demo line on stdout"
+    );
     let minted = Command::new(BIN)
         .args(["token", "--user", "bob", "--name", "Bob", "--ttl", "10m"])
         .current_dir(&dir)
@@ -97,6 +107,10 @@ fn development_mode_prints_a_working_wscat_line_and_token_minting_matches() {
     assert!(minted.status.success());
     let bob_token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
     wait_for_port(port);
+    assert!(
+        get_ok(port, "/"),
+        "the demo page is served in development mode"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut alice, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -438,13 +452,18 @@ fn a_cluster_node_killed_with_sigkill_leaves_no_ghosts() {
 }
 
 fn healthz_ok(port: u16) -> bool {
+    get_ok(port, "/healthz")
+}
+
+/// Whether `GET path` answers 200.
+fn get_ok(port: u16, path: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = write!(
         s,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     );
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);

@@ -418,6 +418,8 @@ async fn a_node_cut_off_from_redis_fails_fast_then_fills_its_gap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(asked.elapsed() < Duration::from_secs(5));
+    // Load balancers are told to keep away while the node is cut off.
+    assert_eq!(b.get("/healthz").await.0, 503);
 
     proxy.heal();
     // Nothing more is sent: the reconnect itself must fill the gap.
@@ -438,6 +440,7 @@ async fn a_node_cut_off_from_redis_fails_fast_then_fills_its_gap() {
         }
     }
     assert_eq!(contents, ["during0", "during1", "during2", "during3"]);
+    assert_eq!(b.get("/healthz").await.0, 200);
 }
 
 /// How many subscribers Redis has for `channel` (RESP over a plain socket).
