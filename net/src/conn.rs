@@ -1,32 +1,51 @@
 //! One WebSocket connection: a reader that turns frames into facts for the
-//! hub, and a writer that drains the connection's outbox, several frames per
-//! flush.
+//! hub, and the writer side of its [`Outbox`], which the hub writes through.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use roomhub_core::{ConnId, Identity, Input, close};
-use tracing::{debug, info};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
+use tokio_tungstenite::WebSocketStream;
+use tracing::info;
+use tungstenite::Message;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::hub_task::{HubEvent, Inbox, Outbound, outbox};
+use crate::hub_task::HubEvent;
+use crate::outbox::Outbox;
 use crate::server::AppState;
 
-/// Frames written per flush at most.
-const WRITE_BATCH: usize = 256;
 /// After the server sends a close frame, how long the peer has to answer.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+type Reader = WebSocketStream<ReadOnly>;
+
 /// Runs a connection from the upgrade to the end.
-pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, state: Arc<AppState>) {
+pub(crate) async fn run(
+    upgraded: Upgraded,
+    config: WebSocketConfig,
+    conn: ConnId,
+    identity: Identity,
+    state: Arc<AppState>,
+) {
     let user = identity.user.id.clone();
+    let (read_half, write_half) = tokio::io::split(TokioIo::new(upgraded));
+    let stream =
+        WebSocketStream::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config)).await;
     let live = Arc::new(Live::new(state.clone()));
-    let (outbox, inbox) = outbox(live.clone());
-    let (sink, stream) = socket.split();
+    let outbox = Outbox::new(
+        Box::new(write_half),
+        Some(live.clone()),
+        state.metrics.clone(),
+        state.config.send_queue_bytes,
+    );
     if state
         .hub
         .send(HubEvent::Open {
@@ -39,9 +58,9 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
     {
         return;
     }
-    let mut writer = tokio::spawn(write_loop(sink, inbox, state.clone()));
-    let read = read_loop(stream, conn, state.clone());
-    tokio::pin!(read);
+    let writer = outbox.clone().write_loop(state.config.write_wait);
+    let read = read_loop(stream, conn, &state, &outbox);
+    tokio::pin!(read, writer);
     // `biased`: tokio's branch choice is random otherwise, and simulations
     // must replay exactly from a seed.
     let reason = tokio::select! {
@@ -49,14 +68,15 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
         end = &mut read => {
             live.end();
             // The peer went away or broke the protocol: tell the hub, answer
-            // a protocol error with its close code, and let the writer finish.
+            // a close or a protocol error with a close frame, and let the
+            // writer finish what is queued.
             let _ = state.hub.send(HubEvent::Input(Input::Disconnected { conn })).await;
-            if let Some((code, why)) = end.close_code() {
-                outbox.close_now(code, why);
+            match &end {
+                ReadEnd::Violation(code, why) => outbox.close_now(*code, why),
+                ReadEnd::PeerClosed(code) => outbox.close_reply(*code),
+                _ => outbox.release(),
             }
-            drop(outbox);
             let _ = tokio::time::timeout(state.config.write_wait, &mut writer).await;
-            writer.abort();
             end.describe()
         }
         ended = &mut writer => {
@@ -64,7 +84,7 @@ pub(crate) async fn run(socket: WebSocket, conn: ConnId, identity: Identity, sta
             // moment to answer the close, then make sure the hub knows.
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut read).await;
             let _ = state.hub.send(HubEvent::Input(Input::Disconnected { conn })).await;
-            ended.unwrap_or(WriterEnd::Failed("writer panicked".into())).describe()
+            ended.describe()
         }
     };
     live.end();
@@ -109,13 +129,6 @@ enum ReadEnd {
 }
 
 impl ReadEnd {
-    fn close_code(&self) -> Option<(u16, &'static str)> {
-        match self {
-            ReadEnd::Violation(code, why) => Some((*code, why)),
-            _ => None,
-        }
-    }
-
     fn describe(&self) -> String {
         match self {
             ReadEnd::PeerClosed(Some(code)) => format!("peer closed ({code})"),
@@ -128,11 +141,7 @@ impl ReadEnd {
     }
 }
 
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
-    conn: ConnId,
-    state: Arc<AppState>,
-) -> ReadEnd {
+async fn read_loop(mut stream: Reader, conn: ConnId, state: &AppState, outbox: &Outbox) -> ReadEnd {
     while let Some(msg) = stream.next().await {
         let input = match msg {
             Ok(Message::Text(text)) => {
@@ -143,8 +152,16 @@ async fn read_loop(
                 }
             }
             Ok(Message::Binary(_)) => Input::Binary { conn },
-            Ok(Message::Ping(_) | Message::Pong(_)) => Input::Activity { conn },
-            Ok(Message::Close(frame)) => return ReadEnd::PeerClosed(frame.map(|f| f.code)),
+            Ok(Message::Ping(data)) => {
+                outbox.pong(data);
+                Input::Activity { conn }
+            }
+            Ok(Message::Pong(_)) => Input::Activity { conn },
+            Ok(Message::Close(frame)) => {
+                return ReadEnd::PeerClosed(frame.map(|f| u16::from(f.code)));
+            }
+            // Only produced when writing raw frames, never on reading.
+            Ok(Message::Frame(_)) => continue,
             Err(e) => return classify(e),
         };
         if state.hub.send(HubEvent::Input(input)).await.is_err() {
@@ -155,121 +172,49 @@ async fn read_loop(
 }
 
 /// Maps a codec error to the close code RFC 6455 and PROTOCOL.md ask for.
-fn classify(e: axum::Error) -> ReadEnd {
+fn classify(e: tungstenite::Error) -> ReadEnd {
     use tungstenite::error::{CapacityError, Error as WsError};
-    let text = e.to_string();
-    match e.into_inner().downcast::<WsError>() {
-        Ok(ws) => match *ws {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                ReadEnd::Violation(close::MESSAGE_TOO_BIG, "message too big")
-            }
-            WsError::Capacity(_) => ReadEnd::Violation(close::MESSAGE_TOO_BIG, "frame too big"),
-            WsError::Utf8(_) => ReadEnd::Violation(1007, "invalid UTF-8 in a text frame"),
-            WsError::Protocol(_) => ReadEnd::Violation(1002, "protocol error"),
-            WsError::ConnectionClosed | WsError::AlreadyClosed => ReadEnd::Eof,
-            other => ReadEnd::Failed(other.to_string()),
-        },
-        Err(_) => ReadEnd::Failed(text),
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            ReadEnd::Violation(close::MESSAGE_TOO_BIG, "message too big")
+        }
+        WsError::Capacity(_) => ReadEnd::Violation(close::MESSAGE_TOO_BIG, "frame too big"),
+        WsError::Utf8(_) => ReadEnd::Violation(1007, "invalid UTF-8 in a text frame"),
+        WsError::Protocol(_) => ReadEnd::Violation(1002, "protocol error"),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => ReadEnd::Eof,
+        other => ReadEnd::Failed(other.to_string()),
     }
 }
 
-/// How writing ended.
-pub(crate) enum WriterEnd {
-    Closed(u16, &'static str),
-    Failed(String),
-    TimedOut,
-    /// Nobody can send to this connection any more.
-    Released,
-}
+/// The socket's reading half, given to the WebSocket codec. The codec's own
+/// writes (its automatic pong and close replies) go nowhere: the outbox
+/// answers pings and closes, since only it may write to the socket.
+pub(crate) struct ReadOnly(ReadHalf<TokioIo<Upgraded>>);
 
-impl WriterEnd {
-    fn describe(&self) -> String {
-        match self {
-            WriterEnd::Closed(code, why) => format!("closed {code}: {why}"),
-            WriterEnd::Failed(e) => format!("write error: {e}"),
-            WriterEnd::TimedOut => "write timed out".into(),
-            WriterEnd::Released => "released".into(),
-        }
+impl AsyncRead for ReadOnly {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut inbox: Inbox,
-    state: Arc<AppState>,
-) -> WriterEnd {
-    let write_wait = state.config.write_wait;
-    loop {
-        let Some(first) = inbox.rx.recv().await else {
-            return WriterEnd::Released;
-        };
-        let mut batch = vec![first];
-        while batch.len() < WRITE_BATCH {
-            match inbox.rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut closing = None;
-        let mut written_bytes = 0;
-        let mut replay_written = 0;
-        let mut frames = 0u64;
-        let result = tokio::time::timeout(write_wait, async {
-            for out in batch {
-                match out {
-                    Outbound::Frame { frame, replay } => {
-                        written_bytes += frame.len();
-                        if replay {
-                            replay_written += frame.len();
-                        }
-                        if inbox.abandoned.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        sink.feed(Message::Text(frame))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        frames += 1;
-                    }
-                    Outbound::Ping => sink
-                        .feed(Message::Ping(Bytes::new()))
-                        .await
-                        .map_err(|e| e.to_string())?,
-                    Outbound::Close(code, reason) => {
-                        closing = Some((code, reason));
-                        break;
-                    }
-                }
-            }
-            sink.flush().await.map_err(|e| e.to_string())?;
-            if let Some((code, reason)) = closing {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                sink.send(Message::Close(Some(frame)))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
-        })
-        .await;
-        inbox
-            .replay_bytes
-            .fetch_sub(replay_written, Ordering::Relaxed);
-        inbox
-            .queued_bytes
-            .fetch_sub(written_bytes, Ordering::Relaxed);
-        state.metrics.sent(frames);
-        match result {
-            Err(_) => return WriterEnd::TimedOut,
-            Ok(Err(e)) => {
-                debug!(error = %e, "write failed");
-                return WriterEnd::Failed(e);
-            }
-            Ok(Ok(())) => {}
-        }
-        if let Some((code, reason)) = closing {
-            return WriterEnd::Closed(code, reason);
-        }
+impl AsyncWrite for ReadOnly {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }

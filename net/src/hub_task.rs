@@ -3,10 +3,7 @@
 //! every rule is the core's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
 use roomhub_core::{
     AppendRequest, ConnId, FrameKind, Hub, Identity, Input, Origin, Output, SingleNode, Timestamp,
     close,
@@ -17,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::ClusterCmd;
 use crate::clock::Clock;
-use crate::conn::Live;
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Pushed};
 
 /// What connection tasks tell the hub.
 pub(crate) enum HubEvent {
@@ -46,108 +43,6 @@ pub(crate) struct Published {
 /// The connection number API publishes carry in their origin, so that the
 /// receipt finds its HTTP caller. Connections are numbered from 1.
 pub(crate) const API_CONN: ConnId = ConnId(0);
-
-/// What the hub asks a connection's writer to do.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// `replay`: history asked for with `since`, outside the live bound.
-    Frame {
-        frame: Utf8Bytes,
-        replay: bool,
-    },
-    Ping,
-    Close(u16, &'static str),
-}
-
-/// The sending side of a connection's queue, bounded in bytes. The hub never
-/// waits on it: live frames beyond the bound are reported to the core as a
-/// slow consumer. Replayed history is counted apart (`replay_bytes`): it is
-/// bounded by the history limits, and must fit whatever the queue bound.
-#[derive(Clone)]
-pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Outbound>,
-    queued_bytes: Arc<AtomicUsize>,
-    replay_bytes: Arc<AtomicUsize>,
-    /// Set when the connection overflowed: what is queued is dropped and the
-    /// close goes out at once.
-    abandoned: Arc<AtomicBool>,
-    /// Counts the connection as online until the hub or the peer ends it.
-    live: Arc<Live>,
-}
-
-/// The writer's side of an [`Outbox`].
-pub(crate) struct Inbox {
-    pub(crate) rx: mpsc::UnboundedReceiver<Outbound>,
-    pub(crate) queued_bytes: Arc<AtomicUsize>,
-    pub(crate) replay_bytes: Arc<AtomicUsize>,
-    pub(crate) abandoned: Arc<AtomicBool>,
-}
-
-pub(crate) fn outbox(live: Arc<Live>) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let replay_bytes = Arc::new(AtomicUsize::new(0));
-    let abandoned = Arc::new(AtomicBool::new(false));
-    (
-        Outbox {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-            replay_bytes: replay_bytes.clone(),
-            abandoned: abandoned.clone(),
-            live,
-        },
-        Inbox {
-            rx,
-            queued_bytes,
-            replay_bytes,
-            abandoned,
-        },
-    )
-}
-
-enum Pushed {
-    /// Queued; the connection now has this many live bytes waiting.
-    Queued(usize),
-    /// An ephemeral frame dropped for a queue under pressure.
-    Dropped,
-    Overflow,
-}
-
-impl Outbox {
-    fn push_frame(&self, frame: Utf8Bytes, kind: FrameKind, limit: usize) -> Pushed {
-        if self.abandoned.load(Ordering::Relaxed) {
-            return Pushed::Dropped;
-        }
-        let len = frame.len();
-        let queued = self.queued_bytes.load(Ordering::Relaxed);
-        let live = queued.saturating_sub(self.replay_bytes.load(Ordering::Relaxed));
-        match kind {
-            FrameKind::Live if live + len > limit => return Pushed::Overflow,
-            // Typing indicators give way at half the bound, so they never
-            // cause a slow-consumer close on their own.
-            FrameKind::Ephemeral if live + len > limit / 2 => return Pushed::Dropped,
-            FrameKind::Replay => {
-                self.replay_bytes.fetch_add(len, Ordering::Relaxed);
-            }
-            FrameKind::Live | FrameKind::Ephemeral => {}
-        }
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let replay = kind == FrameKind::Replay;
-        // A send error means the writer is gone; the connection task will
-        // report the disconnect.
-        let _ = self.tx.send(Outbound::Frame { frame, replay });
-        Pushed::Queued(if replay { live } else { live + len })
-    }
-
-    fn push_control(&self, out: Outbound) {
-        let _ = self.tx.send(out);
-    }
-
-    /// Asks the writer to send a close frame after what is queued.
-    pub(crate) fn close_now(&self, code: u16, reason: &'static str) {
-        self.push_control(Outbound::Close(code, reason));
-    }
-}
 
 /// Who owns each room's order.
 pub(crate) enum Engine {
@@ -294,37 +189,11 @@ impl Engine {
     }
 }
 
-/// Turns the core's frames into the codec's text type. A broadcast hands every
-/// recipient the same `Bytes`, and its sends come one after another, so the
-/// UTF-8 check runs once per broadcast, not once per recipient. Holding the
-/// last frame keeps its allocation alive, so a different frame can never
-/// arrive at the same address.
-#[derive(Default)]
-struct TextFrames {
-    last: Option<(Bytes, Utf8Bytes)>,
-}
-
-impl TextFrames {
-    fn text(&mut self, frame: Bytes) -> Utf8Bytes {
-        if let Some((bytes, text)) = &self.last
-            && bytes.as_ptr() == frame.as_ptr()
-            && bytes.len() == frame.len()
-        {
-            return text.clone();
-        }
-        // The core serializes every frame with serde_json: always UTF-8.
-        let text = Utf8Bytes::try_from(frame.clone()).expect("server frames are UTF-8 JSON");
-        self.last = Some((frame, text.clone()));
-        text
-    }
-}
-
 pub(crate) struct HubTask {
     pub(crate) engine: Engine,
     pub(crate) events: mpsc::Receiver<HubEvent>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Metrics,
-    pub(crate) send_queue_bytes: usize,
     pub(crate) shutdown: CancellationToken,
     /// API publishes waiting for their receipt, by request id.
     pub(crate) publishes: FxHashMap<u64, oneshot::Sender<Result<Published, ()>>>,
@@ -443,7 +312,9 @@ impl HubTask {
     /// Hands every output to its connection. Overflows found on the way are
     /// fed back to the core, whose answers are dispatched in turn.
     fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>) {
-        let mut texts = TextFrames::default();
+        // Connections with frames queued in this pass: each is written once,
+        // at the end, with everything the pass gave it.
+        let mut due = Vec::new();
         loop {
             let mut overflowed = Vec::new();
             while let Some(out) = self.engine.poll_output() {
@@ -452,31 +323,40 @@ impl HubTask {
                         let Some(outbox) = outboxes.get(&conn) else {
                             continue;
                         };
-                        let text = texts.text(frame);
-                        match outbox.push_frame(text, kind, self.send_queue_bytes) {
+                        match outbox.push_frame(&frame, kind) {
+                            Pushed::FlushDue(bytes) => {
+                                due.push(conn);
+                                self.metrics.queued(bytes);
+                            }
                             Pushed::Queued(bytes) => self.metrics.queued(bytes),
-                            Pushed::Dropped => self.metrics.ephemeral_dropped(),
+                            Pushed::Dropped if kind == FrameKind::Ephemeral => {
+                                self.metrics.ephemeral_dropped()
+                            }
+                            Pushed::Dropped => {}
                             Pushed::Overflow => {
-                                outbox.abandoned.store(true, Ordering::Relaxed);
+                                outbox.abandon();
                                 overflowed.push(conn);
                             }
                         }
                     }
                     Output::Ping { conn } => {
-                        if let Some(outbox) = outboxes.get(&conn) {
-                            outbox.push_control(Outbound::Ping);
+                        if let Some(outbox) = outboxes.get(&conn)
+                            && let Pushed::FlushDue(_) = outbox.ping()
+                        {
+                            due.push(conn);
                         }
                     }
                     Output::Close { conn, code, reason } => {
                         if let Some(outbox) = outboxes.remove(&conn) {
                             // Over for the protocol now, even if the close
                             // frame has to wait on a dead link.
-                            outbox.live.end();
+                            outbox.end_live();
                             if code == close::SLOW_CONSUMER {
-                                outbox.abandoned.store(true, Ordering::Relaxed);
+                                outbox.abandon();
                                 self.metrics.slow_consumer();
                             }
-                            outbox.push_control(Outbound::Close(code, reason));
+                            // Written at once, after what was queued.
+                            outbox.close_now(code, reason);
                         }
                     }
                     // The engine hands the sequencer's outputs to whoever owns the order.
@@ -488,11 +368,16 @@ impl HubTask {
                 }
             }
             if overflowed.is_empty() {
-                return;
+                break;
             }
             let now = self.clock.now();
             for conn in overflowed {
                 self.engine.handle(Input::QueueOverflow { conn }, now);
+            }
+        }
+        for conn in due {
+            if let Some(outbox) = outboxes.get(&conn) {
+                outbox.flush();
             }
         }
     }
@@ -502,26 +387,5 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_broadcast_is_checked_once_and_shared() {
-        let mut texts = TextFrames::default();
-        let broadcast = Bytes::from_static(br#"{"type":"new_message"}"#);
-        let first = texts.text(broadcast.clone());
-        let second = texts.text(broadcast.clone());
-        assert_eq!(
-            first.as_str().as_ptr(),
-            second.as_str().as_ptr(),
-            "recipients share one text"
-        );
-        let other = texts.text(Bytes::from(r#"{"type":"ack"}"#.to_string()));
-        assert_eq!(other.as_str(), r#"{"type":"ack"}"#);
-        assert_ne!(other.as_str().as_ptr(), first.as_str().as_ptr());
     }
 }

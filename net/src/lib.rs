@@ -17,10 +17,12 @@ pub mod dev;
 pub mod fuzzing;
 mod hub_task;
 pub mod metrics;
+mod outbox;
 pub mod redis_broker;
 pub mod server;
 pub mod sim_broker;
 pub mod store;
+mod upgrade;
 
 pub use clock::Clock;
 pub use config::{Cli, Command, ServerArgs, ServerConfig, TokenArgs, parse_cli};

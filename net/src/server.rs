@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Extension, State, WebSocketUpgrade};
+use axum::extract::{Extension, State};
 use axum::http::header::ORIGIN;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +35,8 @@ use crate::hub_task::{ClusterLink, Engine, HubEvent, HubTask, Sequencer};
 use crate::metrics::Metrics;
 use crate::redis_broker::RedisBroker;
 use crate::store::Store;
+use crate::upgrade::{NotUpgrade, WsUpgrade};
+use tungstenite::protocol::WebSocketConfig;
 
 /// Events queued for the hub before connection readers wait (backpressure
 /// on the sockets, not unbounded memory).
@@ -43,9 +44,6 @@ const HUB_QUEUE: usize = 65_536;
 /// tungstenite's read buffer is allocated per connection up front; 128 KiB
 /// by default. Frames are at most a few KiB, so a small buffer suffices.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Writes are buffered up to this much before going to the socket; a flush
-/// sends the rest. Several queued frames leave in one write.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The remote address of an HTTP connection, put into each request.
 #[derive(Clone, Copy, Debug)]
@@ -205,7 +203,6 @@ impl Server {
             events: hub_rx,
             clock,
             metrics: metrics.clone(),
-            send_queue_bytes: config.send_queue_bytes,
             shutdown: shutdown.clone(),
             publishes: FxHashMap::default(),
             next_publish: 0,
@@ -596,14 +593,14 @@ async fn ws_handler(
     Extension(PeerAddr(addr)): Extension<PeerAddr>,
     headers: HeaderMap,
     uri: Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, NotUpgrade>,
 ) -> Response {
     let ws = match upgrade {
         Ok(ws) => ws,
-        Err(rejection) => {
+        Err(NotUpgrade(why)) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
-                format!("not a WebSocket upgrade request: {rejection}"),
+                format!("not a WebSocket upgrade request: {why}"),
             );
         }
     };
@@ -631,33 +628,31 @@ async fn ws_handler(
     };
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     let max_message = state.config.core.max_message_bytes;
-    let ws = ws
+    // Only the reading side goes through the codec; the outbox writes.
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(
-            state
-                .config
-                .send_queue_bytes
-                .saturating_mul(2)
-                .max(WRITE_BUFFER_BYTES * 2),
-        )
-        .max_message_size(max_message)
-        .max_frame_size(max_message);
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
     // Select a subprotocol the client offered, or browsers drop the socket.
-    let ws = match source {
+    let protocol = match source {
         TokenSource::Subprotocol {
             offered_ours: false,
             entry,
-        } => ws.protocols([entry]),
-        _ => ws.protocols([SUBPROTOCOL]),
+        } => ws.select(&entry),
+        _ => ws.select(SUBPROTOCOL),
     };
     info!(%conn, %addr, user = %identity.user.id, "connected");
-    let tracker = state.connections.clone();
+    let response = ws.response(protocol);
+    let on_upgrade = ws.on_upgrade;
     let task_state = state.clone();
-    ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            crate::conn::run(socket, conn, identity, task_state).await;
-            drop(slot);
-        })
-    })
+    tokio::spawn(state.connections.track_future(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                crate::conn::run(upgraded, config, conn, identity, task_state).await;
+            }
+            Err(e) => warn!(%conn, "upgrade failed: {e}"),
+        }
+        drop(slot);
+    }));
+    response
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Reproduces the tables in BENCHMARKS.md: for each scenario, RUNS times, a
+# fresh release server pinned to core 0 (`--memory`, rate limit off) and the
+# load generator pinned to core 1; then the median of every figure.
+#
+#   bench/run.sh                      # every scenario, 3 runs each
+#   RUNS=5 bench/run.sh rooms10       # one scenario
+#   bench/run.sh max                  # the highest sustainable rate, 1,000 in 10 rooms
+#
+# Scenarios: rooms10 room2000 idle10k idle50k storm10k max. Raw JSON lines go
+# to target/bench/<scenario>.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+PORT=${PORT:-9181}
+SERVER_CORE=${SERVER_CORE:-0}
+GEN_CORE=${GEN_CORE:-1}
+SECRET="roomhub-bench-secret-$$"
+OUT=target/bench
+mkdir -p "$OUT"
+
+cargo build --release -q -p roomhub-net -p roomhub-bench
+SERVER=target/release/roomhub
+GEN=target/release/roomhub-bench
+
+SERVER_PID=""
+start_server() {
+  # Rate limiting off: a throughput benchmark must not be shaped by the
+  # per-connection limit (the default is 1/s, burst 10).
+  taskset -c "$SERVER_CORE" "$SERVER" --memory --jwt-secret "$SECRET" \
+    --listen "127.0.0.1:$PORT" --rate-limit-per-second 0 \
+    --max-connections 120000 --max-connections-per-user 0 --log warn "$@" &
+  SERVER_PID=$!
+  for _ in $(seq 1 200); do
+    if curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then return; fi
+    sleep 0.05
+  done
+  echo "server did not start" >&2
+  exit 1
+}
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+}
+trap stop_server EXIT
+
+gen() {
+  taskset -c "$GEN_CORE" "$GEN" --url "ws://127.0.0.1:$PORT/ws" --jwt-secret "$SECRET" \
+    --server-pid "$SERVER_PID" --source-addrs 8 "$@"
+}
+
+# run_scenario NAME LABEL -- generator arguments
+run_scenario() {
+  local name=$1 label=$2
+  shift 3
+  : >"$OUT/$name.jsonl"
+  for run in $(seq 1 "$RUNS"); do
+    start_server
+    sleep 0.2
+    echo "== $name, run $run/$RUNS" >&2
+    gen --label "$label" "$@" | tee /dev/stderr | tail -n 1 >>"$OUT/$name.jsonl"
+    stop_server
+    sleep 1
+  done
+  python3 bench/median.py "$name" "$OUT/$name.jsonl"
+}
+
+max_rate() {
+  # Raise the per-sender rate until delivery falls short or p99 passes 50 ms.
+  : >"$OUT/max.jsonl"
+  for rate in ${RATES:-100 200 300 400 500 600 800 1000}; do
+    start_server
+    sleep 0.2
+    echo "== max, $rate/s per sender" >&2
+    gen --label "rate $rate" throughput --connections 1000 --rooms 10 --senders 10 \
+      --rate "$rate" --duration 10s | tail -n 1 | tee -a "$OUT/max.jsonl"
+    stop_server
+    sleep 1
+  done
+  python3 bench/median.py max "$OUT/max.jsonl"
+}
+
+scenarios=${*:-rooms10 room2000 idle10k idle50k storm10k max}
+for s in $scenarios; do
+  case $s in
+    rooms10) run_scenario rooms10 "1000 in 10 rooms, 10 x 100/s, rate limit off" -- \
+      throughput --connections 1000 --rooms 10 --senders 10 --rate 100 --duration 10s ;;
+    room2000) run_scenario room2000 "2000 in 1 room, 1 x 50/s, rate limit off" -- \
+      throughput --connections 2000 --rooms 1 --senders 1 --rate 50 --duration 10s ;;
+    idle10k) run_scenario idle10k "10000 idle" -- idle --connections 10000 --hold 3s ;;
+    idle50k) run_scenario idle50k "50000 idle" -- idle --connections 50000 --hold 3s --concurrency 1024 ;;
+    storm10k) run_scenario storm10k "10000 in 100 rooms drop and rejoin, rate limit off" -- \
+      storm --connections 10000 --rooms 100 --missed 5 --concurrency 1024 ;;
+    max) max_rate ;;
+    *) echo "unknown scenario $s" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,635 @@
+//! A connection's outgoing side. The hub writes each frame straight to the
+//! socket when nothing is waiting before it: one non-blocking write, with no
+//! channel, task wake-up or timer in between. Only when the socket cannot
+//! take everything does a backlog form; the connection's writer task then
+//! drains it, and every frame queued meanwhile leaves in the same write.
+//!
+//! The backlog is bounded in bytes: a live frame that would pass the bound
+//! makes the connection a slow consumer (the core closes it with 4000).
+//! Replayed history is counted apart, because it is bounded by the history
+//! limits and must fit whatever the queue bound.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use roomhub_core::FrameKind;
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader, Utf8Bytes};
+
+use crate::conn::Live;
+use crate::metrics::Metrics;
+
+/// The socket's writing half (in production a `WriteHalf` of the upgraded
+/// stream; a recording writer in the tests below).
+pub(crate) type WriteIo = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A drained backlog buffer larger than this is given back to the allocator:
+/// idle connections hold no buffer at all.
+const KEEP_BUFFER_BYTES: usize = 16 * 1024;
+/// The most one write call is handed.
+const MAX_WRITE_BYTES: usize = 256 * 1024;
+
+/// What happened to a pushed frame.
+pub(crate) enum Pushed {
+    /// Accepted; the connection now has this many live bytes waiting
+    /// (0: the frame is already on the socket).
+    Queued(usize),
+    /// Accepted as the first frame since the last flush: the caller must
+    /// call [`Outbox::flush`] (after queuing the rest of its pass).
+    FlushDue(usize),
+    /// An ephemeral frame dropped for a queue under pressure, or the
+    /// connection is closing.
+    Dropped,
+    /// A live frame would pass the bound.
+    Overflow,
+}
+
+/// How the writer task ended.
+pub(crate) enum WriterEnd {
+    Closed(u16, &'static str),
+    Failed(String),
+    TimedOut,
+    /// The connection ended without a close frame of ours.
+    Released,
+}
+
+impl WriterEnd {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            WriterEnd::Closed(code, why) => format!("closed {code}: {why}"),
+            WriterEnd::Failed(e) => format!("write error: {e}"),
+            WriterEnd::TimedOut => "write timed out".into(),
+            WriterEnd::Released => "released".into(),
+        }
+    }
+}
+
+/// The hub's and the reader's handle on a connection's outgoing side.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer task: a backlog formed, a close was queued, or the
+    /// connection was released.
+    wake: Notify,
+    /// Counts the connection as online until the hub or the peer ends it.
+    live: Option<Arc<Live>>,
+    metrics: Metrics,
+    /// The bound on live bytes waiting.
+    limit: usize,
+}
+
+struct State {
+    /// `None` once the writer ended: nothing more can be written.
+    io: Option<WriteIo>,
+    /// Encoded frames not yet written, oldest first.
+    buf: BytesMut,
+    /// The frames in `buf`, for the byte accounting: (length, replay).
+    frames: VecDeque<(usize, bool)>,
+    /// Bytes of the first frame in `frames` already written.
+    front_written: usize,
+    live_bytes: usize,
+    replay_bytes: usize,
+    /// A close frame is queued (or written); nothing follows it.
+    close: Option<(u16, &'static str)>,
+    /// Overflowed: what is queued is dropped and only the close goes out.
+    abandoned: bool,
+    released: bool,
+    failed: Option<String>,
+    /// The writer task's waker is registered with the socket: only it may
+    /// write until it has been polled again.
+    writer_waiting: bool,
+    /// Frames were queued that nobody has tried to write yet.
+    flush_due: bool,
+}
+
+impl Outbox {
+    /// `limit`: live bytes allowed to wait (the send queue bound).
+    pub(crate) fn new(
+        io: WriteIo,
+        live: Option<Arc<Live>>,
+        metrics: Metrics,
+        limit: usize,
+    ) -> Outbox {
+        Outbox {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    io: Some(io),
+                    buf: BytesMut::new(),
+                    frames: VecDeque::new(),
+                    front_written: 0,
+                    live_bytes: 0,
+                    replay_bytes: 0,
+                    close: None,
+                    abandoned: false,
+                    released: false,
+                    failed: None,
+                    writer_waiting: false,
+                    flush_due: false,
+                }),
+                wake: Notify::new(),
+                live,
+                metrics,
+                limit,
+            }),
+        }
+    }
+
+    /// The connection is over for the protocol (see [`Live`]).
+    pub(crate) fn end_live(&self) {
+        if let Some(live) = &self.shared.live {
+            live.end();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; go on.
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a text frame (the core's serialized JSON) and writes it at
+    /// once when nothing waits before it.
+    pub(crate) fn push_frame(&self, frame: &Bytes, kind: FrameKind) -> Pushed {
+        let limit = self.shared.limit;
+        let mut s = self.lock();
+        if s.closed_for_frames() {
+            return Pushed::Dropped;
+        }
+        let len = frame.len();
+        match kind {
+            FrameKind::Live if s.live_bytes + len > limit => return Pushed::Overflow,
+            // Typing indicators give way at half the bound, so they never
+            // cause a slow-consumer close on their own.
+            FrameKind::Ephemeral if s.live_bytes + len > limit / 2 => return Pushed::Dropped,
+            _ => {}
+        }
+        let header = FrameHeader {
+            is_final: true,
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let start = s.buf.len();
+        let mut writer = (&mut s.buf).writer();
+        // Writing into memory cannot fail.
+        let _ = header.format(len as u64, &mut writer);
+        s.buf.extend_from_slice(frame);
+        let encoded = s.buf.len() - start;
+        let replay = kind == FrameKind::Replay;
+        self.enqueued(s, encoded, replay, false)
+    }
+
+    /// Queues a ping (the hub flushes).
+    pub(crate) fn ping(&self) -> Pushed {
+        self.push_control(Frame::ping(Bytes::new()), false)
+    }
+
+    /// Answers a peer's ping, unless the queue is full: a peer that floods
+    /// pings without reading gets no more than the bound (RFC 6455 §5.5.3
+    /// lets an endpoint answer only the latest ping).
+    pub(crate) fn pong(&self, data: Bytes) {
+        if self.lock().live_bytes + data.len() > self.shared.limit / 2 {
+            return;
+        }
+        let _ = self.push_control(Frame::pong(data), true);
+    }
+
+    fn push_control(&self, frame: Frame, write_now: bool) -> Pushed {
+        let mut s = self.lock();
+        if s.closed_for_frames() {
+            return Pushed::Dropped;
+        }
+        let start = s.buf.len();
+        let _ = frame.format(&mut (&mut s.buf).writer());
+        let encoded = s.buf.len() - start;
+        self.enqueued(s, encoded, false, write_now)
+    }
+
+    /// Queues a close frame after what is queued; nothing follows it.
+    pub(crate) fn close_now(&self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(reason),
+        };
+        self.push_close(Some(frame), (code, reason));
+    }
+
+    /// Answers the peer's close frame (echoing its code, as RFC 6455 §5.5.1
+    /// suggests), unless ours went out first.
+    pub(crate) fn close_reply(&self, code: Option<u16>) {
+        let frame = code.map(|c| CloseFrame {
+            code: CloseCode::from(c),
+            reason: Utf8Bytes::from_static(""),
+        });
+        self.push_close(frame, (code.unwrap_or(1000), "peer closed"));
+    }
+
+    fn push_close(&self, frame: Option<CloseFrame>, why: (u16, &'static str)) {
+        let mut s = self.lock();
+        if s.close.is_some() || s.io.is_none() {
+            return;
+        }
+        let start = s.buf.len();
+        let _ = Frame::close(frame).format(&mut (&mut s.buf).writer());
+        let encoded = s.buf.len() - start;
+        s.close = Some(why);
+        // Written at once, with whatever was queued before it.
+        let _ = self.enqueued(s, encoded, false, true);
+        // The writer ends the connection once the close is out.
+        self.shared.wake.notify_one();
+    }
+
+    /// The connection overflowed: drop what is queued (except the rest of a
+    /// frame already partly written, or the stream would be corrupt).
+    pub(crate) fn abandon(&self) {
+        let mut s = self.lock();
+        if s.abandoned {
+            return;
+        }
+        s.abandoned = true;
+        let keep = match s.frames.front() {
+            Some(&(len, _)) if s.front_written > 0 => len - s.front_written,
+            _ => 0,
+        };
+        s.buf.truncate(keep);
+        let front = if keep > 0 { s.frames.pop_front() } else { None };
+        s.frames.clear();
+        s.live_bytes = 0;
+        s.replay_bytes = 0;
+        if let Some((len, replay)) = front {
+            s.frames.push_back((len, replay));
+            s.account(len, replay);
+        }
+    }
+
+    /// No more frames will be pushed: the writer drains what is queued and
+    /// ends.
+    pub(crate) fn release(&self) {
+        self.lock().released = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// Writes what can be written now if the frame just appended is the only
+    /// thing waiting, and wakes the writer task if anything is left.
+    /// Accounts for the frame just appended. With `write_now`, writes at
+    /// once; otherwise the caller flushes later (the hub, once per dispatch
+    /// pass, so that every frame a pass queues for a connection leaves in
+    /// one write).
+    fn enqueued(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        encoded: usize,
+        replay: bool,
+        write_now: bool,
+    ) -> Pushed {
+        s.frames.push_back((encoded, replay));
+        s.account(encoded, replay);
+        if write_now {
+            self.write_now(&mut s);
+            return Pushed::Queued(s.live_bytes);
+        }
+        let first = !s.flush_due;
+        s.flush_due = true;
+        if first {
+            Pushed::FlushDue(s.live_bytes)
+        } else {
+            Pushed::Queued(s.live_bytes)
+        }
+    }
+
+    /// Writes what was queued since the last flush.
+    pub(crate) fn flush(&self) {
+        let mut s = self.lock();
+        self.write_now(&mut s);
+    }
+
+    fn write_now(&self, s: &mut State) {
+        s.flush_due = false;
+        // While the writer task waits on the socket, only it may write: its
+        // waker is the one registered.
+        if s.writer_waiting || s.frames.is_empty() {
+            return;
+        }
+        // A no-op waker is fine: if the socket is full, the writer task
+        // polls again with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match s.write_some(&mut cx) {
+            Poll::Ready(Ok(done)) => self.shared.metrics.sent(done),
+            Poll::Ready(Err(e)) => s.failed = Some(e.to_string()),
+            Poll::Pending => {}
+        }
+        if !s.frames.is_empty() || s.failed.is_some() {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// The writer task: waits for a backlog and drains it. Each write must
+    /// make progress within `write_wait`.
+    pub(crate) async fn write_loop(self, write_wait: Duration) -> WriterEnd {
+        loop {
+            self.shared.wake.notified().await;
+            loop {
+                let mut progress = std::pin::pin!(std::future::poll_fn(|cx| self.lock().drain(cx)));
+                // Most drains finish at once; a timer only for the rest.
+                let first =
+                    std::future::poll_fn(|cx| Poll::Ready(progress.as_mut().poll(cx))).await;
+                let step = match first {
+                    Poll::Ready(step) => step,
+                    Poll::Pending => match tokio::time::timeout(write_wait, progress).await {
+                        Ok(step) => step,
+                        Err(_) => return self.finish(WriterEnd::TimedOut),
+                    },
+                };
+                match step {
+                    Drain::Wrote(frames) => self.shared.metrics.sent(frames),
+                    Drain::Idle => break,
+                    Drain::End(end) => return self.finish(end),
+                }
+            }
+        }
+    }
+
+    fn finish(&self, end: WriterEnd) -> WriterEnd {
+        // Dropping the writing half lets the socket close once the reader
+        // is gone too.
+        let mut s = self.lock();
+        s.io = None;
+        s.buf = BytesMut::new();
+        s.frames.clear();
+        end
+    }
+}
+
+/// One step of the writer task.
+enum Drain {
+    /// This many frames were completed; more may be waiting.
+    Wrote(u64),
+    /// Nothing waits.
+    Idle,
+    End(WriterEnd),
+}
+
+impl State {
+    fn closed_for_frames(&self) -> bool {
+        self.abandoned || self.close.is_some() || self.io.is_none() || self.released
+    }
+
+    fn account(&mut self, len: usize, replay: bool) {
+        if replay {
+            self.replay_bytes += len;
+        } else {
+            self.live_bytes += len;
+        }
+    }
+
+    /// Writes from the backlog once; returns the frames completed.
+    fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let end = self.buf.len().min(MAX_WRITE_BYTES);
+        let n = match Pin::new(io).poll_write(cx, &self.buf[..end]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.buf.advance(n);
+        let mut left = n;
+        let mut done = 0;
+        while left > 0 {
+            let Some(&(len, replay)) = self.frames.front() else {
+                break;
+            };
+            let rest = len - self.front_written;
+            if left < rest {
+                self.front_written += left;
+                break;
+            }
+            left -= rest;
+            self.front_written = 0;
+            self.frames.pop_front();
+            if replay {
+                self.replay_bytes -= len;
+            } else {
+                self.live_bytes -= len;
+            }
+            done += 1;
+        }
+        if self.frames.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = BytesMut::new();
+        }
+        Poll::Ready(Ok(done))
+    }
+
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<Drain> {
+        self.writer_waiting = false;
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Drain::End(WriterEnd::Failed(e)));
+        }
+        if self.frames.is_empty() {
+            if let Some((code, reason)) = self.close {
+                return Poll::Ready(Drain::End(WriterEnd::Closed(code, reason)));
+            }
+            if self.released {
+                return Poll::Ready(Drain::End(WriterEnd::Released));
+            }
+            return Poll::Ready(Drain::Idle);
+        }
+        match self.write_some(cx) {
+            Poll::Ready(Ok(done)) => Poll::Ready(Drain::Wrote(done)),
+            Poll::Ready(Err(e)) => Poll::Ready(Drain::End(WriterEnd::Failed(e.to_string()))),
+            Poll::Pending => {
+                self.writer_waiting = true;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that records every write call and can be made full.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        inner: Arc<Mutex<Recorded>>,
+    }
+
+    #[derive(Default)]
+    struct Recorded {
+        writes: Vec<Vec<u8>>,
+        full: bool,
+        waker: Option<Waker>,
+    }
+
+    impl Recorder {
+        fn writes(&self) -> Vec<Vec<u8>> {
+            self.inner.lock().unwrap().writes.clone()
+        }
+
+        fn set_full(&self, full: bool) {
+            let mut r = self.inner.lock().unwrap();
+            r.full = full;
+            if !full && let Some(w) = r.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut r = self.inner.lock().unwrap();
+            if r.full {
+                r.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            r.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn outbox(limit: usize) -> (Outbox, Recorder) {
+        let socket = Recorder::default();
+        let outbox = Outbox::new(Box::new(socket.clone()), None, Metrics::new(), limit);
+        (outbox, socket)
+    }
+
+    /// An unmasked text frame as RFC 6455 §5.2 lays it out (short payloads).
+    fn text_frame(payload: &str) -> Vec<u8> {
+        let mut f = vec![0x81, payload.len() as u8];
+        f.extend_from_slice(payload.as_bytes());
+        f
+    }
+
+    #[test]
+    fn frames_queued_in_one_pass_leave_in_one_write() {
+        let (outbox, socket) = outbox(1 << 20);
+        let frames = [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#];
+        let first = outbox.push_frame(&Bytes::from_static(frames[0].as_bytes()), FrameKind::Live);
+        assert!(
+            matches!(first, Pushed::FlushDue(_)),
+            "the first frame asks for a flush"
+        );
+        for f in &frames[1..] {
+            let pushed = outbox.push_frame(&Bytes::from_static(f.as_bytes()), FrameKind::Live);
+            assert!(matches!(pushed, Pushed::Queued(_)), "one flush per pass");
+        }
+        assert!(
+            socket.writes().is_empty(),
+            "nothing is written before the flush"
+        );
+        outbox.flush();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| text_frame(f)).collect();
+        assert_eq!(socket.writes(), vec![expected]);
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_builds_a_backlog_the_writer_drains_in_one_write() {
+        let (outbox, socket) = outbox(1 << 20);
+        let writer = tokio::spawn(outbox.clone().write_loop(Duration::from_secs(5)));
+        socket.set_full(true);
+        outbox.push_frame(&Bytes::from_static(b"a"), FrameKind::Live);
+        outbox.flush();
+        tokio::task::yield_now().await;
+        // More frames arrive while the writer waits on the socket.
+        for f in ["b", "c", "d"] {
+            outbox.push_frame(&Bytes::copy_from_slice(f.as_bytes()), FrameKind::Live);
+            outbox.flush();
+        }
+        assert!(socket.writes().is_empty());
+        socket.set_full(false);
+        outbox.close_now(1001, "bye");
+        let end = writer.await.unwrap();
+        assert!(matches!(end, WriterEnd::Closed(1001, "bye")));
+        let writes = socket.writes();
+        let mut expected: Vec<u8> = ["a", "b", "c", "d"]
+            .iter()
+            .flat_map(|f| text_frame(f))
+            .collect();
+        expected.extend_from_slice(&[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+        assert_eq!(
+            writes.concat(),
+            expected,
+            "every frame once, in order, then the close"
+        );
+        assert!(
+            writes.len() <= 2,
+            "the backlog left in one write: {writes:?}"
+        );
+    }
+
+    #[test]
+    fn the_bound_counts_live_bytes_and_replay_apart() {
+        let (outbox, socket) = outbox(10);
+        socket.set_full(true);
+        let eight = Bytes::from_static(b"12345678");
+        assert!(matches!(
+            outbox.push_frame(&eight, FrameKind::Live),
+            Pushed::FlushDue(10)
+        ));
+        outbox.flush();
+        // Replayed history fits whatever the bound; typing gives way early.
+        assert!(matches!(
+            outbox.push_frame(&eight, FrameKind::Replay),
+            Pushed::FlushDue(10)
+        ));
+        assert!(matches!(
+            outbox.push_frame(&eight, FrameKind::Ephemeral),
+            Pushed::Dropped
+        ));
+        assert!(matches!(
+            outbox.push_frame(&eight, FrameKind::Live),
+            Pushed::Overflow
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_connection_finishes_its_partial_frame_then_closes() {
+        let (outbox, socket) = outbox(1 << 20);
+        socket.set_full(true);
+        for f in ["one", "two"] {
+            outbox.push_frame(&Bytes::copy_from_slice(f.as_bytes()), FrameKind::Live);
+        }
+        outbox.flush();
+        // Pretend two bytes of the first frame went out.
+        {
+            let mut s = outbox.lock();
+            s.buf.advance(2);
+            s.front_written = 2;
+        }
+        outbox.abandon();
+        let writer = tokio::spawn(outbox.clone().write_loop(Duration::from_secs(5)));
+        socket.set_full(false);
+        outbox.close_now(4000, "slow");
+        assert!(matches!(
+            writer.await.unwrap(),
+            WriterEnd::Closed(4000, "slow")
+        ));
+        let mut expected = b"one".to_vec();
+        expected.extend_from_slice(&[0x88, 6, 0x0F, 0xA0, b's', b'l', b'o', b'w']);
+        assert_eq!(socket.writes().concat(), expected);
+    }
+}
