@@ -112,7 +112,7 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let limit = procstat::raise_fd_limit();
+    let limit = roomhub_net::os::raise_fd_limit().unwrap_or(0);
     let secret = match &cli.common.jwt_secret {
         Some(s) => s.clone(),
         None => match roomhub_net::dev::dev_secret() {

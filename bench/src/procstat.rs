@@ -59,19 +59,6 @@ pub fn cpu_between(before: Option<Sample>, after: Option<Sample>) -> Option<Dura
     Some(after?.cpu.saturating_sub(before?.cpu))
 }
 
-/// Raises this process's open-file limit as far as it may go: the hard limit
-/// too when privileged (up to `fs.nr_open`), else the soft one to the hard.
-pub fn raise_fd_limit() -> u64 {
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1 << 20);
-    if rlimit::setrlimit(rlimit::Resource::NOFILE, nr_open, nr_open).is_ok() {
-        return nr_open;
-    }
-    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,6 +203,10 @@ pub(crate) struct HubTask {
 /// Events taken per wake-up before outputs are dispatched, so one burst of
 /// traffic costs one dispatch pass.
 const EVENT_BATCH: usize = 256;
+/// Rounds of [`HubTask::coalesce`] before the frames are written.
+const COALESCE_ROUNDS: usize = 8;
+/// The longest a frame waits in [`HubTask::coalesce`] for others to join it.
+const COALESCE_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl HubTask {
     pub(crate) async fn run(mut self) {
@@ -230,9 +234,38 @@ impl HubTask {
                     self.engine.handle(Input::Tick, self.clock.now());
                 }
             }
-            self.dispatch(&mut outboxes);
+            let mut due = Vec::new();
+            self.dispatch(&mut outboxes, &mut due);
+            self.coalesce(&mut outboxes, &mut due).await;
+            for conn in due {
+                if let Some(outbox) = outboxes.get(&conn) {
+                    outbox.flush();
+                }
+            }
             let hub = self.engine.hub();
             self.metrics.hub_state(hub.stats().rooms, hub.errors_sent());
+        }
+    }
+
+    /// Before writing, lets the connection tasks that are ready run and
+    /// takes what they queued, a few rounds at most and for at most
+    /// [`COALESCE_BUDGET`]. Idle, this costs one yield; in a burst (a
+    /// reconnect storm, a crowd joining one room) each connection then gets
+    /// many frames per write instead of one each.
+    async fn coalesce(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>, due: &mut Vec<ConnId>) {
+        let started = tokio::time::Instant::now();
+        for _ in 0..COALESCE_ROUNDS {
+            tokio::task::yield_now().await;
+            if self.events.is_empty() || started.elapsed() >= COALESCE_BUDGET {
+                return;
+            }
+            for _ in 0..EVENT_BATCH {
+                match self.events.try_recv() {
+                    Ok(event) => self.apply(event, outboxes),
+                    Err(_) => break,
+                }
+            }
+            self.dispatch(outboxes, due);
         }
     }
 
@@ -311,10 +344,9 @@ impl HubTask {
 
     /// Hands every output to its connection. Overflows found on the way are
     /// fed back to the core, whose answers are dispatched in turn.
-    fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>) {
-        // Connections with frames queued in this pass: each is written once,
-        // at the end, with everything the pass gave it.
-        let mut due = Vec::new();
+    /// Queues every output for its connection; `due` collects the
+    /// connections to write to (each once, with everything queued for it).
+    fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>, due: &mut Vec<ConnId>) {
         loop {
             let mut overflowed = Vec::new();
             while let Some(out) = self.engine.poll_output() {
@@ -368,16 +400,11 @@ impl HubTask {
                 }
             }
             if overflowed.is_empty() {
-                break;
+                return;
             }
             let now = self.clock.now();
             for conn in overflowed {
                 self.engine.handle(Input::QueueOverflow { conn }, now);
-            }
-        }
-        for conn in due {
-            if let Some(outbox) = outboxes.get(&conn) {
-                outbox.flush();
             }
         }
     }

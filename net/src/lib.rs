@@ -17,6 +17,7 @@ pub mod dev;
 pub mod fuzzing;
 mod hub_task;
 pub mod metrics;
+pub mod os;
 mod outbox;
 pub mod redis_broker;
 pub mod server;

@@ -92,7 +92,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rlimit::increase_nofile_limit(u64::MAX) {
+    match roomhub_net::os::raise_fd_limit() {
         Ok(limit) => info!(limit, "file descriptor limit"),
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
@@ -107,7 +107,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        let listener = match roomhub_net::os::bind_listener(args.listen) {
             Ok(l) => l,
             Err(e) => {
                 error!(listen = %args.listen, "cannot listen: {e}");

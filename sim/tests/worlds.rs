@@ -202,6 +202,15 @@ fn regression_seed_54_online_count_drops_when_a_dead_link_is_closed() {
     assert_passes(&WorldConfig::standard(54));
 }
 
+/// Found by the simulator (seed 2, and cluster seed 16 below) once the hub
+/// began writing each connection's frames of a pass in one write: the send
+/// queue's bound was checked against payload bytes but counted frames with
+/// their WebSocket headers, so a queue could pass it by a few bytes.
+#[test]
+fn regression_seed_2_the_send_queue_bound_counts_frame_headers() {
+    assert_passes(&WorldConfig::standard(2));
+}
+
 // ---- cluster worlds: nodes on a simulated broker host ----
 
 /// Cluster seeds in the bounded sweep.
@@ -270,6 +279,13 @@ fn cluster_worlds_are_deterministic() {
 fn regression_cluster_seed_0_a_silently_dead_subscription_is_replaced() {
     let outcome = assert_passes(&WorldConfig::cluster(0));
     assert_eq!(outcome.faults.get(&FaultKind::BrokerPartition), Some(&1));
+}
+
+/// The send queue's bound counted frame headers it did not check (see
+/// `regression_seed_2_the_send_queue_bound_counts_frame_headers`).
+#[test]
+fn regression_cluster_seed_16_the_send_queue_bound_counts_frame_headers() {
+    assert_passes(&WorldConfig::cluster(16));
 }
 
 /// The sender's ack (the broker's reply) overtook the delivery of earlier

@@ -1,0 +1,39 @@
+//! What the binaries ask of the operating system: enough file descriptors
+//! for tens of thousands of sockets, and a listen backlog that survives a
+//! reconnect storm.
+
+use std::net::SocketAddr;
+
+/// Pending connections the kernel may hold for `accept` (it caps this at
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` uses 1,024, which a
+/// storm of reconnecting clients overflows: their SYNs are then dropped and
+/// retried a second later.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Raises the open-file limit as far as this process may: the hard limit
+/// too when privileged (up to `fs.nr_open`), else the soft limit to the
+/// hard one. Returns the limit now in force.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if let Some(max) = nr_open
+        && rlimit::setrlimit(rlimit::Resource::NOFILE, max, max).is_ok()
+    {
+        return Ok(max);
+    }
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// A TCP listener on `addr` with a deep backlog.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do for listeners: a restart can rebind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
