@@ -42,8 +42,11 @@ use tungstenite::protocol::WebSocketConfig;
 /// on the sockets, not unbounded memory).
 const HUB_QUEUE: usize = 65_536;
 /// tungstenite's read buffer is allocated per connection up front; 128 KiB
-/// by default. Frames are at most a few KiB, so a small buffer suffices.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// by default. Client frames are small (4 KiB at most by default) and the
+/// buffer grows for a larger one, so 1 KiB suffices: an idle connection's
+/// memory is mostly this buffer (4 KiB here cost 9.2 KiB per connection in
+/// all, 1 KiB 6.4 KiB; see BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// The remote address of an HTTP connection, put into each request.
 #[derive(Clone, Copy, Debug)]
