@@ -6,6 +6,7 @@
 #   bench/run.sh                      # every scenario, 3 runs each
 #   RUNS=5 bench/run.sh rooms10       # one scenario
 #   bench/run.sh max                  # the highest sustainable rate, 1,000 in 10 rooms
+#   FLOOR=1 bench/run.sh rooms10 room2000   # the same load against the cost floor
 #
 # Scenarios: rooms10 room2000 idle10k idle19k idle50k storm10k max. Raw JSON lines go
 # to target/bench/<scenario>.jsonl.
@@ -21,11 +22,22 @@ OUT=target/bench
 mkdir -p "$OUT"
 
 cargo build --release -q -p roomhub-net -p roomhub-bench
-SERVER=target/release/roomhub
+SERVER=${SERVER_BIN:-target/release/roomhub}
 GEN=target/release/roomhub-bench
 
 SERVER_PID=""
 start_server() {
+  if [ "${FLOOR:-}" = "1" ]; then
+    # The cost floor (bench/src/bin/roomhub-floor.rs) instead of roomhub.
+    taskset -c "$SERVER_CORE" target/release/roomhub-floor --listen "127.0.0.1:$PORT" 2>/dev/null &
+    SERVER_PID=$!
+    for _ in $(seq 1 200); do
+      if (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+      sleep 0.05
+    done
+    echo "floor did not start" >&2
+    exit 1
+  fi
   # Rate limiting off: a throughput benchmark must not be shaped by the
   # per-connection limit (the default is 1/s, burst 10).
   taskset -c "$SERVER_CORE" "$SERVER" --memory --jwt-secret "$SECRET" \
@@ -57,6 +69,7 @@ gen() {
 run_scenario() {
   local name=$1 label=$2
   shift 3
+  if [ "${FLOOR:-}" = "1" ]; then name="floor-$name"; fi
   : >"$OUT/$name.jsonl"
   for run in $(seq 1 "$RUNS"); do
     start_server
