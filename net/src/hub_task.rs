@@ -204,7 +204,11 @@ pub(crate) struct HubTask {
 /// traffic costs one dispatch pass.
 const EVENT_BATCH: usize = 256;
 /// Rounds of [`HubTask::coalesce`] before the frames are written.
-const COALESCE_ROUNDS: usize = 8;
+const COALESCE_ROUNDS: usize = 16;
+/// A pass with frames for this many connections counts as a burst.
+const BURST_CONNECTIONS: usize = 64;
+/// Turns without new requests a burst waits for before it is written.
+const QUIET_ROUNDS: usize = 4;
 /// The longest a frame waits in [`HubTask::coalesce`] for others to join it.
 const COALESCE_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -254,11 +258,23 @@ impl HubTask {
     /// many frames per write instead of one each.
     async fn coalesce(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>, due: &mut Vec<ConnId>) {
         let started = tokio::time::Instant::now();
+        let mut quiet_rounds = 0;
         for _ in 0..COALESCE_ROUNDS {
             tokio::task::yield_now().await;
-            if self.events.is_empty() || started.elapsed() >= COALESCE_BUDGET {
+            if started.elapsed() >= COALESCE_BUDGET {
                 return;
             }
+            if self.events.is_empty() {
+                // A pass that touched many connections is likely part of a
+                // burst whose next requests are still on their sockets:
+                // give their readers a few more turns.
+                quiet_rounds += 1;
+                if due.len() < BURST_CONNECTIONS || quiet_rounds > QUIET_ROUNDS {
+                    return;
+                }
+                continue;
+            }
+            quiet_rounds = 0;
             for _ in 0..EVENT_BATCH {
                 match self.events.try_recv() {
                     Ok(event) => self.apply(event, outboxes),
