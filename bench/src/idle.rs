@@ -109,23 +109,14 @@ impl Report {
         t.row("connect (s)", format!("{:.3}", self.connect_secs));
         t.row("connects/s", format!("{:.0}", self.connects_per_sec));
         t.opt_row("server says online", self.online.map(|n| n.to_string()));
-        t.opt_row(
-            "server RSS before (MiB)",
-            self.server_rss_before_mb.map(|m| format!("{m:.1}")),
-        );
-        t.opt_row(
-            "server RSS after (MiB)",
-            self.server_rss_after_mb.map(|m| format!("{m:.1}")),
-        );
+        t.opt_num("server RSS before (MiB)", self.server_rss_before_mb, 1);
+        t.opt_num("server RSS after (MiB)", self.server_rss_after_mb, 1);
         t.opt_row(
             "server RSS per connection (KiB)",
             self.server_bytes_per_connection
                 .map(|b| format!("{:.2}", b / 1024.0)),
         );
-        t.opt_row(
-            "generator RSS (MiB)",
-            self.generator_rss_mb.map(|m| format!("{m:.1}")),
-        );
+        t.opt_num("generator RSS (MiB)", self.generator_rss_mb, 1);
         t
     }
 }

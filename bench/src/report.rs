@@ -62,6 +62,11 @@ impl Table {
     pub fn opt_row(&mut self, name: &str, value: Option<String>) {
         self.row(name, value.unwrap_or_else(|| "-".into()));
     }
+
+    /// A number with `decimals` places, or `-` when it was not measured.
+    pub fn opt_num(&mut self, name: &str, value: Option<f64>, decimals: usize) {
+        self.opt_row(name, value.map(|v| format!("{v:.decimals$}")));
+    }
 }
 
 impl fmt::Display for Table {

@@ -262,10 +262,7 @@ impl Report {
         );
         t.opt_row("first failure", self.first_failure.clone());
         t.row("rejoin p50/p90/p99/max (ms)", self.rejoin_ms.to_string());
-        t.opt_row(
-            "server CPU during storm (s)",
-            self.server_cpu_secs.map(|c| format!("{c:.3}")),
-        );
+        t.opt_num("server CPU during storm (s)", self.server_cpu_secs, 3);
         t
     }
 }

@@ -388,22 +388,14 @@ impl Report {
             "gaps / disconnects",
             format!("{} / {}", self.gaps, self.disconnects),
         );
-        t.opt_row(
-            "server CPU (share of a core)",
-            self.server_cpu.map(|c| format!("{c:.3}")),
-        );
-        t.opt_row(
+        t.opt_num("server CPU (share of a core)", self.server_cpu, 3);
+        t.opt_num(
             "server CPU per delivery (us)",
-            self.server_us_per_delivery.map(|c| format!("{c:.2}")),
+            self.server_us_per_delivery,
+            2,
         );
-        t.opt_row(
-            "server RSS (MiB)",
-            self.server_rss_mb.map(|c| format!("{c:.1}")),
-        );
-        t.opt_row(
-            "generator CPU (share of a core)",
-            self.generator_cpu.map(|c| format!("{c:.3}")),
-        );
+        t.opt_num("server RSS (MiB)", self.server_rss_mb, 1);
+        t.opt_num("generator CPU (share of a core)", self.generator_cpu, 3);
         t
     }
 }
