@@ -54,6 +54,25 @@ pub async fn online(target: &Target) -> Option<u64> {
     crate::client::number(&body, "\"online\":")
 }
 
+/// The server's frames sent and socket writes so far, from `/metrics`
+/// (`None` for a server without them, such as `roomhub-floor`).
+pub async fn write_counters(target: &Target) -> Option<(f64, f64)> {
+    let body = http_get(target, "/metrics").await?;
+    let value = |name: &str| {
+        body.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some((
+        value("roomhub_messages_sent_total")?,
+        value("roomhub_socket_writes_total")?,
+    ))
+}
+
 async fn http_get(target: &Target, path: &str) -> Option<String> {
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),

@@ -58,6 +58,9 @@ pub struct Report {
     pub server_us_per_delivery: Option<f64>,
     pub server_rss_mb: Option<f64>,
     pub generator_cpu: Option<f64>,
+    /// Frames per socket write on the server during the window (from its
+    /// `/metrics`; 1.0 means every frame went out alone).
+    pub server_frames_per_write: Option<f64>,
 }
 
 /// Counters shared by every connection task (one thread, so `Cell`s).
@@ -226,11 +229,13 @@ pub async fn run(
     let stats = local
         .run_until(async {
             tokio::time::sleep_until(window_start.into()).await;
+            let writes_before = fleet::write_counters(target).await;
             let server_before = server_pid.and_then(procstat::sample);
             let own_before = procstat::own();
             tokio::time::sleep_until(window_end.into()).await;
             let server_after = server_pid.and_then(procstat::sample);
             let own_after = procstat::own();
+            let writes_after = fleet::write_counters(target).await;
             // Let the last messages land.
             let drain_end = Instant::now() + opts.drain;
             while Instant::now() < drain_end
@@ -239,10 +244,20 @@ pub async fn run(
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            (server_before, server_after, own_before, own_after)
+            let per_write = match (writes_before, writes_after) {
+                (Some((f0, w0)), Some((f1, w1))) if w1 > w0 => Some((f1 - f0) / (w1 - w0)),
+                _ => None,
+            };
+            (
+                server_before,
+                server_after,
+                own_before,
+                own_after,
+                per_write,
+            )
         })
         .await;
-    let (server_before, server_after, own_before, own_after) = stats;
+    let (server_before, server_after, own_before, own_after, per_write) = stats;
     let wall = opts.duration;
     let delivered = shared.delivered.get();
     let expected = shared.expected.get();
@@ -279,6 +294,7 @@ pub async fn run(
             .map(|t| t.as_secs_f64() * 1e6 / delivered as f64),
         server_rss_mb: server_after.map(|s| s.rss_bytes as f64 / (1 << 20) as f64),
         generator_cpu: procstat::cpu_share(own_before, own_after, wall),
+        server_frames_per_write: per_write,
     })
 }
 
@@ -396,6 +412,7 @@ impl Report {
         );
         t.opt_num("server RSS (MiB)", self.server_rss_mb, 1);
         t.opt_num("generator CPU (share of a core)", self.generator_cpu, 3);
+        t.opt_num("server frames per write", self.server_frames_per_write, 2);
         t
     }
 }

@@ -73,6 +73,9 @@ async fn a_tiny_throughput_run_delivers_everything() {
     assert_eq!(report["disconnects"], 0);
     assert!(report["latency_ms"]["samples"].as_u64().unwrap() == sent * 3);
     assert!(report["server_cpu"].as_f64().is_some(), "{report}");
+    // Read from the server's /metrics: every write carries at least a frame.
+    let per_write = report["server_frames_per_write"].as_f64();
+    assert!(per_write.is_some_and(|f| f >= 1.0), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

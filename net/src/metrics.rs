@@ -22,6 +22,7 @@ struct Inner {
     pub connections_total: Counter,
     pub messages_received: Counter,
     pub messages_sent: Counter,
+    pub socket_writes: Counter,
     pub slow_consumer_disconnects: Counter,
     pub ephemeral_dropped: Counter,
     pub rooms: Gauge,
@@ -55,6 +56,11 @@ impl Metrics {
             "roomhub_messages_sent_total",
             Unit::Count,
             "Frames written to clients",
+        );
+        describe(
+            "roomhub_socket_writes_total",
+            Unit::Count,
+            "Socket writes to clients; frames sent / writes = frames per write",
         );
         describe(
             "roomhub_errors_total",
@@ -110,6 +116,7 @@ impl Metrics {
             connections_total: counter("roomhub_connections_total"),
             messages_received: counter("roomhub_messages_received_total"),
             messages_sent: counter("roomhub_messages_sent_total"),
+            socket_writes: counter("roomhub_socket_writes_total"),
             slow_consumer_disconnects: counter("roomhub_slow_consumer_disconnects_total"),
             ephemeral_dropped: counter("roomhub_ephemeral_dropped_total"),
             rooms: gauge("roomhub_rooms"),
@@ -139,7 +146,9 @@ impl Metrics {
         self.inner.messages_received.increment(1);
     }
 
-    pub fn sent(&self, frames: u64) {
+    /// One socket write that completed `frames` frames.
+    pub fn wrote(&self, frames: u64) {
+        self.inner.socket_writes.increment(1);
         self.inner.messages_sent.increment(frames);
     }
 

@@ -328,7 +328,7 @@ impl Outbox {
         // polls again with its own.
         let mut cx = Context::from_waker(Waker::noop());
         match s.write_some(&mut cx) {
-            Poll::Ready(Ok(done)) => self.shared.metrics.sent(done),
+            Poll::Ready(Ok(done)) => self.shared.metrics.wrote(done),
             Poll::Ready(Err(e)) => s.failed = Some(e.to_string()),
             Poll::Pending => {}
         }
@@ -355,7 +355,7 @@ impl Outbox {
                     },
                 };
                 match step {
-                    Drain::Wrote(frames) => self.shared.metrics.sent(frames),
+                    Drain::Wrote(frames) => self.shared.metrics.wrote(frames),
                     Drain::Idle => break,
                     Drain::End(end) => return self.finish(end),
                 }
