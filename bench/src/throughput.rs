@@ -173,16 +173,41 @@ pub async fn run(
             opened.failures.len()
         ));
     }
-    // Every connection joins at once; the phase ends when the last room_info came.
+    // Every connection joins at once; the phase ends when the last room_info
+    // came. Like real clients, the joined ones keep reading (the others'
+    // `user_joined`) until everyone is in.
     let join_started = Instant::now();
+    let still_joining = Cell::new(opened.conns.len());
+    let last_joined = Cell::new(join_started);
+    let (all_in, all_in_rx) = tokio::sync::watch::channel(false);
     let joined: Vec<Result<(usize, Ws, u64), String>> =
-        futures_util::future::join_all(opened.conns.into_iter().map(|(i, mut ws)| async move {
-            let (info, _) = client::join(&mut ws, &fleet::room(i % rooms), None).await?;
-            let offset = client::number(&info, "\"offset\":").unwrap_or(0);
-            Ok((i, ws, offset))
+        futures_util::future::join_all(opened.conns.into_iter().map(|(i, mut ws)| {
+            let mut all_in_rx = all_in_rx.clone();
+            let (still_joining, last_joined, all_in) = (&still_joining, &last_joined, &all_in);
+            async move {
+                let (info, _) = client::join(&mut ws, &fleet::room(i % rooms), None).await?;
+                let offset = client::number(&info, "\"offset\":").unwrap_or(0);
+                last_joined.set(Instant::now());
+                still_joining.set(still_joining.get() - 1);
+                if still_joining.get() == 0 {
+                    let _ = all_in.send(true);
+                }
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = all_in_rx.wait_for(|in_| *in_) => break,
+                        frame = client::next_text(&mut ws) => {
+                            if frame.is_none() {
+                                return Err(format!("connection {i} closed while others joined"));
+                            }
+                        }
+                    }
+                }
+                Ok((i, ws, offset))
+            }
         }))
         .await;
-    let join_secs = join_started.elapsed().as_secs_f64();
+    let join_secs = last_joined.get().duration_since(join_started).as_secs_f64();
     let mut conns = Vec::with_capacity(joined.len());
     for j in joined {
         conns.push(j?);

@@ -10,13 +10,13 @@
 //! limits and must fit whatever the queue bound.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use roomhub_core::FrameKind;
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
@@ -30,11 +30,44 @@ use crate::metrics::Metrics;
 /// stream; a recording writer in the tests below).
 pub(crate) type WriteIo = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// A drained backlog buffer larger than this is given back to the allocator:
-/// idle connections hold no buffer at all.
-const KEEP_BUFFER_BYTES: usize = 16 * 1024;
-/// The most one write call is handed.
+/// A drained queue with room for more frames than this gives its memory
+/// back: idle connections hold no queue at all.
+const KEEP_QUEUE_FRAMES: usize = 256;
+/// The most one write call is handed, in bytes and in slices (the kernel
+/// takes up to 1,024).
 const MAX_WRITE_BYTES: usize = 256 * 1024;
+const MAX_SLICES: usize = 128;
+/// A WebSocket frame header from a server: 2 to 10 bytes.
+const MAX_HEAD: usize = 10;
+
+/// One frame waiting: its header, and its payload as the core made it
+/// (shared with every other recipient of a broadcast).
+struct Chunk {
+    head: [u8; MAX_HEAD],
+    head_len: u8,
+    body: Bytes,
+    /// Replayed history and control frames: not counted against the bound.
+    outside_bound: bool,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.head_len as usize + self.body.len()
+    }
+
+    /// A control frame (ping, pong, close), encoded whole.
+    fn control(frame: Frame) -> Chunk {
+        let mut encoded = Vec::with_capacity(frame.len());
+        // Encoding into memory cannot fail.
+        let _ = frame.format(&mut encoded);
+        Chunk {
+            head: [0; MAX_HEAD],
+            head_len: 0,
+            body: Bytes::from(encoded),
+            outside_bound: true,
+        }
+    }
+}
 
 /// What happened to a pushed frame.
 pub(crate) enum Pushed {
@@ -92,13 +125,13 @@ struct Shared {
 struct State {
     /// `None` once the writer ended: nothing more can be written.
     io: Option<WriteIo>,
-    /// Encoded frames not yet written, oldest first.
-    buf: BytesMut,
-    /// The frames in `buf`, for the byte accounting: (length, outside the
-    /// live bound: replayed history and control frames).
-    frames: VecDeque<(usize, bool)>,
+    /// Frames not yet written, oldest first. A broadcast's payload is shared
+    /// by every recipient's queue, never copied.
+    frames: VecDeque<Chunk>,
     /// Bytes of the first frame in `frames` already written.
     front_written: usize,
+    /// Bytes in `frames`, less `front_written`.
+    queued_bytes: usize,
     live_bytes: usize,
     replay_bytes: usize,
     /// A close frame is queued (or written); nothing follows it.
@@ -126,9 +159,9 @@ impl Outbox {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     io: Some(io),
-                    buf: BytesMut::new(),
                     frames: VecDeque::new(),
                     front_written: 0,
+                    queued_bytes: 0,
                     live_bytes: 0,
                     replay_bytes: 0,
                     close: None,
@@ -162,7 +195,7 @@ impl Outbox {
     /// once when nothing waits before it.
     pub(crate) fn push_frame(&self, frame: &Bytes, kind: FrameKind) -> Pushed {
         let limit = self.shared.limit;
-        let mut s = self.lock();
+        let s = self.lock();
         if s.closed_for_frames() {
             return Pushed::Dropped;
         }
@@ -180,15 +213,21 @@ impl Outbox {
             FrameKind::Ephemeral if s.live_bytes + len > limit / 2 => return Pushed::Dropped,
             _ => {}
         }
-        let start = s.buf.len();
-        let mut writer = (&mut s.buf).writer();
-        // Writing into memory cannot fail.
-        let _ = header.format(frame.len() as u64, &mut writer);
-        s.buf.extend_from_slice(frame);
-        let encoded = s.buf.len() - start;
-        debug_assert_eq!(encoded, len);
-        let replay = kind == FrameKind::Replay;
-        self.enqueued(s, encoded, replay, false)
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = {
+            let mut cursor = std::io::Cursor::new(&mut head[..]);
+            // A header is at most 10 bytes: writing it here cannot fail.
+            let _ = header.format(frame.len() as u64, &mut cursor);
+            cursor.position() as u8
+        };
+        let chunk = Chunk {
+            head,
+            head_len,
+            body: frame.clone(),
+            outside_bound: kind == FrameKind::Replay,
+        };
+        debug_assert_eq!(chunk.len(), len);
+        self.enqueued(s, chunk, false)
     }
 
     /// Queues a ping (the hub flushes).
@@ -200,22 +239,19 @@ impl Outbox {
     /// pings without reading gets no more than the bound (RFC 6455 §5.5.3
     /// lets an endpoint answer only the latest ping).
     pub(crate) fn pong(&self, data: Bytes) {
-        if self.lock().buf.len() + data.len() > self.shared.limit / 2 {
+        if self.lock().queued_bytes + data.len() > self.shared.limit / 2 {
             return;
         }
         let _ = self.push_control(Frame::pong(data), true);
     }
 
     fn push_control(&self, frame: Frame, write_now: bool) -> Pushed {
-        let mut s = self.lock();
+        let s = self.lock();
         if s.closed_for_frames() {
             return Pushed::Dropped;
         }
-        let start = s.buf.len();
-        let _ = frame.format(&mut (&mut s.buf).writer());
-        let encoded = s.buf.len() - start;
         // Control frames are tiny and never count against the live bound.
-        self.enqueued(s, encoded, true, write_now)
+        self.enqueued(s, Chunk::control(frame), write_now)
     }
 
     /// Queues a close frame after what is queued; nothing follows it.
@@ -242,13 +278,10 @@ impl Outbox {
         if s.close.is_some() || s.io.is_none() {
             return;
         }
-        let start = s.buf.len();
-        let _ = Frame::close(frame).format(&mut (&mut s.buf).writer());
-        let encoded = s.buf.len() - start;
         s.close = Some(why);
         // Written at once, with whatever was queued before it; outside the
         // live bound, like every control frame.
-        let _ = self.enqueued(s, encoded, true, true);
+        let _ = self.enqueued(s, Chunk::control(Frame::close(frame)), true);
         // The writer ends the connection once the close is out.
         self.shared.wake.notify_one();
     }
@@ -261,18 +294,21 @@ impl Outbox {
             return;
         }
         s.abandoned = true;
-        let keep = match s.frames.front() {
-            Some(&(len, _)) if s.front_written > 0 => len - s.front_written,
-            _ => 0,
+        // Keep only a frame already partly written, or the stream would
+        // be corrupt.
+        let front = if s.front_written > 0 {
+            s.frames.pop_front()
+        } else {
+            None
         };
-        s.buf.truncate(keep);
-        let front = if keep > 0 { s.frames.pop_front() } else { None };
         s.frames.clear();
         s.live_bytes = 0;
         s.replay_bytes = 0;
-        if let Some((len, replay)) = front {
-            s.frames.push_back((len, replay));
-            s.account(len, replay);
+        s.queued_bytes = 0;
+        if let Some(chunk) = front {
+            s.account(&chunk);
+            s.queued_bytes = chunk.len() - s.front_written;
+            s.frames.push_back(chunk);
         }
     }
 
@@ -289,15 +325,10 @@ impl Outbox {
     /// once; otherwise the caller flushes later (the hub, once per dispatch
     /// pass, so that every frame a pass queues for a connection leaves in
     /// one write).
-    fn enqueued(
-        &self,
-        mut s: MutexGuard<'_, State>,
-        encoded: usize,
-        replay: bool,
-        write_now: bool,
-    ) -> Pushed {
-        s.frames.push_back((encoded, replay));
-        s.account(encoded, replay);
+    fn enqueued(&self, mut s: MutexGuard<'_, State>, chunk: Chunk, write_now: bool) -> Pushed {
+        s.account(&chunk);
+        s.queued_bytes += chunk.len();
+        s.frames.push_back(chunk);
         if write_now {
             self.write_now(&mut s);
             return Pushed::Queued(s.live_bytes);
@@ -368,8 +399,8 @@ impl Outbox {
         // is gone too.
         let mut s = self.lock();
         s.io = None;
-        s.buf = BytesMut::new();
-        s.frames.clear();
+        s.frames = VecDeque::new();
+        s.queued_bytes = 0;
         end
     }
 }
@@ -388,33 +419,66 @@ impl State {
         self.abandoned || self.close.is_some() || self.io.is_none() || self.released
     }
 
-    fn account(&mut self, len: usize, replay: bool) {
-        if replay {
-            self.replay_bytes += len;
+    fn account(&mut self, chunk: &Chunk) {
+        if chunk.outside_bound {
+            self.replay_bytes += chunk.len();
         } else {
-            self.live_bytes += len;
+            self.live_bytes += chunk.len();
         }
     }
 
-    /// Writes from the backlog once; returns the frames completed.
+    /// Writes from the backlog once (one vectored write of as many frames
+    /// as fit); returns the frames completed.
     fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
-        let end = self.buf.len().min(MAX_WRITE_BYTES);
-        let n = match Pin::new(io).poll_write(cx, &self.buf[..end]) {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let mut used = 0;
+        let mut bytes = 0;
+        let mut skip = self.front_written;
+        for chunk in &self.frames {
+            if used + 2 > MAX_SLICES || bytes >= MAX_WRITE_BYTES {
+                break;
+            }
+            for part in [&chunk.head[..chunk.head_len as usize], &chunk.body[..]] {
+                let part = if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                } else {
+                    let rest = &part[skip..];
+                    skip = 0;
+                    rest
+                };
+                slices[used] = IoSlice::new(part);
+                used += 1;
+                bytes += part.len();
+            }
+        }
+        let written = if io.is_write_vectored() {
+            Pin::new(io).poll_write_vectored(cx, &slices[..used])
+        } else {
+            // Without vectored writes, one copy still makes one write.
+            let joined: Vec<u8> = slices[..used]
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            Pin::new(io).poll_write(cx, &joined)
+        };
+        let n = match written {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        self.buf.advance(n);
+        self.queued_bytes -= n;
         let mut left = n;
         let mut done = 0;
         while left > 0 {
-            let Some(&(len, replay)) = self.frames.front() else {
+            let Some(chunk) = self.frames.front() else {
                 break;
             };
+            let len = chunk.len();
             let rest = len - self.front_written;
             if left < rest {
                 self.front_written += left;
@@ -422,16 +486,16 @@ impl State {
             }
             left -= rest;
             self.front_written = 0;
-            self.frames.pop_front();
-            if replay {
+            if chunk.outside_bound {
                 self.replay_bytes -= len;
             } else {
                 self.live_bytes -= len;
             }
+            self.frames.pop_front();
             done += 1;
         }
-        if self.frames.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
-            self.buf = BytesMut::new();
+        if self.frames.is_empty() && self.frames.capacity() > KEEP_QUEUE_FRAMES {
+            self.frames = VecDeque::new();
         }
         Poll::Ready(Ok(done))
     }
@@ -476,6 +540,10 @@ mod tests {
         writes: Vec<Vec<u8>>,
         full: bool,
         waker: Option<Waker>,
+        /// Takes vectored writes, as sockets do.
+        vectored: bool,
+        /// Takes at most this many bytes per write (a short write).
+        at_most: Option<usize>,
     }
 
     impl Recorder {
@@ -503,8 +571,22 @@ mod tests {
                 r.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            r.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
+            let n = r.at_most.map_or(buf.len(), |m| m.min(buf.len()));
+            r.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &joined)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.lock().unwrap().vectored
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -517,7 +599,12 @@ mod tests {
     }
 
     fn outbox(limit: usize) -> (Outbox, Recorder) {
+        outbox_on(limit, true)
+    }
+
+    fn outbox_on(limit: usize, vectored: bool) -> (Outbox, Recorder) {
         let socket = Recorder::default();
+        socket.inner.lock().unwrap().vectored = vectored;
         let outbox = Outbox::new(Box::new(socket.clone()), None, Metrics::new(), limit);
         (outbox, socket)
     }
@@ -531,7 +618,13 @@ mod tests {
 
     #[test]
     fn frames_queued_in_one_pass_leave_in_one_write() {
-        let (outbox, socket) = outbox(1 << 20);
+        for vectored in [true, false] {
+            frames_leave_in_one_write(vectored);
+        }
+    }
+
+    fn frames_leave_in_one_write(vectored: bool) {
+        let (outbox, socket) = outbox_on(1 << 20, vectored);
         let frames = [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#];
         let first = outbox.push_frame(&Bytes::from_static(frames[0].as_bytes()), FrameKind::Live);
         assert!(
@@ -586,6 +679,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn short_writes_resume_mid_frame_and_every_byte_goes_out_once() {
+        let (outbox, socket) = outbox(1 << 20);
+        socket.inner.lock().unwrap().at_most = Some(3);
+        let writer = tokio::spawn(outbox.clone().write_loop(Duration::from_secs(5)));
+        let frames = ["first frame", "second", "a third, longer frame"];
+        for f in frames {
+            outbox.push_frame(&Bytes::copy_from_slice(f.as_bytes()), FrameKind::Live);
+        }
+        outbox.flush();
+        outbox.close_now(1000, "");
+        assert!(matches!(writer.await.unwrap(), WriterEnd::Closed(1000, "")));
+        let mut expected: Vec<u8> = frames.iter().flat_map(|f| text_frame(f)).collect();
+        expected.extend_from_slice(&[0x88, 2, 0x03, 0xE8]);
+        assert_eq!(socket.writes().concat(), expected);
+        assert!(outbox.lock().frames.is_empty());
+        assert_eq!(outbox.lock().live_bytes, 0);
+    }
+
     #[test]
     fn the_bound_counts_live_bytes_and_replay_apart() {
         // Found by the simulator (seed 2; cluster seed 16): the bound was
@@ -631,8 +743,8 @@ mod tests {
         // Pretend two bytes of the first frame went out.
         {
             let mut s = outbox.lock();
-            s.buf.advance(2);
             s.front_written = 2;
+            s.queued_bytes -= 2;
         }
         outbox.abandon();
         let writer = tokio::spawn(outbox.clone().write_loop(Duration::from_secs(5)));
