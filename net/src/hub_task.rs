@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use roomhub_core::{
     AppendRequest, ConnId, FrameKind, Hub, Identity, Input, Origin, Output, SingleNode, Timestamp,
     close,
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::ClusterCmd;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::Outbox;
 
 /// What connection tasks tell the hub.
 pub(crate) enum HubEvent {
@@ -365,36 +367,22 @@ impl HubTask {
     fn dispatch(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>, due: &mut Vec<ConnId>) {
         loop {
             let mut overflowed = Vec::new();
+            // Frames are gathered first and handed over per connection, one
+            // lock each, rather than one lock per frame.
+            let mut staged: Vec<(ConnId, Bytes, FrameKind)> = Vec::new();
             while let Some(out) = self.engine.poll_output() {
                 match out {
-                    Output::Send { conn, frame, kind } => {
-                        let Some(outbox) = outboxes.get(&conn) else {
-                            continue;
-                        };
-                        match outbox.push_frame(&frame, kind) {
-                            Pushed::FlushDue(bytes) => {
-                                due.push(conn);
-                                self.metrics.queued(bytes);
-                            }
-                            Pushed::Queued(bytes) => self.metrics.queued(bytes),
-                            Pushed::Dropped if kind == FrameKind::Ephemeral => {
-                                self.metrics.ephemeral_dropped()
-                            }
-                            Pushed::Dropped => {}
-                            Pushed::Overflow => {
-                                outbox.abandon();
-                                overflowed.push(conn);
-                            }
-                        }
-                    }
+                    Output::Send { conn, frame, kind } => staged.push((conn, frame, kind)),
                     Output::Ping { conn } => {
                         if let Some(outbox) = outboxes.get(&conn)
-                            && let Pushed::FlushDue(_) = outbox.ping()
+                            && outbox.ping()
                         {
                             due.push(conn);
                         }
                     }
                     Output::Close { conn, code, reason } => {
+                        // What the pass gave the connection goes before its close.
+                        self.hand_over(&mut staged, outboxes, due, &mut overflowed);
                         if let Some(outbox) = outboxes.remove(&conn) {
                             // Over for the protocol now, even if the close
                             // frame has to wait on a dead link.
@@ -415,6 +403,7 @@ impl HubTask {
                     | Output::Relay(_) => {}
                 }
             }
+            self.hand_over(&mut staged, outboxes, due, &mut overflowed);
             if overflowed.is_empty() {
                 return;
             }
@@ -423,6 +412,70 @@ impl HubTask {
                 self.engine.handle(Input::QueueOverflow { conn }, now);
             }
         }
+    }
+
+    /// Queues the staged frames, each connection's in order and under one
+    /// lock; notes the connections to flush and those that overflowed.
+    fn hand_over(
+        &self,
+        staged: &mut Vec<(ConnId, Bytes, FrameKind)>,
+        outboxes: &FxHashMap<ConnId, Outbox>,
+        due: &mut Vec<ConnId>,
+        overflowed: &mut Vec<ConnId>,
+    ) {
+        if staged.is_empty() {
+            return;
+        }
+        // A counting sort by connection, in first-seen order, keeping each
+        // connection's frames in the core's order.
+        let mut group_of: FxHashMap<ConnId, usize> = FxHashMap::default();
+        let mut counts: Vec<usize> = Vec::new();
+        let groups: Vec<usize> = staged
+            .iter()
+            .map(|(conn, _, _)| {
+                let fresh = counts.len();
+                let g = *group_of.entry(*conn).or_insert(fresh);
+                if g == fresh {
+                    counts.push(0);
+                }
+                counts[g] += 1;
+                g
+            })
+            .collect();
+        let mut starts = Vec::with_capacity(counts.len());
+        let mut at = 0;
+        for n in &counts {
+            starts.push(at);
+            at += n;
+        }
+        let mut fill = starts.clone();
+        let mut order = vec![0usize; staged.len()];
+        for (i, g) in groups.into_iter().enumerate() {
+            order[fill[g]] = i;
+            fill[g] += 1;
+        }
+        for (g, start) in starts.into_iter().enumerate() {
+            let frames = &order[start..start + counts[g]];
+            let conn = staged[frames[0]].0;
+            let Some(outbox) = outboxes.get(&conn) else {
+                continue;
+            };
+            let queued = outbox.push_frames(frames.iter().map(|&i| (&staged[i].1, staged[i].2)));
+            if queued.flush_due {
+                due.push(conn);
+            }
+            if queued.live_bytes > 0 {
+                self.metrics.queued(queued.live_bytes);
+            }
+            for _ in 0..queued.ephemeral_dropped {
+                self.metrics.ephemeral_dropped();
+            }
+            if queued.overflow {
+                outbox.abandon();
+                overflowed.push(conn);
+            }
+        }
+        staged.clear();
     }
 }
 

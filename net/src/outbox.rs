@@ -69,7 +69,8 @@ impl Chunk {
     }
 }
 
-/// What happened to a pushed frame.
+/// What happened to one pushed frame (the tests push one at a time).
+#[cfg(test)]
 pub(crate) enum Pushed {
     /// Accepted; the connection now has this many live bytes waiting
     /// (0: the frame is already on the socket).
@@ -82,6 +83,18 @@ pub(crate) enum Pushed {
     Dropped,
     /// A live frame would pass the bound.
     Overflow,
+}
+
+/// What [`Outbox::push_frames`] did.
+#[derive(Default, Debug)]
+pub(crate) struct Queued {
+    /// The first frame since the last flush was queued: call [`Outbox::flush`].
+    pub(crate) flush_due: bool,
+    /// A live frame would have passed the bound; it and the rest were not queued.
+    pub(crate) overflow: bool,
+    pub(crate) ephemeral_dropped: u64,
+    /// Live bytes waiting now.
+    pub(crate) live_bytes: usize,
 }
 
 /// How the writer task ended.
@@ -193,45 +206,55 @@ impl Outbox {
 
     /// Queues a text frame (the core's serialized JSON) and writes it at
     /// once when nothing waits before it.
+    #[cfg(test)]
     pub(crate) fn push_frame(&self, frame: &Bytes, kind: FrameKind) -> Pushed {
-        let limit = self.shared.limit;
-        let s = self.lock();
-        if s.closed_for_frames() {
-            return Pushed::Dropped;
+        let mut s = self.lock();
+        match s.queue_frame(frame, kind, self.shared.limit) {
+            Some(chunk) => {
+                if self.enqueued(s, chunk, false) {
+                    Pushed::FlushDue(self.lock().live_bytes)
+                } else {
+                    Pushed::Queued(self.lock().live_bytes)
+                }
+            }
+            None if s.closed_for_frames() || kind == FrameKind::Ephemeral => Pushed::Dropped,
+            None => Pushed::Overflow,
         }
-        let header = FrameHeader {
-            is_final: true,
-            opcode: OpCode::Data(Data::Text),
-            ..FrameHeader::default()
-        };
-        // The bound is on bytes as they go out: header included.
-        let len = header.len(frame.len() as u64) + frame.len();
-        match kind {
-            FrameKind::Live if s.live_bytes + len > limit => return Pushed::Overflow,
-            // Typing indicators give way at half the bound, so they never
-            // cause a slow-consumer close on their own.
-            FrameKind::Ephemeral if s.live_bytes + len > limit / 2 => return Pushed::Dropped,
-            _ => {}
+    }
+
+    /// Queues several frames under one lock (the hub's frames for this
+    /// connection from one pass), stopping at the first that would pass the
+    /// bound. The caller flushes when told to.
+    pub(crate) fn push_frames<'a>(
+        &self,
+        frames: impl Iterator<Item = (&'a Bytes, FrameKind)>,
+    ) -> Queued {
+        let mut s = self.lock();
+        let mut out = Queued::default();
+        for (frame, kind) in frames {
+            match s.queue_frame(frame, kind, self.shared.limit) {
+                Some(chunk) => {
+                    s.account(&chunk);
+                    s.queued_bytes += chunk.len();
+                    s.frames.push_back(chunk);
+                    out.flush_due |= !s.flush_due;
+                    s.flush_due = true;
+                }
+                None if s.closed_for_frames() => break,
+                None if kind == FrameKind::Ephemeral => out.ephemeral_dropped += 1,
+                None => {
+                    out.overflow = true;
+                    break;
+                }
+            }
         }
-        let mut head = [0u8; MAX_HEAD];
-        let head_len = {
-            let mut cursor = std::io::Cursor::new(&mut head[..]);
-            // A header is at most 10 bytes: writing it here cannot fail.
-            let _ = header.format(frame.len() as u64, &mut cursor);
-            cursor.position() as u8
-        };
-        let chunk = Chunk {
-            head,
-            head_len,
-            body: frame.clone(),
-            outside_bound: kind == FrameKind::Replay,
-        };
-        debug_assert_eq!(chunk.len(), len);
-        self.enqueued(s, chunk, false)
+        out.live_bytes = s.live_bytes;
+        out
     }
 
     /// Queues a ping (the hub flushes).
-    pub(crate) fn ping(&self) -> Pushed {
+    /// Returns whether the caller must flush.
+    pub(crate) fn ping(&self) -> bool {
         self.push_control(Frame::ping(Bytes::new()), false)
     }
 
@@ -245,10 +268,10 @@ impl Outbox {
         let _ = self.push_control(Frame::pong(data), true);
     }
 
-    fn push_control(&self, frame: Frame, write_now: bool) -> Pushed {
+    fn push_control(&self, frame: Frame, write_now: bool) -> bool {
         let s = self.lock();
         if s.closed_for_frames() {
-            return Pushed::Dropped;
+            return false;
         }
         // Control frames are tiny and never count against the live bound.
         self.enqueued(s, Chunk::control(frame), write_now)
@@ -325,21 +348,17 @@ impl Outbox {
     /// once; otherwise the caller flushes later (the hub, once per dispatch
     /// pass, so that every frame a pass queues for a connection leaves in
     /// one write).
-    fn enqueued(&self, mut s: MutexGuard<'_, State>, chunk: Chunk, write_now: bool) -> Pushed {
+    fn enqueued(&self, mut s: MutexGuard<'_, State>, chunk: Chunk, write_now: bool) -> bool {
         s.account(&chunk);
         s.queued_bytes += chunk.len();
         s.frames.push_back(chunk);
         if write_now {
             self.write_now(&mut s);
-            return Pushed::Queued(s.live_bytes);
+            return false;
         }
         let first = !s.flush_due;
         s.flush_due = true;
-        if first {
-            Pushed::FlushDue(s.live_bytes)
-        } else {
-            Pushed::Queued(s.live_bytes)
-        }
+        first
     }
 
     /// Writes what was queued since the last flush.
@@ -415,6 +434,44 @@ enum Drain {
 }
 
 impl State {
+    /// The frame as a chunk, if it may be queued: `None` when the
+    /// connection is closing, a live frame would pass the bound, or an
+    /// ephemeral one would pass half of it.
+    fn queue_frame(&mut self, frame: &Bytes, kind: FrameKind, limit: usize) -> Option<Chunk> {
+        if self.closed_for_frames() {
+            return None;
+        }
+        let header = FrameHeader {
+            is_final: true,
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        // The bound is on bytes as they go out: header included.
+        let len = header.len(frame.len() as u64) + frame.len();
+        match kind {
+            FrameKind::Live if self.live_bytes + len > limit => return None,
+            // Typing indicators give way at half the bound, so they never
+            // cause a slow-consumer close on their own.
+            FrameKind::Ephemeral if self.live_bytes + len > limit / 2 => return None,
+            _ => {}
+        }
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = {
+            let mut cursor = std::io::Cursor::new(&mut head[..]);
+            // A header is at most 10 bytes: writing it here cannot fail.
+            let _ = header.format(frame.len() as u64, &mut cursor);
+            cursor.position() as u8
+        };
+        let chunk = Chunk {
+            head,
+            head_len,
+            body: frame.clone(),
+            outside_bound: kind == FrameKind::Replay,
+        };
+        debug_assert_eq!(chunk.len(), len);
+        Some(chunk)
+    }
+
     fn closed_for_frames(&self) -> bool {
         self.abandoned || self.close.is_some() || self.io.is_none() || self.released
     }
@@ -710,7 +767,12 @@ mod tests {
             Pushed::Overflow
         ));
         // Pings never count against it.
-        assert!(matches!(outbox.ping(), Pushed::FlushDue(0)));
+        assert!(outbox.ping(), "a ping asks for a flush");
+        assert_eq!(
+            outbox.lock().live_bytes,
+            0,
+            "and never counts against the bound"
+        );
         let eight = Bytes::from_static(b"12345678");
         assert!(matches!(
             outbox.push_frame(&eight, FrameKind::Live),
