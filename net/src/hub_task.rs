@@ -426,49 +426,23 @@ impl HubTask {
         if staged.is_empty() {
             return;
         }
-        // A counting sort by connection, in first-seen order, keeping each
-        // connection's frames in the core's order.
-        let mut group_of: FxHashMap<ConnId, usize> = FxHashMap::default();
-        let mut counts: Vec<usize> = Vec::new();
-        let groups: Vec<usize> = staged
-            .iter()
-            .map(|(conn, _, _)| {
-                let fresh = counts.len();
-                let g = *group_of.entry(*conn).or_insert(fresh);
-                if g == fresh {
-                    counts.push(0);
-                }
-                counts[g] += 1;
-                g
-            })
-            .collect();
-        let mut starts = Vec::with_capacity(counts.len());
-        let mut at = 0;
-        for n in &counts {
-            starts.push(at);
-            at += n;
-        }
-        let mut fill = starts.clone();
-        let mut order = vec![0usize; staged.len()];
-        for (i, g) in groups.into_iter().enumerate() {
-            order[fill[g]] = i;
-            fill[g] += 1;
-        }
-        for (g, start) in starts.into_iter().enumerate() {
-            let frames = &order[start..start + counts[g]];
-            let conn = staged[frames[0]].0;
+        // Grouped by connection; the sort is stable, so each connection's
+        // frames keep the core's order.
+        staged.sort_by_key(|(conn, _, _)| *conn);
+        for frames in staged.chunk_by(|a, b| a.0 == b.0) {
+            let conn = frames[0].0;
             let Some(outbox) = outboxes.get(&conn) else {
                 continue;
             };
-            let queued = outbox.push_frames(frames.iter().map(|&i| (&staged[i].1, staged[i].2)));
+            let queued = outbox.push_frames(frames.iter().map(|(_, frame, kind)| (frame, *kind)));
             if queued.flush_due {
                 due.push(conn);
             }
             if queued.live_bytes > 0 {
                 self.metrics.queued(queued.live_bytes);
             }
-            for _ in 0..queued.ephemeral_dropped {
-                self.metrics.ephemeral_dropped();
+            if queued.ephemeral_dropped > 0 {
+                self.metrics.ephemeral_dropped(queued.ephemeral_dropped);
             }
             if queued.overflow {
                 outbox.abandon();

@@ -156,8 +156,8 @@ impl Metrics {
         self.inner.slow_consumer_disconnects.increment(1);
     }
 
-    pub fn ephemeral_dropped(&self) {
-        self.inner.ephemeral_dropped.increment(1);
+    pub fn ephemeral_dropped(&self, frames: u64) {
+        self.inner.ephemeral_dropped.increment(frames);
     }
 
     /// Records a connection's queue size after a push.

@@ -1,8 +1,9 @@
-//! A connection's outgoing side. The hub writes each frame straight to the
-//! socket when nothing is waiting before it: one non-blocking write, with no
-//! channel, task wake-up or timer in between. Only when the socket cannot
-//! take everything does a backlog form; the connection's writer task then
-//! drains it, and every frame queued meanwhile leaves in the same write.
+//! A connection's outgoing side. The hub queues a pass's frames for the
+//! connection and then writes them straight to the socket in one
+//! non-blocking write, with no channel, task wake-up or timer in between.
+//! Only when the socket cannot take everything does a backlog form; the
+//! connection's writer task then drains it, and every frame queued meanwhile
+//! leaves in the same write.
 //!
 //! The backlog is bounded in bytes: a live frame that would pass the bound
 //! makes the connection a slow consumer (the core closes it with 4000).
@@ -143,8 +144,6 @@ struct State {
     frames: VecDeque<Chunk>,
     /// Bytes of the first frame in `frames` already written.
     front_written: usize,
-    /// Bytes in `frames`, less `front_written`.
-    queued_bytes: usize,
     live_bytes: usize,
     replay_bytes: usize,
     /// A close frame is queued (or written); nothing follows it.
@@ -174,7 +173,6 @@ impl Outbox {
                     io: Some(io),
                     frames: VecDeque::new(),
                     front_written: 0,
-                    queued_bytes: 0,
                     live_bytes: 0,
                     replay_bytes: 0,
                     close: None,
@@ -208,17 +206,21 @@ impl Outbox {
     /// once when nothing waits before it.
     #[cfg(test)]
     pub(crate) fn push_frame(&self, frame: &Bytes, kind: FrameKind) -> Pushed {
-        let mut s = self.lock();
-        match s.queue_frame(frame, kind, self.shared.limit) {
-            Some(chunk) => {
-                if self.enqueued(s, chunk, false) {
-                    Pushed::FlushDue(self.lock().live_bytes)
-                } else {
-                    Pushed::Queued(self.lock().live_bytes)
-                }
-            }
-            None if s.closed_for_frames() || kind == FrameKind::Ephemeral => Pushed::Dropped,
-            None => Pushed::Overflow,
+        let queued = self.push_frames(std::iter::once((frame, kind)));
+        let closed = self.lock().closed_for_frames();
+        match queued {
+            Queued { overflow: true, .. } => Pushed::Overflow,
+            Queued {
+                flush_due: true,
+                live_bytes,
+                ..
+            } => Pushed::FlushDue(live_bytes),
+            Queued {
+                ephemeral_dropped: 1,
+                ..
+            } => Pushed::Dropped,
+            _ if closed => Pushed::Dropped,
+            Queued { live_bytes, .. } => Pushed::Queued(live_bytes),
         }
     }
 
@@ -233,13 +235,7 @@ impl Outbox {
         let mut out = Queued::default();
         for (frame, kind) in frames {
             match s.queue_frame(frame, kind, self.shared.limit) {
-                Some(chunk) => {
-                    s.account(&chunk);
-                    s.queued_bytes += chunk.len();
-                    s.frames.push_back(chunk);
-                    out.flush_due |= !s.flush_due;
-                    s.flush_due = true;
-                }
+                Some(chunk) => out.flush_due |= s.append(chunk),
                 None if s.closed_for_frames() => break,
                 None if kind == FrameKind::Ephemeral => out.ephemeral_dropped += 1,
                 None => {
@@ -262,7 +258,7 @@ impl Outbox {
     /// pings without reading gets no more than the bound (RFC 6455 §5.5.3
     /// lets an endpoint answer only the latest ping).
     pub(crate) fn pong(&self, data: Bytes) {
-        if self.lock().queued_bytes + data.len() > self.shared.limit / 2 {
+        if self.lock().queued_bytes() + data.len() > self.shared.limit / 2 {
             return;
         }
         let _ = self.push_control(Frame::pong(data), true);
@@ -327,10 +323,8 @@ impl Outbox {
         s.frames.clear();
         s.live_bytes = 0;
         s.replay_bytes = 0;
-        s.queued_bytes = 0;
         if let Some(chunk) = front {
             s.account(&chunk);
-            s.queued_bytes = chunk.len() - s.front_written;
             s.frames.push_back(chunk);
         }
     }
@@ -342,23 +336,16 @@ impl Outbox {
         self.shared.wake.notify_one();
     }
 
-    /// Writes what can be written now if the frame just appended is the only
-    /// thing waiting, and wakes the writer task if anything is left.
-    /// Accounts for the frame just appended. With `write_now`, writes at
-    /// once; otherwise the caller flushes later (the hub, once per dispatch
-    /// pass, so that every frame a pass queues for a connection leaves in
-    /// one write).
+    /// Queues `chunk`. With `write_now`, writes at once and returns false;
+    /// otherwise returns whether the caller must flush later (the hub, once
+    /// per pass, so that every frame a pass queues leaves in one write).
     fn enqueued(&self, mut s: MutexGuard<'_, State>, chunk: Chunk, write_now: bool) -> bool {
-        s.account(&chunk);
-        s.queued_bytes += chunk.len();
-        s.frames.push_back(chunk);
+        let flush_due = s.append(chunk);
         if write_now {
             self.write_now(&mut s);
             return false;
         }
-        let first = !s.flush_due;
-        s.flush_due = true;
-        first
+        flush_due
     }
 
     /// Writes what was queued since the last flush.
@@ -419,7 +406,6 @@ impl Outbox {
         let mut s = self.lock();
         s.io = None;
         s.frames = VecDeque::new();
-        s.queued_bytes = 0;
         end
     }
 }
@@ -470,6 +456,18 @@ impl State {
         };
         debug_assert_eq!(chunk.len(), len);
         Some(chunk)
+    }
+
+    /// Queues `chunk`; true if it is the first since the last flush.
+    fn append(&mut self, chunk: Chunk) -> bool {
+        self.account(&chunk);
+        self.frames.push_back(chunk);
+        !std::mem::replace(&mut self.flush_due, true)
+    }
+
+    /// Bytes waiting to be written.
+    fn queued_bytes(&self) -> usize {
+        self.live_bytes + self.replay_bytes - self.front_written
     }
 
     fn closed_for_frames(&self) -> bool {
@@ -528,7 +526,6 @@ impl State {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        self.queued_bytes -= n;
         let mut left = n;
         let mut done = 0;
         while left > 0 {
@@ -806,7 +803,6 @@ mod tests {
         {
             let mut s = outbox.lock();
             s.front_written = 2;
-            s.queued_bytes -= 2;
         }
         outbox.abandon();
         let writer = tokio::spawn(outbox.clone().write_loop(Duration::from_secs(5)));

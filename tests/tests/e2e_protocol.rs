@@ -468,3 +468,37 @@ async fn the_publish_api_on_a_single_durable_node() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server's codec only reads; pongs and close replies are written by the
+/// connection's outbox, so they are checked here through the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_a_ping_and_echoes_a_close() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let s = TestServer::start().await;
+    let mut a = s.client("a").await;
+    a.ws.send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    let pong = loop {
+        match tokio::time::timeout(
+            roomhub_tests::server::PATIENCE,
+            futures_util::StreamExt::next(&mut a.ws),
+        )
+        .await
+        .unwrap()
+        {
+            Some(Ok(Message::Pong(data))) => break data,
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+    a.ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4321),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    assert_eq!(a.closed().await.0, 4321, "the close code is echoed");
+}
