@@ -25,7 +25,7 @@ use crate::server::AppState;
 /// After the server sends a close frame, how long the peer has to answer.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-type Reader = WebSocketStream<ReadOnly>;
+type Reader = WebSocketStream<ReadOnly<ReadHalf<TokioIo<Upgraded>>>>;
 
 /// Runs a connection from the upgrade to the end.
 pub(crate) async fn run(
@@ -186,12 +186,13 @@ fn classify(e: tungstenite::Error) -> ReadEnd {
     }
 }
 
-/// The socket's reading half, given to the WebSocket codec. The codec's own
+/// A socket's reading half, given to the WebSocket codec. The codec's own
 /// writes (its automatic pong and close replies) go nowhere: the outbox
 /// answers pings and closes, since only it may write to the socket.
-pub(crate) struct ReadOnly(ReadHalf<TokioIo<Upgraded>>);
+/// (`roomhub-floor` reads the same way.)
+pub struct ReadOnly<R>(pub R);
 
-impl AsyncRead for ReadOnly {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -201,7 +202,7 @@ impl AsyncRead for ReadOnly {
     }
 }
 
-impl AsyncWrite for ReadOnly {
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
     fn poll_write(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,

@@ -27,4 +27,5 @@ mod upgrade;
 
 pub use clock::Clock;
 pub use config::{Cli, Command, ServerArgs, ServerConfig, TokenArgs, parse_cli};
+pub use conn::ReadOnly;
 pub use server::{PeerAddr, Server};
