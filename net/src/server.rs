@@ -224,7 +224,12 @@ impl Server {
             metrics,
             connections: TaskTracker::new(),
         });
-        let hub_task = tokio::spawn(hub.run());
+        // Unconstrained: tokio's cooperative budget (128 I/O operations per
+        // task turn) would otherwise make every socket write after the
+        // 128th of a pass return `Pending`, and hand those connections to
+        // their writer tasks, one task wake-up each. The hub yields on its
+        // own once per pass (`HubTask::coalesce`).
+        let hub_task = tokio::spawn(tokio::task::unconstrained(hub.run()));
         let done = tokio::spawn(accept_loop(
             listener,
             state.clone(),
