@@ -96,10 +96,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
         Ok(limit) => info!(limit, "file descriptor limit"),
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the runtime: {e}");
@@ -174,5 +171,19 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One core (a small container, or a `taskset` pin): every task on the main
+/// thread. A process with a single thread also takes the kernel's fast path
+/// for descriptor lookups on every socket call; a second thread, even an
+/// idle one, makes each of them count references. More cores: one worker
+/// per core.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     }
 }
