@@ -12,20 +12,46 @@ use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use roomhub_core::{ConnId, Identity, Input, close};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tracing::info;
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::hub_task::HubEvent;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, WriteIo};
 use crate::server::AppState;
 
 /// After the server sends a close frame, how long the peer has to answer.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-type Reader = WebSocketStream<ReadOnly<ReadHalf<TokioIo<Upgraded>>>>;
+type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
+type Reader = WebSocketStream<ReadOnly<ReadIo>>;
+
+/// The upgraded connection's two halves. On a real TCP socket they are the
+/// socket's own halves, so a write is one call into tokio's `TcpStream`;
+/// anything else (the simulator's sockets) goes through hyper's `Upgraded`
+/// and a shared lock.
+fn halves(upgraded: Upgraded) -> (ReadIo, WriteIo) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (read, write) = parts.io.into_inner().into_split();
+            // Bytes the client sent right after its upgrade request, which
+            // hyper already read, come first.
+            let read: ReadIo = if parts.read_buf.is_empty() {
+                Box::new(read)
+            } else {
+                Box::new(std::io::Cursor::new(parts.read_buf).chain(read))
+            };
+            (read, Box::new(write))
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(read), Box::new(write))
+        }
+    }
+}
 
 /// Runs a connection from the upgrade to the end.
 pub(crate) async fn run(
@@ -36,12 +62,12 @@ pub(crate) async fn run(
     state: Arc<AppState>,
 ) {
     let user = identity.user.id.clone();
-    let (read_half, write_half) = tokio::io::split(TokioIo::new(upgraded));
+    let (read_half, write_half) = halves(upgraded);
     let stream =
         WebSocketStream::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config)).await;
     let live = Arc::new(Live::new(state.clone()));
     let outbox = Outbox::new(
-        Box::new(write_half),
+        write_half,
         Some(live.clone()),
         state.metrics.clone(),
         state.config.send_queue_bytes,

@@ -502,3 +502,56 @@ async fn the_server_answers_a_ping_and_echoes_a_close() {
     .unwrap();
     assert_eq!(a.closed().await.0, 4321, "the close code is echoed");
 }
+
+/// A client may send its first frame in the same packet as its upgrade
+/// request; the server has then already read it with the request and must
+/// still hand it to the connection (the server takes the socket back from
+/// the HTTP layer after the upgrade, with whatever that layer had read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut bytes = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        s.token("eager"),
+        s.addr
+    )
+    .into_bytes();
+    // A masked text frame (RFC 6455 §5.3), right behind the request.
+    let join = br#"{"type":"join_room","room":"early"}"#;
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    bytes.extend_from_slice(&[0x81, 0x80 | join.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(join.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tcp,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let info = loop {
+        let next = tokio::time::timeout(
+            roomhub_tests::server::PATIENCE,
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await
+        .expect("an answer to the early join");
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                break serde_json::from_str::<serde_json::Value>(&t).unwrap();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected room_info, got {other:?}"),
+        }
+    };
+    assert_eq!(info["type"], "room_info", "{info}");
+    assert_eq!(info["room"], "early");
+}
