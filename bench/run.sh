@@ -7,6 +7,7 @@
 #   RUNS=5 bench/run.sh rooms10       # one scenario
 #   bench/run.sh max                  # the highest sustainable rate, 1,000 in 10 rooms
 #   FLOOR=1 bench/run.sh rooms10 room2000   # the same load against the cost floor
+#   FLOOR=alt bench/run.sh rooms10 room2000 # floor and roomhub, run by run, alternated
 #
 # Scenarios: rooms10 room2000 idle10k idle19k idle50k storm10k max. Raw JSON lines go
 # to target/bench/<scenario>.jsonl.
@@ -26,8 +27,9 @@ SERVER=${SERVER_BIN:-target/release/roomhub}
 GEN=target/release/roomhub-bench
 
 SERVER_PID=""
+# start_server [floor]: roomhub, or with `floor` (or FLOOR=1) the cost floor.
 start_server() {
-  if [ "${FLOOR:-}" = "1" ]; then
+  if [ "${1:-}" = "floor" ] || [ "${FLOOR:-}" = "1" ]; then
     # The cost floor (bench/src/bin/roomhub-floor.rs) instead of roomhub.
     taskset -c "$SERVER_CORE" target/release/roomhub-floor --listen "127.0.0.1:$PORT" 2>/dev/null &
     SERVER_PID=$!
@@ -42,7 +44,7 @@ start_server() {
   # per-connection limit (the default is 1/s, burst 10).
   taskset -c "$SERVER_CORE" "$SERVER" --memory --jwt-secret "$SECRET" \
     --listen "127.0.0.1:$PORT" --rate-limit-per-second 0 \
-    --max-connections 120000 --max-connections-per-user 0 --log warn "$@" &
+    --max-connections 120000 --max-connections-per-user 0 --log warn &
   SERVER_PID=$!
   for _ in $(seq 1 200); do
     if curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then return; fi
@@ -69,17 +71,32 @@ gen() {
 run_scenario() {
   local name=$1 label=$2
   shift 3
-  if [ "${FLOOR:-}" = "1" ]; then name="floor-$name"; fi
-  : >"$OUT/$name.jsonl"
+  # Which servers, in the order each run starts them.
+  local servers="roomhub"
+  case "${FLOOR:-}" in
+    1) servers="floor" ;;
+    alt) servers="floor roomhub" ;;
+  esac
+  for server in $servers; do : >"$OUT/$(file_name "$server" "$name").jsonl"; done
   for run in $(seq 1 "$RUNS"); do
-    start_server
-    sleep 0.2
-    echo "== $name, run $run/$RUNS" >&2
-    gen --label "$label" "$@" | tee /dev/stderr | tail -n 1 >>"$OUT/$name.jsonl"
-    stop_server
-    sleep 1
+    for server in $servers; do
+      local file
+      file="$OUT/$(file_name "$server" "$name").jsonl"
+      start_server "$server"
+      sleep 0.2
+      echo "== $server $name, run $run/$RUNS" >&2
+      gen --label "$label" "$@" | tee /dev/stderr | tail -n 1 >>"$file"
+      stop_server
+      sleep 1
+    done
   done
-  python3 bench/median.py "$name" "$OUT/$name.jsonl"
+  for server in $servers; do
+    python3 bench/median.py "$(file_name "$server" "$name")" "$OUT/$(file_name "$server" "$name").jsonl"
+  done
+}
+
+file_name() {
+  if [ "$1" = "floor" ]; then echo "floor-$2"; else echo "$2"; fi
 }
 
 max_rate() {

@@ -205,14 +205,20 @@ pub(crate) struct HubTask {
 /// Events taken per wake-up before outputs are dispatched, so one burst of
 /// traffic costs one dispatch pass.
 const EVENT_BATCH: usize = 256;
-/// Rounds of [`HubTask::coalesce`] before the frames are written.
-const COALESCE_ROUNDS: usize = 16;
+/// Rounds of [`HubTask::coalesce`] before the frames are written (the
+/// bound where time stands still, as in the simulator).
+const COALESCE_ROUNDS: usize = 256;
 /// A pass with frames for this many connections counts as a burst.
 const BURST_CONNECTIONS: usize = 64;
 /// Turns without new requests a burst waits for before it is written.
 const QUIET_ROUNDS: usize = 4;
-/// The longest a frame waits in [`HubTask::coalesce`] for others to join it.
-const COALESCE_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
+/// The longest a frame waits in [`HubTask::coalesce`] for others to join
+/// it. Only a hub that keeps finding new requests waits this long: then it
+/// is behind, and writing each connection once per 10 ms instead of once
+/// per pass is what lets it catch up (a reconnect storm of 10,000 took
+/// 2.0 s instead of 3.3 to 3.5 with 2 ms; BENCHMARKS.md). A quiet hub
+/// writes after one yield.
+const COALESCE_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl HubTask {
     pub(crate) async fn run(mut self) {
@@ -254,10 +260,10 @@ impl HubTask {
     }
 
     /// Before writing, lets the connection tasks that are ready run and
-    /// takes what they queued, a few rounds at most and for at most
-    /// [`COALESCE_BUDGET`]. Idle, this costs one yield; in a burst (a
-    /// reconnect storm, a crowd joining one room) each connection then gets
-    /// many frames per write instead of one each.
+    /// takes what they queued, for as long as new requests keep coming and
+    /// at most [`COALESCE_BUDGET`]. Idle, this costs one yield; in a burst
+    /// (a reconnect storm, a crowd joining one room) each connection then
+    /// gets many frames per write instead of one each.
     async fn coalesce(&mut self, outboxes: &mut FxHashMap<ConnId, Outbox>, due: &mut Vec<ConnId>) {
         let started = tokio::time::Instant::now();
         let mut quiet_rounds = 0;
