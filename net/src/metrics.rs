@@ -23,6 +23,7 @@ struct Inner {
     pub messages_received: Counter,
     pub messages_sent: Counter,
     pub socket_writes: Counter,
+    pub backlog_writes: Counter,
     pub slow_consumer_disconnects: Counter,
     pub ephemeral_dropped: Counter,
     pub rooms: Gauge,
@@ -61,6 +62,11 @@ impl Metrics {
             "roomhub_socket_writes_total",
             Unit::Count,
             "Socket writes to clients; frames sent / writes = frames per write",
+        );
+        describe(
+            "roomhub_backlog_writes_total",
+            Unit::Count,
+            "Socket writes made by a connection's writer task for a backlog (the socket was full when the hub wrote); included in roomhub_socket_writes_total",
         );
         describe(
             "roomhub_errors_total",
@@ -117,6 +123,7 @@ impl Metrics {
             messages_received: counter("roomhub_messages_received_total"),
             messages_sent: counter("roomhub_messages_sent_total"),
             socket_writes: counter("roomhub_socket_writes_total"),
+            backlog_writes: counter("roomhub_backlog_writes_total"),
             slow_consumer_disconnects: counter("roomhub_slow_consumer_disconnects_total"),
             ephemeral_dropped: counter("roomhub_ephemeral_dropped_total"),
             rooms: gauge("roomhub_rooms"),
@@ -150,6 +157,12 @@ impl Metrics {
     pub fn wrote(&self, frames: u64) {
         self.inner.socket_writes.increment(1);
         self.inner.messages_sent.increment(frames);
+    }
+
+    /// One write by a connection's writer task, draining its backlog.
+    pub fn wrote_backlog(&self, frames: u64) {
+        self.wrote(frames);
+        self.inner.backlog_writes.increment(1);
     }
 
     pub fn slow_consumer(&self) {

@@ -395,7 +395,7 @@ impl Outbox {
                     },
                 };
                 match step {
-                    Drain::Wrote(frames) => self.shared.metrics.wrote(frames),
+                    Drain::Wrote(frames) => self.shared.metrics.wrote_backlog(frames),
                     Drain::Idle => break,
                     Drain::End(end) => return self.finish(end),
                 }

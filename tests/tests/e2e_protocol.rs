@@ -555,3 +555,42 @@ async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
     assert_eq!(info["type"], "room_info", "{info}");
     assert_eq!(info["room"], "early");
 }
+
+/// A broadcast to more members than tokio's cooperative budget (128 socket
+/// operations per task turn) is written by the hub itself, every socket
+/// once: none of it waits for a connection's writer task, which only a full
+/// socket should need. (Inside the budget, every write past the 128th of a
+/// pass returned `Pending` and went to the writer tasks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_to_hundreds_is_written_without_a_backlog() {
+    const MEMBERS: usize = 300;
+    let s = TestServer::start().await;
+    let mut members = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        members.push(s.member(&format!("u{i}"), "crowd").await);
+    }
+    members[0]
+        .send(r#"{"type":"send_message","room":"crowd","payload":{"content":"to all"}}"#)
+        .await;
+    for m in &mut members[1..] {
+        let got = m.recv_type("new_message").await;
+        assert_eq!(got["payload"]["content"], "to all");
+    }
+    let (_, metrics) = s.get("/metrics").await;
+    let writes = metric(&metrics, "roomhub_socket_writes_total");
+    assert!(
+        writes >= MEMBERS as u64,
+        "every member was written to: {writes}"
+    );
+    assert_eq!(
+        metric(&metrics, "roomhub_backlog_writes_total"),
+        0,
+        "no socket was full, so no writer task wrote"
+    );
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
