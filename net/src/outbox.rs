@@ -514,27 +514,28 @@ impl State {
                 bytes += part.len();
             }
         }
-        let written = if bytes <= GATHER_BYTES {
-            // A small write (the common case: one frame or a few) goes out
-            // as one contiguous `write`; the kernel's plain write path is
-            // cheaper than importing an iovec, and copying a few hundred
-            // bytes costs less than the difference.
-            let mut gathered = [0u8; GATHER_BYTES];
-            let mut at = 0;
-            for s in &slices[..used] {
-                gathered[at..at + s.len()].copy_from_slice(s);
-                at += s.len();
-            }
-            Pin::new(io).poll_write(cx, &gathered[..at])
-        } else if io.is_write_vectored() {
+        let written = if bytes > GATHER_BYTES && io.is_write_vectored() {
             Pin::new(io).poll_write_vectored(cx, &slices[..used])
         } else {
-            // Without vectored writes, one copy still makes one write.
-            let joined: Vec<u8> = slices[..used]
-                .iter()
-                .flat_map(|s| s.iter().copied())
-                .collect();
-            Pin::new(io).poll_write(cx, &joined)
+            // One contiguous `write`. For a small write (the common case:
+            // one frame or a few) the kernel's plain write path is cheaper
+            // than importing an iovec, and copying a few hundred bytes
+            // (on the stack) costs less than the difference; a socket
+            // without vectored writes gets one copy too.
+            let mut small = [0u8; GATHER_BYTES];
+            let mut large = Vec::new();
+            let joined: &mut [u8] = if bytes <= GATHER_BYTES {
+                &mut small[..bytes]
+            } else {
+                large.resize(bytes, 0);
+                &mut large
+            };
+            let mut at = 0;
+            for s in &slices[..used] {
+                joined[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            Pin::new(io).poll_write(cx, joined)
         };
         let n = match written {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),

@@ -104,6 +104,43 @@ impl TestServer {
     pub fn online(&self) -> usize {
         self.server.as_ref().map_or(0, Server::online)
     }
+
+    /// Opens a WebSocket by hand for `user`: the upgrade request, then
+    /// `then` in the same write (raw bytes, such as frames sent before the
+    /// answer), then the `101` answer is read. The socket is left right
+    /// after the answer's head, so raw bytes can follow.
+    pub async fn raw_upgrade(&self, user: &str, then: &[u8]) -> TcpStream {
+        let mut tcp = TcpStream::connect(self.addr).await.expect("connect");
+        let mut request = format!(
+            "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.token(user),
+            self.addr
+        )
+        .into_bytes();
+        request.extend_from_slice(then);
+        tcp.write_all(&request)
+            .await
+            .expect("send the upgrade request");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.expect("the upgrade answer"));
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        tcp
+    }
+
+    /// The value of an unlabelled counter or gauge on `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
 }
 
 pub fn token_for(user: &str, ttl: Duration) -> String {

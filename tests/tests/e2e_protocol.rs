@@ -509,28 +509,14 @@ async fn the_server_answers_a_ping_and_echoes_a_close() {
 /// the HTTP layer after the upgrade, with whatever that layer had read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
-    use tokio::io::AsyncWriteExt;
     let s = TestServer::start().await;
-    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let mut bytes = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        s.token("eager"),
-        s.addr
-    )
-    .into_bytes();
     // A masked text frame (RFC 6455 §5.3), right behind the request.
     let join = br#"{"type":"join_room","room":"early"}"#;
     let mask = [0x12, 0x34, 0x56, 0x78];
-    bytes.extend_from_slice(&[0x81, 0x80 | join.len() as u8]);
-    bytes.extend_from_slice(&mask);
-    bytes.extend(join.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    tcp.write_all(&bytes).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(tcp.read_u8().await.unwrap());
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut frame = vec![0x81, 0x80 | join.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(join.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let tcp = s.raw_upgrade("eager", &frame).await;
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
         tcp,
         tokio_tungstenite::tungstenite::protocol::Role::Client,
@@ -576,21 +562,14 @@ async fn a_broadcast_to_hundreds_is_written_without_a_backlog() {
         let got = m.recv_type("new_message").await;
         assert_eq!(got["payload"]["content"], "to all");
     }
-    let (_, metrics) = s.get("/metrics").await;
-    let writes = metric(&metrics, "roomhub_socket_writes_total");
+    let writes = s.metric("roomhub_socket_writes_total").await;
     assert!(
         writes >= MEMBERS as u64,
         "every member was written to: {writes}"
     );
     assert_eq!(
-        metric(&metrics, "roomhub_backlog_writes_total"),
+        s.metric("roomhub_backlog_writes_total").await,
         0,
         "no socket was full, so no writer task wrote"
     );
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use roomhub_tests::server::{Client, TestServer};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -537,30 +537,6 @@ async fn victim(s: &TestServer, user: &str) -> Client {
     c
 }
 
-/// Opens a WebSocket by hand, so that raw bytes can follow the handshake.
-async fn raw_connection(s: &TestServer, user: &str) -> tokio::net::TcpStream {
-    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let request = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        s.token(user),
-        s.addr
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
-}
-
 /// Reads frames until a close; returns its code.
 async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<u16>
 where
@@ -632,7 +608,7 @@ async fn run_case(s: &TestServer, v: &mut Client, case: &Case, n: usize) {
             assert_eq!(c.closed().await.0, code, "{name}");
         }
         (Input::Raw(bytes), Close(code)) => {
-            let mut tcp = raw_connection(s, &format!("raw{n}")).await;
+            let mut tcp = s.raw_upgrade(&format!("raw{n}"), &[]).await;
             tcp.write_all(bytes).await.unwrap();
             let mut ws =
                 tokio_tungstenite::WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
