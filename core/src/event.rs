@@ -120,6 +120,11 @@ pub enum Output {
     /// Cluster mode: hand a direct message to the other nodes' connections
     /// of `message.to`. With an origin, answer with [`Input::Relayed`].
     Relay(Box<DirectMessage>),
+    /// Cluster mode: `user`'s first connection on this node was accepted;
+    /// direct messages relayed to them must now reach this node.
+    FollowUser { user: Arc<str> },
+    /// Cluster mode: `user`'s last connection on this node is gone.
+    UnfollowUser { user: Arc<str> },
 }
 
 /// How the shell may treat a frame when a connection's queue is under
@@ -138,14 +143,21 @@ pub enum FrameKind {
     Replay,
 }
 
-/// Close codes the hub uses (RFC 6455 and the protocol's own).
+/// Close codes (RFC 6455 and the protocol's own), in one place: the hub
+/// decides most of them; the shell's codec answers the last three.
 pub mod close {
+    /// Normal closure: the default echo of a peer's close without a code.
+    pub const NORMAL: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// Token expired while connected.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// Frame larger than the message size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A WebSocket protocol error (bad framing, an unmasked client frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Slow consumer: its send queue overflowed; rejoin with `since`.
     pub const SLOW_CONSUMER: u16 = 4000;
     /// No pong or other traffic within the pong wait.

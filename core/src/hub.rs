@@ -401,10 +401,13 @@ impl Hub {
             });
             return;
         }
-        self.user_conns
-            .entry(identity.user.id.clone())
-            .or_default()
-            .push(id);
+        let user_conns = self.user_conns.entry(identity.user.id.clone()).or_default();
+        if user_conns.is_empty() && self.config.clustered {
+            self.out.push_back(Output::FollowUser {
+                user: identity.user.id.clone(),
+            });
+        }
+        user_conns.push(id);
         let conn = Conn {
             identity,
             rooms: Vec::new(),
@@ -444,6 +447,11 @@ impl Hub {
             list.retain(|c| *c != id);
             if list.is_empty() {
                 self.user_conns.remove(&conn.identity.user.id);
+                if self.config.clustered {
+                    self.out.push_back(Output::UnfollowUser {
+                        user: conn.identity.user.id.clone(),
+                    });
+                }
             }
         }
         if !self.planted(PlantedBug::KeepPresenceOnDisconnect) {

@@ -1452,3 +1452,33 @@ fn presence_changes_beyond_the_opening_buffer_resync_the_room_once_open() {
         "a resync fetches the presence that did not fit: {outs:?}"
     );
 }
+
+#[test]
+fn a_node_follows_a_user_from_the_first_accepted_connection_to_the_last() {
+    let mut m = Manual::clustered(1);
+    let follow = |user: &str| Output::FollowUser { user: user.into() };
+    let unfollow = |user: &str| Output::UnfollowUser { user: user.into() };
+    let connected = |conn: u64, user: &str| Input::Connected {
+        conn: ConnId(conn),
+        identity: Identity::user(user),
+    };
+    assert_eq!(m.input(connected(1, "alice")), [follow("alice")]);
+    assert_eq!(m.input(connected(2, "alice")), []);
+    // An expired token is refused: its user is not followed for it.
+    let mut expired = Identity::user("bob");
+    expired.expires_at = Some(START);
+    let outs = m.input(Input::Connected {
+        conn: ConnId(3),
+        identity: expired,
+    });
+    assert!(!outs.iter().any(|o| matches!(o, Output::FollowUser { .. })));
+    assert_eq!(m.input(Input::Disconnected { conn: ConnId(1) }), []);
+    assert_eq!(
+        m.input(Input::Disconnected { conn: ConnId(2) }),
+        [unfollow("alice")]
+    );
+    // A single node relays nothing, so it follows no one.
+    let mut single = Manual::new();
+    assert_eq!(single.input(connected(1, "alice")), []);
+    assert_eq!(single.input(Input::Disconnected { conn: ConnId(1) }), []);
+}

@@ -14,8 +14,6 @@
 pub mod config;
 pub mod error;
 pub mod event;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod hub;
 pub mod ids;
 mod limiter;

@@ -90,7 +90,9 @@ impl MemorySequencer {
             | Output::Ping { .. }
             | Output::Close { .. }
             | Output::Presence { .. }
-            | Output::Relay(_) => false,
+            | Output::Relay(_)
+            | Output::FollowUser { .. }
+            | Output::UnfollowUser { .. } => false,
         }
     }
 

@@ -124,7 +124,9 @@ impl TestWorld {
             | Output::OpenRoom { .. }
             | Output::CloseRoom { .. }
             | Output::Presence { .. }
-            | Output::Relay(_) => {}
+            | Output::Relay(_)
+            | Output::FollowUser { .. }
+            | Output::UnfollowUser { .. } => {}
         }
     }
 

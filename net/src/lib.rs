@@ -1,31 +1,48 @@
 //! roomhub-net: the tokio shell around roomhub's core. It moves bytes and
 //! facts in and out of the core and never decides who gets what.
 //!
-//! - [`server`]: routes, admission before the upgrade, the accept loop;
-//! - [`auth`]: where tokens come from and what they say;
-//! - [`config`]: flags, environment and TOML file;
-//! - the hub task and connection tasks (private): one task owns the core,
-//!   each connection has a reader and a writer.
+//! The folders follow a message's path:
+//!
+//! ```text
+//!  client ──TCP──▶ http/ ───────────▶ conn/ ──────────────▶ hub/ ────────────▶ seq/ or cluster/
+//!                  accept, routes,    reader: frames        inbox ─▶ task       store thread, or
+//!                  admission,         become facts          drives the engine   broker worker,
+//!                  upgrade, API       (Inbox)               (core Hub)          subscriber,
+//!                                                                               heartbeat
+//!  client ◀─TCP─── conn/outbox ◀───── hub/dispatch: a pass's frames ◀──┐
+//!                  (writer task        per connection                  │
+//!                  for a backlog)                                       │
+//!                             seq/ and cluster/ answer with core inputs ┘ (Answers)
+//! ```
+//!
+//! - [`server`]: the composition root, the only file that knows every part;
+//! - `http/`: accept loop, routes, admission before the upgrade, the API;
+//! - `conn/`: one connection's reader, outbox and writer, the online count;
+//! - `hub/`: the inbox, the task that owns the core, dispatch to outboxes;
+//! - [`seq`]: the embedded store, epochs, the shared append batching;
+//! - [`cluster`]: the broker contract, wire format, key names, Redis, and
+//!   the node's tasks;
+//! - [`auth`], [`config`], [`clock`], [`metrics`], [`dev`], [`os`]: support.
+//!
+//! Imports run one way along that path; a stage that answers the hub gets
+//! a narrow handle (an inbox), never the hub task or the HTTP state.
 
 pub mod auth;
-pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod dev;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
-mod hub_task;
+mod http;
+mod hub;
 pub mod metrics;
 pub mod os;
-mod outbox;
-pub mod redis_broker;
+pub mod seq;
 pub mod server;
-pub mod sim_broker;
-pub mod store;
-mod upgrade;
 
 pub use clock::Clock;
 pub use config::{Cli, Command, ServerArgs, ServerConfig, TokenArgs, parse_cli};
-pub use conn::ReadOnly;
-pub use server::{PeerAddr, Server};
+pub use conn::io::ReadOnly;
+pub use conn::online::Online;
+pub use http::peer::PeerAddr;
+pub use server::Server;

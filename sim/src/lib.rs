@@ -3,9 +3,11 @@
 //! - [`world`]: the real `roomhub-net` server inside turmoil with simulated
 //!   clients ([`client`]) and seeded faults; [`check`] holds the invariants
 //!   checked on everything the clients saw ([`trace`]).
+//! - [`broker`]: the simulated broker (a pure model, served over TCP).
 //! - [`model`] and [`ops`]: a reference model of the core, driven by
 //!   proptest (see `tests/model.rs`).
 
+pub mod broker;
 pub mod check;
 pub mod client;
 pub mod model;

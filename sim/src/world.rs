@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::broker::{BrokerStream, Connector, SimBroker, SimBrokerConfig, serve};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use roomhub_core::PlantedBug;
-use roomhub_net::sim_broker::{BrokerStream, Connector, SimBroker, SimBrokerConfig, serve};
 use roomhub_net::{Clock, Server, ServerConfig};
 
 use crate::check::{CheckContext, Report, check};
@@ -503,7 +503,7 @@ fn cluster_hosts(sim: &mut turmoil::Sim<'_>, world: &WorldConfig) {
         seed: world.seed,
         max_messages: 1000,
         max_age_ms: 24 * 3_600_000,
-        node_ttl: Duration::from_millis(NODE_TTL_MS),
+        node_ttl_ms: NODE_TTL_MS,
     };
     sim.host(BROKER, move || async move {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BROKER_PORT);

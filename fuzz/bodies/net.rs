@@ -1,11 +1,11 @@
 //! Fuzz target bodies for the shell's parsers, shared by the cargo-fuzz
 //! targets in `fuzz/` and the corpus replay in `cargo test`.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{AuthConfig, Authenticator, VerifyKey, extract_token};
-use crate::config::{Cli, ServerConfig, config_text_args};
-use crate::dev::{TokenSpec, mint_token};
+use roomhub_net::auth::{AuthConfig, Authenticator, VerifyKey, extract_token};
+use roomhub_net::config::{Cli, ServerConfig, config_text_args};
+use roomhub_net::dev::{TokenSpec, mint_token};
 
 /// The secret the token target verifies with; seeds mint tokens with it.
 pub const FUZZ_SECRET: &str = "fuzz-secret";

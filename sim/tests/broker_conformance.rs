@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomhub_core::{AppendRequest, DirectMessage, HistoryLimits, NodeId, RoomName, UserRef};
-use roomhub_net::broker::{Broker, Event, PresenceEvent, SubRequest, Subscription, channel};
 use roomhub_net::clock::Clock;
-use roomhub_net::redis_broker::RedisBroker;
-use roomhub_net::sim_broker::{SimBroker, SimBrokerConfig, serve, tcp_connector};
+use roomhub_net::cluster::broker::{Broker, SubRequest, Subscription};
+use roomhub_net::cluster::keys::channel;
+use roomhub_net::cluster::redis::RedisBroker;
+use roomhub_net::cluster::wire::{Event, PresenceEvent};
+use roomhub_sim::broker::{SimBroker, SimBrokerConfig, serve, tcp_connector};
 use roomhub_tests::redis::RedisServer;
 use tokio::sync::oneshot;
 
@@ -45,6 +47,7 @@ async fn subscribed(broker: &impl Broker, channels: &[String]) -> Subscription {
         let (tx, rx) = oneshot::channel();
         sub.control
             .send(SubRequest::Subscribe(ch.clone(), tx))
+            .await
             .unwrap();
         rx.await.unwrap().expect("confirmed");
     }
@@ -219,6 +222,7 @@ async fn relays_count_receivers_and_unsubscribe_stops_delivery(b: &impl Broker) 
     assert_eq!(next_event(&mut sub).await, Event::Direct(message.clone()));
     sub.control
         .send(SubRequest::Unsubscribe(channel::user("bob")))
+        .await
         .unwrap();
     // The room channel still works, so the unsubscribe has been processed
     // once this arrives.
@@ -227,6 +231,25 @@ async fn relays_count_receivers_and_unsubscribe_stops_delivery(b: &impl Broker) 
     assert_eq!(b.relay(&message).await.unwrap(), 0);
     no_event(&mut sub).await;
 }
+
+/// A room's keys expire after the history age limit without an append:
+/// by then nothing in it is recoverable, and its next use starts a new
+/// epoch (clients are told `recovered: false`), never an old lineage
+/// with a silent gap.
+async fn idle_rooms_expire_into_a_new_epoch(b: &impl Broker) {
+    let first = b.append(&[request("idle", "old")]).await.unwrap();
+    let now = Clock::system().now();
+    let snap = b.open(&room("idle"), None, now).await.unwrap();
+    assert_eq!((snap.epoch.clone(), snap.head), (first[0].epoch.clone(), 1));
+    tokio::time::sleep(Duration::from_millis(SHORT_AGE_MS + 200)).await;
+    let now = Clock::system().now();
+    let snap = b.open(&room("idle"), None, now).await.unwrap();
+    assert_ne!(snap.epoch, first[0].epoch);
+    assert_eq!((snap.head, snap.messages.len()), (0, 0));
+}
+
+/// The history age limit of the expiry case.
+const SHORT_AGE_MS: u64 = 400;
 
 async fn suite(b: impl Broker) {
     appends_are_ordered_published_and_capped(&b).await;
@@ -246,6 +269,11 @@ async fn the_redis_broker_keeps_the_contract() {
         max_rooms: 1000,
     };
     suite(RedisBroker::new(&redis.url(), limits, TTL).unwrap()).await;
+    let short = HistoryLimits {
+        max_age_ms: SHORT_AGE_MS,
+        ..limits
+    };
+    idle_rooms_expire_into_a_new_epoch(&RedisBroker::new(&redis.url(), short, TTL).unwrap()).await;
 }
 
 #[tokio::test]
@@ -256,9 +284,18 @@ async fn the_simulated_broker_keeps_the_contract() {
         seed: 7,
         max_messages: MAX_MESSAGES,
         max_age_ms: MAX_AGE_MS,
-        node_ttl: TTL,
+        node_ttl_ms: TTL.as_millis() as u64,
     };
     let server = tokio::spawn(serve(listener, config));
     suite(SimBroker::new(tcp_connector(addr), MAX_AGE_MS)).await;
+    server.abort();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let short = SimBrokerConfig {
+        max_age_ms: SHORT_AGE_MS,
+        ..config
+    };
+    let server = tokio::spawn(serve(listener, short));
+    idle_rooms_expire_into_a_new_epoch(&SimBroker::new(tcp_connector(addr), SHORT_AGE_MS)).await;
     server.abort();
 }

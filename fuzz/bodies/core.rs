@@ -1,5 +1,7 @@
-//! Fuzz target bodies, shared by the cargo-fuzz targets in `fuzz/` and by the
-//! corpus replay in `cargo test`. Each takes arbitrary bytes and panics only
+//! Fuzz target bodies for the core, shared by the cargo-fuzz targets in
+//! `fuzz/fuzz_targets/` and by the corpus replay in `cargo test`
+//! (`tests/tests/fuzz_corpus.rs`), both of which include this file. Kept
+//! out of `core/src` so nothing fuzz-only ships in the crate. Each takes arbitrary bytes and panics only
 //! on a real defect: a panic inside the core, or a broken invariant.
 
 use std::collections::BTreeMap;
@@ -8,14 +10,14 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::config::Config;
-use crate::event::{
+use roomhub_core::Config;
+use roomhub_core::Hub;
+use roomhub_core::Timestamp;
+use roomhub_core::{
     AppendRequest, DirectMessage, Input, Output, RelayOutcome, RoomSnapshot, SequencedMessage,
 };
-use crate::hub::Hub;
-use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName};
-use crate::request::{ParseLimits, RequestKind, parse_request};
-use crate::time::Timestamp;
+use roomhub_core::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName};
+use roomhub_core::{ParseLimits, RequestKind, parse_request};
 
 /// Client frame parsing on arbitrary bytes.
 pub fn parse_bytes(data: &[u8]) {
@@ -367,7 +369,10 @@ impl FuzzWorld {
                         self.relays.push(*r);
                     }
                 }
-                Output::CloseRoom { .. } | Output::Presence { .. } => {}
+                Output::CloseRoom { .. }
+                | Output::Presence { .. }
+                | Output::FollowUser { .. }
+                | Output::UnfollowUser { .. } => {}
             }
         }
     }

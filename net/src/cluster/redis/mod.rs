@@ -1,15 +1,8 @@
 //! The [`Broker`] contract on Redis: Lua scripts make each step atomic,
 //! streams keep room history, pub/sub carries events to the nodes.
 //!
-//! Keys (all under `rh:`):
-//! - `rh:room:<room>:meta`: hash `epoch`, `head` (the last offset assigned);
-//! - `rh:room:<room>:log`: stream of messages, entry id `<offset>-1`, field
-//!   `m` = the append request JSON, capped at the history length;
-//! - `rh:presence:<room>`: hash `<node>:<user id>` -> member JSON;
-//! - `rh:node:<node>:rooms`: set of rooms where the node announced presence
-//!   (so its entries can be removed when it dies);
-//! - `rh:nodes`: sorted set node -> liveness deadline (Redis server time, ms);
-//! - `rh:online`: hash node -> its online connection count.
+//! The keys are listed in [`crate::cluster::keys`]; the scripts in
+//! [`scripts`].
 //!
 //! Room keys expire after the history age limit without traffic: by then no
 //! message in them is recoverable anyway, and the next use starts a new
@@ -30,97 +23,30 @@ use roomhub_core::{
 };
 use tokio::sync::{Mutex, mpsc};
 
-use crate::broker::{
-    Broker, BrokerError, Event, Heartbeat, PresenceEvent, SubRequest, Subscription, channel,
-    request_json, sequenced, snapshot,
+use crate::cluster::broker::{
+    Broker, BrokerError, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS, SUBSCRIPTION_QUEUE_EVENTS,
+    SubRequest, Subscription,
 };
+use crate::cluster::keys::{self, channel};
+use crate::cluster::wire::{Event, PresenceEvent, request_json, sequenced, snapshot};
+use crate::seq::epoch::new_epoch;
 
-const APPEND: &str = r"
--- KEYS: meta, log. ARGV: epoch if new, max length, ttl ms, request JSON, channel
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
-end
-local head = redis.call('HINCRBY', KEYS[1], 'head', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], head .. '-1', 'm', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[5], 'm ' .. head .. ' ' .. epoch .. ' ' .. ARGV[4])
-return {epoch, head}
-";
+mod scripts;
+use scripts::{APPEND, HEARTBEAT, OPEN, PRESENCE};
 
-const OPEN: &str = r"
--- KEYS: meta, log, presence, nodes. ARGV: epoch if new, ttl ms, after, max count
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local members = {}
-local all = redis.call('HGETALL', KEYS[3])
-for i = 1, #all, 2 do
-  local node = string.match(all[i], '^(%d+):')
-  local deadline = node and redis.call('ZSCORE', KEYS[4], node)
-  if deadline and tonumber(deadline) > now then
-    table.insert(members, all[i + 1])
-  end
-end
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
-if not meta[1] then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'head', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {ARGV[1], 0, {}, members}
-end
-local head = tonumber(meta[2])
-local start = math.max(tonumber(ARGV[3]), head - tonumber(ARGV[4]))
-local entries = redis.call('XRANGE', KEYS[2], '(' .. start .. '-1', '+')
-return {meta[1], head, entries, members}
-";
+impl From<redis::RedisError> for BrokerError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_timeout() {
+            BrokerError::TimedOut
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            BrokerError::Unreachable(e.to_string())
+        } else {
+            BrokerError::Reply(e.to_string())
+        }
+    }
+}
 
-const PRESENCE: &str = r"
--- KEYS: presence, node rooms. ARGV: field, member JSON, present, channel, room, event
-if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('SADD', KEYS[2], ARGV[5])
-else
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', ARGV[4], ARGV[6])
-return 1
-";
-
-const HEARTBEAT: &str = r"
--- KEYS: nodes, online. ARGV: node, ttl ms, online count
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local was_gone = (not mine) or tonumber(mine) <= now
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, d in ipairs(dead) do
-  if d ~= ARGV[1] then
-  local rooms_key = 'rh:node:' .. d .. ':rooms'
-  for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
-    local pkey = 'rh:presence:' .. room
-    for _, f in ipairs(redis.call('HKEYS', pkey)) do
-      if string.sub(f, 1, #d + 1) == d .. ':' then
-        redis.call('HDEL', pkey, f)
-      end
-    end
-  end
-  redis.call('DEL', rooms_key)
-  redis.call('ZREM', KEYS[1], d)
-  redis.call('HDEL', KEYS[2], d)
-  redis.call('PUBLISH', 'rh:nodes', 'g ' .. d)
-  end
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('PUBLISH', 'rh:nodes', 'h ' .. ARGV[1])
-local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-local counts = redis.call('HMGET', KEYS[2], unpack(live))
-return {live, counts, was_gone and 1 or 0}
-";
-
+/// The broker contract on one standalone Redis.
 pub struct RedisBroker {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
@@ -165,7 +91,7 @@ impl RedisBroker {
             self.client.get_connection_manager_with_config(config),
         )
         .await
-        .map_err(|_| BrokerError("connecting to redis timed out".into()))??;
+        .map_err(|_| BrokerError::TimedOut)??;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -175,18 +101,8 @@ impl RedisBroker {
     }
 }
 
-fn meta_key(room: &str) -> String {
-    format!("rh:room:{room}:meta")
-}
-fn log_key(room: &str) -> String {
-    format!("rh:room:{room}:log")
-}
-fn presence_key(room: &str) -> String {
-    format!("rh:presence:{room}")
-}
-
 fn bad(what: &str) -> BrokerError {
-    BrokerError(format!("unexpected reply from redis: {what}"))
+    BrokerError::Reply(format!("from redis: {what}"))
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -225,9 +141,9 @@ impl Broker for RedisBroker {
             pipe.cmd("EVAL")
                 .arg(APPEND)
                 .arg(2)
-                .arg(meta_key(room))
-                .arg(log_key(room))
-                .arg(crate::store::new_epoch())
+                .arg(keys::room_meta(room))
+                .arg(keys::room_log(room))
+                .arg(new_epoch())
                 .arg(self.limits.max_messages.max(1))
                 .arg(self.ttl_ms())
                 .arg(json)
@@ -260,11 +176,11 @@ impl Broker for RedisBroker {
         let name = room.as_str();
         let reply: Value = self
             .open
-            .key(meta_key(name))
-            .key(log_key(name))
-            .key(presence_key(name))
-            .key("rh:nodes")
-            .arg(crate::store::new_epoch())
+            .key(keys::room_meta(name))
+            .key(keys::room_log(name))
+            .key(keys::presence(name))
+            .key(keys::NODES)
+            .arg(new_epoch())
             .arg(self.ttl_ms())
             .arg(after.unwrap_or(0))
             .arg(self.limits.max_messages)
@@ -328,9 +244,9 @@ impl Broker for RedisBroker {
         .encode();
         let _: Value = self
             .presence
-            .key(presence_key(name))
-            .key(format!("rh:node:{}:rooms", node.0))
-            .arg(format!("{}:{}", node.0, user.id))
+            .key(keys::presence(name))
+            .key(keys::node_rooms(node))
+            .arg(keys::presence_field(node, &user.id))
             .arg(member)
             .arg(if present { "1" } else { "0" })
             .arg(channel::room(name))
@@ -345,11 +261,15 @@ impl Broker for RedisBroker {
         let mut conn = self.conn().await?;
         let reply: Value = self
             .heartbeat
-            .key("rh:nodes")
-            .key("rh:online")
+            .key(keys::NODES)
+            .key(keys::ONLINE)
             .arg(node.0)
             .arg(self.node_ttl.as_millis() as u64)
             .arg(online)
+            .arg(keys::PRESENCE_PREFIX)
+            .arg(keys::NODE_ROOMS_PREFIX)
+            .arg(keys::NODE_ROOMS_SUFFIX)
+            .arg(channel::NODES)
             .invoke_async(&mut conn)
             .await?;
         let parts = array(&reply).ok_or_else(|| bad("heartbeat"))?;
@@ -379,10 +299,10 @@ impl Broker for RedisBroker {
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT * 2, self.client.get_async_pubsub())
             .await
-            .map_err(|_| BrokerError("connecting to redis timed out".into()))??;
+            .map_err(|_| BrokerError::TimedOut)??;
         let (mut sink, mut stream) = pubsub.split();
-        let (control, mut requests) = mpsc::unbounded_channel::<SubRequest>();
-        let (deliver, messages) = mpsc::unbounded_channel::<Bytes>();
+        let (control, mut requests) = mpsc::channel::<SubRequest>(SUBSCRIPTION_CONTROL_REQUESTS);
+        let (deliver, messages) = mpsc::channel::<Bytes>(SUBSCRIPTION_QUEUE_EVENTS);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -392,7 +312,7 @@ impl Broker for RedisBroker {
                             let r = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(&ch)).await;
                             let ok = matches!(r, Ok(Ok(())));
                             let _ = done.send(if ok { Ok(()) } else {
-                                Err(BrokerError("subscribe failed".into()))
+                                Err(BrokerError::Reply("subscribe not confirmed".into()))
                             });
                             if !ok {
                                 return;
@@ -408,7 +328,9 @@ impl Broker for RedisBroker {
                     msg = stream.next() => match msg {
                         Some(msg) => {
                             let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
-                            if deliver.send(payload).is_err() {
+                            // Waits when the node falls behind: Redis then
+                            // drops this session at its output buffer limit.
+                            if deliver.send(payload).await.is_err() {
                                 return;
                             }
                         }

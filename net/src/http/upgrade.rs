@@ -1,6 +1,6 @@
 //! The WebSocket upgrade (RFC 6455 §4.2), done here rather than by axum's
 //! extractor so that the connection keeps the raw upgraded stream: the hub
-//! writes frames straight to it (see [`crate::outbox`]).
+//! writes frames straight to it (see [`crate::conn::outbox`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{

@@ -1,0 +1,59 @@
+//! A node's cluster side, started together: the subscription session, the
+//! request worker and the heartbeat, wired to the hub's inbox.
+
+use std::sync::Arc;
+
+use roomhub_core::NodeId;
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::cluster::broker::Broker;
+use crate::cluster::heartbeat::heartbeat;
+use crate::cluster::subscriber::subscriber;
+use crate::cluster::view::{ClusterTiming, ClusterView};
+use crate::cluster::worker::Worker;
+use crate::conn::online::Online;
+use crate::hub::engine::SequencerQueue;
+use crate::hub::inbox::Answers;
+
+/// Subscribe and unsubscribe requests the worker may queue for the
+/// subscription session.
+const SUBSCRIPTION_REQUESTS: usize = 1024;
+
+/// Starts the node's cluster side. Returns the queue the hub task feeds.
+pub(crate) fn spawn<B: Broker>(
+    broker: Arc<B>,
+    node: NodeId,
+    timing: ClusterTiming,
+    clock: Clock,
+    answers: Answers,
+    local_online: Online,
+    view: Arc<ClusterView>,
+) -> SequencerQueue {
+    let (outputs_tx, outputs_rx) = mpsc::unbounded_channel();
+    let (sub_tx, sub_rx) = mpsc::channel(SUBSCRIPTION_REQUESTS);
+    // One pending re-announcement covers every outage before it.
+    let (reannounce_tx, reannounce_rx) = mpsc::channel(1);
+    tokio::spawn(subscriber(
+        broker.clone(),
+        node,
+        timing,
+        sub_rx,
+        answers.clone(),
+        view.clone(),
+        reannounce_tx,
+    ));
+    let worker = Worker {
+        broker: broker.clone(),
+        node,
+        clock,
+        subs: sub_tx,
+        answers,
+        view: view.clone(),
+        announced: FxHashMap::default(),
+    };
+    tokio::spawn(worker.run(outputs_rx, reannounce_rx));
+    tokio::spawn(heartbeat(broker, node, timing, local_online, view));
+    outputs_tx
+}

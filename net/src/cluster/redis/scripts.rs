@@ -1,0 +1,90 @@
+//! The Lua scripts that make each step of the broker contract atomic in
+//! Redis. They build no key names of their own: keys and prefixes come in
+//! as arguments, from [`crate::cluster::keys`].
+
+pub(crate) const APPEND: &str = r"
+-- KEYS: meta, log. ARGV: epoch if new, max length, ttl ms, request JSON, channel
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+end
+local head = redis.call('HINCRBY', KEYS[1], 'head', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], head .. '-1', 'm', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[5], 'm ' .. head .. ' ' .. epoch .. ' ' .. ARGV[4])
+return {epoch, head}
+";
+
+pub(crate) const OPEN: &str = r"
+-- KEYS: meta, log, presence, nodes. ARGV: epoch if new, ttl ms, after, max count
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = {}
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local node = string.match(all[i], '^(%d+):')
+  local deadline = node and redis.call('ZSCORE', KEYS[4], node)
+  if deadline and tonumber(deadline) > now then
+    table.insert(members, all[i + 1])
+  end
+end
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
+if not meta[1] then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'head', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {ARGV[1], 0, {}, members}
+end
+local head = tonumber(meta[2])
+local start = math.max(tonumber(ARGV[3]), head - tonumber(ARGV[4]))
+local entries = redis.call('XRANGE', KEYS[2], '(' .. start .. '-1', '+')
+return {meta[1], head, entries, members}
+";
+
+pub(crate) const PRESENCE: &str = r"
+-- KEYS: presence, node rooms. ARGV: field, member JSON, present, channel, room, event
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[6])
+return 1
+";
+
+pub(crate) const HEARTBEAT: &str = r"
+-- KEYS: nodes, online. ARGV: node, ttl ms, online count, presence key
+-- prefix, node rooms key prefix and suffix, nodes channel
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local was_gone = (not mine) or tonumber(mine) <= now
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, d in ipairs(dead) do
+  if d ~= ARGV[1] then
+  local rooms_key = ARGV[5] .. d .. ARGV[6]
+  for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
+    local pkey = ARGV[4] .. room
+    for _, f in ipairs(redis.call('HKEYS', pkey)) do
+      if string.sub(f, 1, #d + 1) == d .. ':' then
+        redis.call('HDEL', pkey, f)
+      end
+    end
+  end
+  redis.call('DEL', rooms_key)
+  redis.call('ZREM', KEYS[1], d)
+  redis.call('HDEL', KEYS[2], d)
+  redis.call('PUBLISH', ARGV[7], 'g ' .. d)
+  end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[7], 'h ' .. ARGV[1])
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local counts = redis.call('HMGET', KEYS[2], unpack(live))
+return {live, counts, was_gone and 1 or 0}
+";

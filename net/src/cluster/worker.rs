@@ -1,0 +1,248 @@
+//! The node's request worker: serves the hub's cluster outputs in the order
+//! they were emitted (appends batched into one round trip, opens after the
+//! appends before them, presence, relays, follows) and answers through the
+//! hub's inbox. It keeps the node's announced presence so it can announce
+//! it again after an outage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roomhub_core::{
+    AppendRequest, DirectMessage, Input, NodeId, Output, Position, RelayOutcome, RoomName, UserRef,
+};
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::clock::Clock;
+use crate::cluster::broker::{Broker, BrokerError, SubRequest};
+use crate::cluster::keys::channel;
+use crate::cluster::view::ClusterView;
+use crate::hub::inbox::Answers;
+use crate::seq::batch::{Step, steps, take_ready};
+
+/// Appends taken into one broker round trip at most.
+const MAX_BATCH: usize = 256;
+/// How long an open waits for its room channel's subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Worker<B> {
+    pub(crate) broker: Arc<B>,
+    pub(crate) node: NodeId,
+    pub(crate) clock: Clock,
+    pub(crate) subs: mpsc::Sender<SubRequest>,
+    pub(crate) answers: Answers,
+    pub(crate) view: Arc<ClusterView>,
+    /// This node's presence as it should be in the broker: users present
+    /// (announced again after an outage, since the other nodes may have
+    /// dropped them) and departures the broker has not taken yet.
+    pub(crate) announced: FxHashMap<(RoomName, Arc<str>), (UserRef, bool)>,
+}
+
+impl<B: Broker> Worker<B> {
+    /// Runs until the hub or the subscriber is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut outputs: mpsc::UnboundedReceiver<Output>,
+        mut reannounce: mpsc::Receiver<()>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                Some(()) = reannounce.recv() => {
+                    self.reannounce().await;
+                    continue;
+                }
+                out = outputs.recv() => match out {
+                    Some(out) => out,
+                    None => return,
+                },
+            };
+            for step in steps(take_ready(first, &mut outputs, MAX_BATCH)) {
+                let served = match step {
+                    Step::Appends(batch) => self.append(batch).await,
+                    Step::Other(out) => self.serve(out).await,
+                };
+                if !served {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn reannounce(&mut self) {
+        let mut settled = Vec::new();
+        for ((room, id), (user, present)) in &self.announced {
+            if let Err(e) = self.broker.presence(self.node, room, user, *present).await {
+                warn!("re-announcing presence failed: {e}");
+                break;
+            }
+            if !present {
+                settled.push((room.clone(), id.clone()));
+            }
+        }
+        for key in settled {
+            self.announced.remove(&key);
+        }
+    }
+
+    /// Serves one output; false when the hub or the subscriber is gone.
+    async fn serve(&mut self, out: Output) -> bool {
+        let input = match out {
+            Output::OpenRoom { room, after } => Some(self.open(&room, after).await),
+            Output::CloseRoom { room } => {
+                let ch = channel::room(room.as_str());
+                if self.subs.send(SubRequest::Unsubscribe(ch)).await.is_err() {
+                    return false;
+                }
+                None
+            }
+            Output::Presence {
+                room,
+                user,
+                present,
+            } => {
+                self.presence(room, user, present).await;
+                None
+            }
+            Output::Relay(message) => self.relay(message).await,
+            Output::FollowUser { user } => {
+                // Confirmation is not awaited: a direct message sent before
+                // the subscription lands finds the user offline, as it
+                // would a moment earlier.
+                let (tx, _rx) = oneshot::channel();
+                let ch = channel::user(&user);
+                if self.subs.send(SubRequest::Subscribe(ch, tx)).await.is_err() {
+                    return false;
+                }
+                None
+            }
+            Output::UnfollowUser { user } => {
+                let ch = channel::user(&user);
+                if self.subs.send(SubRequest::Unsubscribe(ch)).await.is_err() {
+                    return false;
+                }
+                None
+            }
+            // Appends come batched; connection outputs never reach here.
+            Output::Append(_)
+            | Output::Send { .. }
+            | Output::Ping { .. }
+            | Output::Close { .. } => None,
+        };
+        match input {
+            Some(input) => self.answers.send(input).await,
+            None => true,
+        }
+    }
+
+    /// Appends a batch; answers with the acks, or `UNAVAILABLE` for each
+    /// when the broker cannot take them. Delivery comes from the room
+    /// channel.
+    async fn append(&self, batch: Vec<AppendRequest>) -> bool {
+        let result = if self.view.is_healthy() {
+            self.broker.append(&batch).await
+        } else {
+            Err(BrokerError::Unreachable("no session".into()))
+        };
+        match result {
+            Ok(stored) => {
+                for msg in stored {
+                    if let Some(receipt) = msg.receipt()
+                        && !self.answers.send(Input::Appended(receipt)).await
+                    {
+                        return false;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(count = batch.len(), "appends failed: {e}");
+                self.view.broker_failed();
+                for request in batch {
+                    if !self.answers.send(Input::AppendFailed(request)).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Subscribes to the room's channel, then reads its snapshot, so
+    /// nothing published in between is missed (the hub drops duplicates by
+    /// offset).
+    async fn open(&self, room: &RoomName, after: Option<Position>) -> Input {
+        if !self.view.is_healthy() {
+            return Input::RoomOpenFailed { room: room.clone() };
+        }
+        let ch = channel::room(room.as_str());
+        let (tx, rx) = oneshot::channel();
+        let subscribed = self
+            .subs
+            .send(SubRequest::Subscribe(ch.clone(), tx))
+            .await
+            .is_ok()
+            && matches!(
+                tokio::time::timeout(SUBSCRIBE_WAIT, rx).await,
+                Ok(Ok(Ok(())))
+            );
+        let snapshot = if subscribed {
+            let after = after.as_ref().map(|p| p.offset);
+            self.broker.open(room, after, self.clock.now()).await
+        } else {
+            Err(BrokerError::Reply(
+                "the room channel was not subscribed".into(),
+            ))
+        };
+        match snapshot {
+            Ok(snapshot) => Input::RoomOpened(snapshot),
+            Err(e) => {
+                warn!(room = %room, "opening room failed: {e}");
+                self.view.broker_failed();
+                if after.is_none() {
+                    // The hub forgets a room it could not open (no CloseRoom
+                    // follows), so its channel must not stay subscribed.
+                    let _ = self.subs.send(SubRequest::Unsubscribe(ch)).await;
+                }
+                Input::RoomOpenFailed { room: room.clone() }
+            }
+        }
+    }
+
+    async fn presence(&mut self, room: RoomName, user: UserRef, present: bool) {
+        let key = (room.clone(), user.id.clone());
+        self.announced.insert(key.clone(), (user.clone(), present));
+        match self.broker.presence(self.node, &room, &user, present).await {
+            Ok(()) if !present => {
+                self.announced.remove(&key);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Kept in `announced`: sent again on reconnect.
+                warn!(room = %room, "presence update failed: {e}");
+                self.view.broker_failed();
+            }
+        }
+    }
+
+    /// Relays a direct message; the answer, when the sender waits for one.
+    async fn relay(&self, message: Box<DirectMessage>) -> Option<Input> {
+        let outcome = if !self.view.is_healthy() {
+            RelayOutcome::Unavailable
+        } else {
+            match self.broker.relay(&message).await {
+                Ok(0) => RelayOutcome::Offline,
+                Ok(_) => RelayOutcome::Delivered,
+                Err(e) => {
+                    warn!("direct message relay failed: {e}");
+                    self.view.broker_failed();
+                    RelayOutcome::Unavailable
+                }
+            }
+        };
+        message
+            .origin
+            .is_some()
+            .then_some(Input::Relayed { message, outcome })
+    }
+}

@@ -1,0 +1,67 @@
+//! The accept loop, generic over axum's [`Listener`] so the same server runs
+//! on tokio TCP and on turmoil's simulated TCP: each connection is served by
+//! hyper's HTTP/1 with the handshake timeout as its header read timeout; on
+//! shutdown it stops accepting and waits (at most the drain timeout) for the
+//! connections the hub closed with 1001.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tracing::{info, warn};
+
+use crate::http::peer::PeerAddr;
+use crate::http::router::router;
+use crate::http::state::HttpState;
+
+pub(crate) async fn accept_loop<L>(
+    mut listener: L,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+    hub_task: tokio::task::JoinHandle<()>,
+) where
+    L: Listener<Addr = SocketAddr>,
+{
+    let app = router(state.clone());
+    loop {
+        let (io, addr) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let service = app.clone();
+        let handshake_timeout = state.config.handshake_timeout;
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(addr));
+                service.clone().oneshot(req)
+            });
+            // The header read timeout is the handshake timeout: a client that
+            // connects and never completes its upgrade request is dropped.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            let _ = conn.await;
+        });
+    }
+    info!("shutting down: closing every connection with 1001");
+    state.shutting_down.store(true, Ordering::Relaxed);
+    state.connections.close();
+    // The hub saw the same cancellation and closed every connection.
+    let drained = tokio::time::timeout(state.config.drain_timeout, state.connections.wait()).await;
+    if drained.is_err() {
+        warn!(
+            remaining = state.admission.sockets(),
+            "drain timeout reached with connections still open"
+        );
+    }
+    hub_task.abort();
+    // Dropping the hub's engine ends the store thread.
+    let _ = hub_task.await;
+}

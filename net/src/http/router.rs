@@ -1,0 +1,27 @@
+//! The routes: which handler answers which path.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::http::api::publish;
+use crate::http::error::json_error;
+use crate::http::pages::{client_module, demo_page, demo_token, healthz, metrics, online};
+use crate::http::state::HttpState;
+use crate::http::ws::ws_handler;
+
+pub(crate) fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/ws/online", get(online))
+        .route("/api/publish", post(publish))
+        .route("/roomhub.js", get(client_module))
+        .route("/", get(demo_page))
+        .route("/demo/token", post(demo_token))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}

@@ -1,0 +1,30 @@
+//! What the HTTP handlers of one server share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::cluster::view::ClusterView;
+use crate::config::ServerConfig;
+use crate::conn::context::ConnContext;
+use crate::http::admission::Admission;
+use crate::metrics::Metrics;
+
+pub(crate) struct HttpState {
+    pub(crate) config: ServerConfig,
+    pub(crate) auth: Authenticator,
+    pub(crate) clock: Clock,
+    /// What each connection is handed: the hub's inbox, the online count.
+    pub(crate) conn: Arc<ConnContext>,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) admission: Arc<Admission>,
+    /// Cluster mode: the other nodes' counts and the broker's health.
+    pub(crate) cluster: Option<Arc<ClusterView>>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) metrics: Metrics,
+    /// Every connection task, so shutdown can wait for them.
+    pub(crate) connections: TaskTracker,
+}

@@ -1,0 +1,95 @@
+//! `GET /ws`: admission (shutdown, origin, token, slots), then the `101`
+//! answer, and the connection task once the upgrade completes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Extension, State};
+use axum::http::header::ORIGIN;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use roomhub_core::ConnId;
+use tracing::{info, warn};
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::auth::{SUBPROTOCOL, TokenSource};
+use crate::conn::lifecycle;
+use crate::http::admission::{authenticate, origin_allowed};
+use crate::http::error::json_error;
+use crate::http::peer::PeerAddr;
+use crate::http::state::HttpState;
+use crate::http::upgrade::{NotUpgrade, WsUpgrade};
+
+/// tungstenite's read buffer is allocated per connection up front; 128 KiB
+/// by default. Client frames are small (4 KiB at most by default) and the
+/// buffer grows for a larger one, so 1 KiB suffices: an idle connection's
+/// memory is mostly this buffer (4 KiB here cost 9.2 KiB per connection in
+/// all, 1 KiB 6.4 KiB; see BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 1024;
+
+pub(crate) async fn ws_handler(
+    State(state): State<Arc<HttpState>>,
+    Extension(PeerAddr(addr)): Extension<PeerAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WsUpgrade, NotUpgrade>,
+) -> Response {
+    let ws = match upgrade {
+        Ok(ws) => ws,
+        Err(NotUpgrade(why)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("not a WebSocket upgrade request: {why}"),
+            );
+        }
+    };
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    if !origin_allowed(&state.config.allowed_origins, &headers) {
+        warn!(%addr, origin = ?headers.get(ORIGIN), "origin refused");
+        return json_error(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let (identity, source) = match authenticate(&state.auth, state.clock, &headers, &uri) {
+        Ok(found) => found,
+        Err(e) => {
+            state.metrics.auth_failure(e.reason());
+            warn!(%addr, reason = e.reason(), "authentication failed");
+            return json_error(StatusCode::UNAUTHORIZED, e.message());
+        }
+    };
+    let slot = match state.admission.reserve(&identity.user.id) {
+        Ok(slot) => slot,
+        Err((status, why)) => {
+            warn!(%addr, user = %identity.user.id, why, "connection refused");
+            return json_error(status, why);
+        }
+    };
+    let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    let max_message = state.config.core.max_message_bytes;
+    // Only the reading side goes through the codec; the outbox writes.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    // Select a subprotocol the client offered, or browsers drop the socket.
+    let protocol = match source {
+        TokenSource::Subprotocol {
+            offered_ours: false,
+            entry,
+        } => ws.select(&entry),
+        _ => ws.select(SUBPROTOCOL),
+    };
+    info!(%conn, %addr, user = %identity.user.id, "connected");
+    let response = ws.response(protocol);
+    let on_upgrade = ws.on_upgrade;
+    let cx = state.conn.clone();
+    tokio::spawn(state.connections.track_future(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => lifecycle::run(upgraded, config, conn, identity, cx).await,
+            Err(e) => warn!(%conn, "upgrade failed: {e}"),
+        }
+        drop(slot);
+    }));
+    response
+}

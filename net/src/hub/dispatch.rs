@@ -1,0 +1,137 @@
+//! Hands the core's connection outputs to each connection's outbox: a pass's
+//! frames grouped per connection (one lock each), pings and closes in order,
+//! and queue overflows fed back to the core as inputs.
+
+use bytes::Bytes;
+use roomhub_core::{ConnId, FrameKind, Input, Output, close};
+use rustc_hash::FxHashMap;
+
+use crate::clock::Clock;
+use crate::conn::outbox::Outbox;
+use crate::hub::engine::Engine;
+use crate::metrics::Metrics;
+
+/// The outboxes of the connections the hub writes to.
+pub(crate) struct Connections {
+    outboxes: FxHashMap<ConnId, Outbox>,
+    metrics: Metrics,
+}
+
+impl Connections {
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        Connections {
+            outboxes: FxHashMap::default(),
+            metrics,
+        }
+    }
+
+    pub(crate) fn insert(&mut self, conn: ConnId, outbox: Outbox) {
+        self.outboxes.insert(conn, outbox);
+    }
+
+    pub(crate) fn remove(&mut self, conn: ConnId) {
+        self.outboxes.remove(&conn);
+    }
+
+    /// Writes what was queued for each connection in `due`.
+    pub(crate) fn flush(&self, due: Vec<ConnId>) {
+        for conn in due {
+            if let Some(outbox) = self.outboxes.get(&conn) {
+                outbox.flush();
+            }
+        }
+    }
+
+    /// Queues every output for its connection; `due` collects the
+    /// connections to write to (each once, with everything queued for it).
+    /// Overflows found on the way are fed back to the core, whose answers
+    /// are dispatched in turn.
+    pub(crate) fn dispatch(&mut self, engine: &mut Engine, clock: Clock, due: &mut Vec<ConnId>) {
+        loop {
+            let mut overflowed = Vec::new();
+            // Frames are gathered first and handed over per connection, one
+            // lock each, rather than one lock per frame.
+            let mut staged: Vec<(ConnId, Bytes, FrameKind)> = Vec::new();
+            while let Some(out) = engine.poll_output() {
+                match out {
+                    Output::Send { conn, frame, kind } => staged.push((conn, frame, kind)),
+                    Output::Ping { conn } => {
+                        if let Some(outbox) = self.outboxes.get(&conn)
+                            && outbox.ping()
+                        {
+                            due.push(conn);
+                        }
+                    }
+                    Output::Close { conn, code, reason } => {
+                        // What the pass gave the connection goes before its close.
+                        self.hand_over(&mut staged, due, &mut overflowed);
+                        if let Some(outbox) = self.outboxes.remove(&conn) {
+                            // Over for the protocol now, even if the close
+                            // frame has to wait on a dead link.
+                            outbox.end_live();
+                            if code == close::SLOW_CONSUMER {
+                                outbox.abandon();
+                                self.metrics.slow_consumer();
+                            }
+                            // Written at once, after what was queued.
+                            outbox.close_now(code, reason);
+                        }
+                    }
+                    // The engine hands the sequencer's outputs to whoever owns the order.
+                    Output::Append(_)
+                    | Output::OpenRoom { .. }
+                    | Output::CloseRoom { .. }
+                    | Output::Presence { .. }
+                    | Output::Relay(_)
+                    | Output::FollowUser { .. }
+                    | Output::UnfollowUser { .. } => {}
+                }
+            }
+            self.hand_over(&mut staged, due, &mut overflowed);
+            if overflowed.is_empty() {
+                return;
+            }
+            let now = clock.now();
+            for conn in overflowed {
+                engine.handle(Input::QueueOverflow { conn }, now);
+            }
+        }
+    }
+
+    /// Queues the staged frames, each connection's in order and under one
+    /// lock; notes the connections to flush and those that overflowed.
+    fn hand_over(
+        &self,
+        staged: &mut Vec<(ConnId, Bytes, FrameKind)>,
+        due: &mut Vec<ConnId>,
+        overflowed: &mut Vec<ConnId>,
+    ) {
+        if staged.is_empty() {
+            return;
+        }
+        // Grouped by connection; the sort is stable, so each connection's
+        // frames keep the core's order.
+        staged.sort_by_key(|(conn, _, _)| *conn);
+        for frames in staged.chunk_by(|a, b| a.0 == b.0) {
+            let conn = frames[0].0;
+            let Some(outbox) = self.outboxes.get(&conn) else {
+                continue;
+            };
+            let queued = outbox.push_frames(frames.iter().map(|(_, frame, kind)| (frame, *kind)));
+            if queued.flush_due {
+                due.push(conn);
+            }
+            if queued.live_bytes > 0 {
+                self.metrics.queued(queued.live_bytes);
+            }
+            if queued.ephemeral_dropped > 0 {
+                self.metrics.ephemeral_dropped(queued.ephemeral_dropped);
+            }
+            if queued.overflow {
+                outbox.abandon();
+                overflowed.push(conn);
+            }
+        }
+        staged.clear();
+    }
+}

@@ -1,0 +1,93 @@
+//! The engine the hub task drives: the core's [`Hub`], and whoever owns each
+//! room's order. In memory mode the core's own sequencer answers in-process;
+//! otherwise the hub's sequencing outputs (appends, opens, presence, relays,
+//! follows) go to the store thread or the cluster's worker, which answer
+//! through the hub's inbox.
+
+use roomhub_core::{AppendRequest, Hub, Input, Output, SingleNode, Timestamp};
+use tokio::sync::mpsc;
+
+use crate::hub::inbox::Published;
+
+/// The queue from the hub to a delegated sequencer. Unbounded because the
+/// hub task must never wait on the store or the broker (it would stop
+/// writing sockets); what bounds it is the inbox: every output here comes
+/// from an event the hub took from its bounded inbox, and a sequencer's
+/// answers go back through that same inbox, so a sequencer that falls
+/// behind fills the inbox and the connection readers wait.
+pub(crate) type SequencerQueue = mpsc::UnboundedSender<Output>;
+
+/// Who owns each room's order.
+pub(crate) enum Engine {
+    /// In-memory history: the sequencer answers in-process, at once.
+    Memory(Box<SingleNode>),
+    /// The store thread or the cluster's broker worker owns the order and
+    /// answers through the hub's inbox.
+    Delegated {
+        hub: Box<Hub>,
+        sequencer: SequencerQueue,
+    },
+}
+
+/// Sends, pings and closes; everything else is for the sequencer.
+fn for_connections(out: &Output) -> bool {
+    matches!(
+        out,
+        Output::Send { .. } | Output::Ping { .. } | Output::Close { .. }
+    )
+}
+
+impl Engine {
+    pub(crate) fn handle(&mut self, input: Input, now: Timestamp) {
+        match self {
+            Engine::Memory(node) => node.handle(input, now),
+            Engine::Delegated { hub, .. } => hub.handle(input, now),
+        }
+    }
+
+    /// The next output for connections; sequencing outputs are forwarded.
+    /// A send error means the sequencer is gone (the server is stopping);
+    /// the requests then stay unanswered and clients retry.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        match self {
+            Engine::Memory(node) => node.poll_output(),
+            Engine::Delegated { hub, sequencer } => loop {
+                let out = hub.poll_output()?;
+                if for_connections(&out) {
+                    return Some(out);
+                }
+                let _ = sequencer.send(out);
+            },
+        }
+    }
+
+    /// Starts an API publish; the memory engine answers at once.
+    pub(crate) fn publish(&mut self, request: AppendRequest, now: Timestamp) -> Option<Published> {
+        match self {
+            Engine::Memory(node) => {
+                let msg = node.sequencer.append(request);
+                let published = Published {
+                    message_id: msg.id.clone(),
+                    offset: msg.offset,
+                };
+                node.handle(Input::Sequenced(msg), now);
+                Some(published)
+            }
+            Engine::Delegated { sequencer, .. } => {
+                let _ = sequencer.send(Output::Append(Box::new(request)));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
+        self.hub().poll_timeout()
+    }
+
+    pub(crate) fn hub(&self) -> &Hub {
+        match self {
+            Engine::Memory(node) => &node.hub,
+            Engine::Delegated { hub, .. } => hub,
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The sequencing stage on one node: the embedded store that numbers and
+//! keeps each room's messages (the default), fresh epochs, and the
+//! append-batching loop the store thread and the cluster worker share.
+
+pub(crate) mod batch;
+pub mod epoch;
+pub mod store;
+pub(crate) mod store_task;
