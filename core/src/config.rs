@@ -40,9 +40,6 @@ pub struct Config {
     /// presence ([`crate::Output::Presence`]), merges other nodes' presence,
     /// and relays direct messages for users it does not have.
     pub clustered: bool,
-    /// A deliberate defect, for proving the simulator finds bugs.
-    #[cfg(feature = "planted-bugs")]
-    pub plant: Option<crate::plant::PlantedBug>,
 }
 
 impl Default for Config {
@@ -65,8 +62,6 @@ impl Default for Config {
             max_deferred_requests: 64,
             max_gap_buffer: 4096,
             clustered: false,
-            #[cfg(feature = "planted-bugs")]
-            plant: None,
         }
     }
 }

@@ -25,7 +25,6 @@ use crate::event::{
 };
 use crate::ids::{ConnId, Identity, NodeId, RoomName, UserRef};
 use crate::limiter::{ConnLimiter, RateLimits};
-use crate::plant::PlantedBug;
 use crate::request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
 use crate::room::{
     Logged, Presence, PresenceChange, Recovery, Room, RoomLog, RoomState, WaitingJoin,
@@ -207,6 +206,20 @@ impl Hub {
     }
 
     /// Users present in a room on this node, or `None` if it is not open here.
+    /// The local connections that are members of `room`, in order.
+    pub fn room_connections(&self, room: &str) -> Vec<ConnId> {
+        let Ok(room) = RoomName::parse(room, usize::MAX) else {
+            return Vec::new();
+        };
+        let mut conns: Vec<ConnId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.iter().copied().collect())
+            .unwrap_or_default();
+        conns.sort_unstable();
+        conns
+    }
+
     pub fn room_users(&self, room: &str) -> Option<Vec<UserRef>> {
         let room = RoomName::parse(room, usize::MAX).ok()?;
         let r = self.rooms.get(&room)?;
@@ -290,20 +303,6 @@ impl Hub {
             }
         }
         Ok(())
-    }
-
-    /// Whether a deliberate defect is switched on (never, without the
-    /// `planted-bugs` feature).
-    #[allow(unused_variables)]
-    fn planted(&self, bug: PlantedBug) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        {
-            self.config.plant == Some(bug)
-        }
-        #[cfg(not(feature = "planted-bugs"))]
-        {
-            false
-        }
     }
 
     // ---- time ----
@@ -454,10 +453,8 @@ impl Hub {
                 }
             }
         }
-        if !self.planted(PlantedBug::KeepPresenceOnDisconnect) {
-            for room in &conn.rooms {
-                self.remove_member(id, &conn.identity.user, room);
-            }
+        for room in &conn.rooms {
+            self.remove_member(id, &conn.identity.user, room);
         }
         if let Some(room) = &conn.waiting_for {
             if let Some(RoomState::Opening { waiting, .. }) =
@@ -589,9 +586,7 @@ impl Hub {
                 };
                 self.out.push_back(Output::Append(Box::new(request)));
             }
-            RequestKind::Typing { room, typing }
-                if is_member(&room) || self.planted(PlantedBug::TypingWithoutMembership) =>
-            {
+            RequestKind::Typing { room, typing } if is_member(&room) => {
                 let frame = wire::user_typing(&room, &conn.identity.user, typing, self.now);
                 self.broadcast(&room, Some(id), &frame, FrameKind::Ephemeral);
                 self.ack(id, req_id.as_deref(), Some(&room), None);
@@ -659,7 +654,6 @@ impl Hub {
     /// and answers with `room_info`. Joining again is harmless.
     fn complete_join(&mut self, name: &RoomName, wait: WaitingJoin) {
         let now = self.now;
-        let replay_off_by_one = self.planted(PlantedBug::ReplayOffByOne);
         let (Some(conn), Some(room)) = (self.conns.get_mut(&wait.conn), self.rooms.get_mut(name))
         else {
             return;
@@ -702,13 +696,7 @@ impl Hub {
             }
         }
         log.trim_by_age(now, self.config.history_max_age_ms);
-        let since = wait.since.map(|mut since| {
-            if replay_off_by_one {
-                since.offset = since.offset.saturating_sub(1);
-            }
-            since
-        });
-        let recovered = since.as_ref().map(|since| match log.recover(since) {
+        let recovered = wait.since.as_ref().map(|since| match log.recover(since) {
             Recovery::Complete(missed) => {
                 // A connection never gets its own messages, replayed or not.
                 for m in missed.into_iter().filter(|m| m.sender != Some(wait.conn)) {
@@ -1017,7 +1005,6 @@ impl Hub {
     /// Logs the message at `head + 1` and sends it to every member
     /// connection except the one that sent it. Serialized once.
     fn deliver(&mut self, name: &RoomName, msg: &SequencedMessage) {
-        let deliver_to_sender = self.planted(PlantedBug::DeliverToSender);
         // The sender is skipped only while its message waits for the ack it
         // gets now. One it was told had failed (the reply was lost, the
         // message stored all the same) reaches it like anyone else's, so its
@@ -1029,7 +1016,7 @@ impl Hub {
                     .get(&o.conn)
                     .is_some_and(|c| c.in_flight.contains(&o.seq))
         });
-        let sender_conn = acks_now.filter(|_| !deliver_to_sender).map(|o| o.conn);
+        let sender_conn = acks_now.map(|o| o.conn);
         let acks_now = acks_now.is_some();
         let Some(room) = self.rooms.get_mut(name) else {
             return;

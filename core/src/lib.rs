@@ -17,7 +17,7 @@ pub mod event;
 pub mod hub;
 pub mod ids;
 mod limiter;
-pub mod plant;
+pub mod machine;
 pub mod request;
 mod room;
 pub mod sequencer;
@@ -35,7 +35,7 @@ pub use event::{
 };
 pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};
-pub use plant::PlantedBug;
+pub use machine::Core;
 pub use request::{
     ParseLimits, Publish, Request, RequestError, RequestKind, Since, parse_publish, parse_request,
 };

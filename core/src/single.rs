@@ -1,28 +1,37 @@
-//! A [`Hub`] with its [`MemorySequencer`] answering in-process: what a roomhub
-//! node without a store runs, and what tests drive.
+//! A [`Hub`] (or any [`Core`] around one) with its [`MemorySequencer`]
+//! answering in-process: what a roomhub node without a store runs, and what
+//! tests drive.
 
 use crate::config::Config;
 use crate::event::{Input, Output};
 use crate::hub::Hub;
+use crate::machine::Core;
 use crate::sequencer::{HistoryLimits, MemorySequencer};
 use crate::time::Timestamp;
 
-pub struct SingleNode {
-    pub hub: Hub,
+pub struct SingleNode<C = Hub> {
+    pub hub: C,
     pub sequencer: MemorySequencer,
     /// Outputs for the shell: sends, pings and closes.
     ready: std::collections::VecDeque<Output>,
     feedback: Vec<Input>,
 }
 
-impl SingleNode {
+impl SingleNode<Hub> {
     /// `sequencer_seed` decides room epochs; a process should use a fresh
     /// one each start so history lineages from before a restart are never
     /// mistaken for current ones.
     pub fn new(config: Config, sequencer_seed: u64) -> Self {
-        let limits = HistoryLimits::from_config(&config);
+        SingleNode::with_core(Hub::new(config), sequencer_seed)
+    }
+}
+
+impl<C: Core> SingleNode<C> {
+    /// A node driving `core`, its history limits from the core's config.
+    pub fn with_core(core: C, sequencer_seed: u64) -> Self {
+        let limits = HistoryLimits::from_config(core.hub().config());
         SingleNode {
-            hub: Hub::new(config),
+            hub: core,
             sequencer: MemorySequencer::new(sequencer_seed, limits),
             ready: Default::default(),
             feedback: Vec::new(),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use axum::serve::Listener;
-use roomhub_core::{HistoryLimits, Hub, SingleNode};
+use roomhub_core::{Config as CoreConfig, Core, HistoryLimits, Hub, SingleNode};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,7 +54,7 @@ struct Parts<'a> {
     store_closed: tokio::sync::oneshot::Sender<()>,
 }
 
-type Built = (Engine, Option<Arc<ClusterView>>);
+type Built<C> = (Engine<C>, Option<Arc<ClusterView>>);
 
 impl Server {
     /// Starts serving on `listener`; returns once accepting.
@@ -63,22 +63,46 @@ impl Server {
     where
         L: Listener<Addr = SocketAddr>,
     {
+        Server::start_with_core(listener, config, clock, Hub::new)
+    }
+
+    /// [`Server::start`] around the core `make_core` builds from the
+    /// config: [`Hub::new`] in the binary; a simulator may wrap the hub.
+    pub fn start_with_core<L, C, M>(
+        listener: L,
+        config: ServerConfig,
+        clock: Clock,
+        make_core: M,
+    ) -> std::io::Result<Server>
+    where
+        L: Listener<Addr = SocketAddr>,
+        C: Core + Send + 'static,
+        M: FnOnce(CoreConfig) -> C,
+    {
         match &config.redis {
             Some(url) => {
                 let limits = HistoryLimits::from_config(&config.core);
                 let broker = RedisBroker::new(url, limits, config.node_ttl)
                     .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?;
                 info!(redis = %url, node = config.core.node_id.0, "cluster mode");
-                Server::start_clustered(listener, config, clock, Arc::new(broker))
+                Server::start_clustered_with_core(
+                    listener,
+                    config,
+                    clock,
+                    Arc::new(broker),
+                    make_core,
+                )
             }
-            None => Server::launch(listener, config, clock, single_node),
+            None => Server::launch(listener, config, clock, move |parts| {
+                single_node(parts, make_core)
+            }),
         }
     }
 
     /// Starts a cluster node on any [`Broker`] (Redis, or a simulated one).
     pub fn start_clustered<L, B>(
         listener: L,
-        mut config: ServerConfig,
+        config: ServerConfig,
         clock: Clock,
         broker: Arc<B>,
     ) -> std::io::Result<Server>
@@ -86,14 +110,31 @@ impl Server {
         L: Listener<Addr = SocketAddr>,
         B: Broker,
     {
+        Server::start_clustered_with_core(listener, config, clock, broker, Hub::new)
+    }
+
+    /// [`Server::start_clustered`] around the core `make_core` builds.
+    pub fn start_clustered_with_core<L, B, C, M>(
+        listener: L,
+        mut config: ServerConfig,
+        clock: Clock,
+        broker: Arc<B>,
+        make_core: M,
+    ) -> std::io::Result<Server>
+    where
+        L: Listener<Addr = SocketAddr>,
+        B: Broker,
+        C: Core + Send + 'static,
+        M: FnOnce(CoreConfig) -> C,
+    {
         config.core.clustered = true;
         config.data_dir = None;
         Server::launch(listener, config, clock, move |parts| {
-            Ok(cluster_node(parts, broker))
+            Ok(cluster_node(parts, broker, make_core))
         })
     }
 
-    fn launch<L, F>(
+    fn launch<L, F, C>(
         listener: L,
         config: ServerConfig,
         clock: Clock,
@@ -101,7 +142,8 @@ impl Server {
     ) -> std::io::Result<Server>
     where
         L: Listener<Addr = SocketAddr>,
-        F: FnOnce(Parts<'_>) -> std::io::Result<Built>,
+        F: FnOnce(Parts<'_>) -> std::io::Result<Built<C>>,
+        C: Core + Send + 'static,
     {
         let local_addr = listener.local_addr()?;
         let auth = Authenticator::new(&config.auth).map_err(std::io::Error::other)?;
@@ -210,11 +252,14 @@ impl Server {
 }
 
 /// One node on its own: history in memory, or in the embedded store.
-fn single_node(parts: Parts<'_>) -> std::io::Result<Built> {
+fn single_node<C: Core>(
+    parts: Parts<'_>,
+    make_core: impl FnOnce(CoreConfig) -> C,
+) -> std::io::Result<Built<C>> {
     let config = parts.config;
     let engine = match &config.data_dir {
-        None => Engine::Memory(Box::new(SingleNode::new(
-            config.core.clone(),
+        None => Engine::Memory(Box::new(SingleNode::with_core(
+            make_core(config.core.clone()),
             config.sequencer_seed,
         ))),
         Some(dir) => {
@@ -222,7 +267,7 @@ fn single_node(parts: Parts<'_>) -> std::io::Result<Built> {
             let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
             info!(dir = %dir.display(), "durable history in the data directory");
             Engine::Delegated {
-                hub: Box::new(Hub::new(config.core.clone())),
+                hub: Box::new(make_core(config.core.clone())),
                 sequencer: store_task::spawn(store, parts.clock, parts.answers, parts.store_closed),
             }
         }
@@ -231,7 +276,11 @@ fn single_node(parts: Parts<'_>) -> std::io::Result<Built> {
 }
 
 /// A node sharing rooms with others through `broker`.
-fn cluster_node<B: Broker>(parts: Parts<'_>, broker: Arc<B>) -> Built {
+fn cluster_node<B: Broker, C: Core>(
+    parts: Parts<'_>,
+    broker: Arc<B>,
+    make_core: impl FnOnce(CoreConfig) -> C,
+) -> Built<C> {
     let config = parts.config;
     let view = Arc::new(ClusterView::default());
     let timing = ClusterTiming {
@@ -248,7 +297,7 @@ fn cluster_node<B: Broker>(parts: Parts<'_>, broker: Arc<B>) -> Built {
         view.clone(),
     );
     let engine = Engine::Delegated {
-        hub: Box::new(Hub::new(config.core.clone())),
+        hub: Box::new(make_core(config.core.clone())),
         sequencer,
     };
     (engine, Some(view))

@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::setting::{SECRET, SERVER_PORT, START_MS, now_ms};
 use crate::trace::{Event, SessionId, Trace};
-use crate::world::{SECRET, SERVER_PORT, START_MS, now_ms};
 
 type Ws = tokio_tungstenite::WebSocketStream<turmoil::net::TcpStream>;
 

@@ -13,5 +13,7 @@ pub mod client;
 pub mod model;
 pub mod net;
 pub mod ops;
+pub mod plant;
+pub mod setting;
 pub mod trace;
 pub mod world;

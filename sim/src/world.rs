@@ -12,24 +12,15 @@ use std::time::Duration;
 use crate::broker::{BrokerStream, Connector, SimBroker, SimBrokerConfig, serve};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use roomhub_core::PlantedBug;
 use roomhub_net::{Clock, Server, ServerConfig};
 
 use crate::check::{CheckContext, Report, check};
 use crate::client::{self, ClientPlan};
 use crate::net::SimListener;
+use crate::plant::{Planted, PlantedBug};
 use crate::trace::{Event, Trace};
 
-/// 2026-01-01T00:00:00Z: the wall clock at the start of every world.
-pub const START_MS: u64 = 1_767_225_600_000;
-pub const SECRET: &str = "sim-secret";
-pub const SERVER: &str = "server";
-pub const SERVER_PORT: u16 = 8080;
-
-/// Simulated milliseconds since the world started.
-pub fn now_ms() -> u64 {
-    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::setting::{SECRET, SERVER, SERVER_PORT, START_MS, now_ms};
 
 /// The kinds of fault a world can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -252,7 +243,7 @@ const END_AFTER_SETTLE_MS: u64 = 2_500;
 /// Settings of the server inside simulations: short heartbeats (simulated
 /// time is not free) and small queues, so faults bite within seconds.
 pub fn server_config(world: &WorldConfig, boot: u64) -> ServerConfig {
-    let (seed, plant) = (world.seed, world.plant);
+    let seed = world.seed;
     let mut config = ServerConfig::with_secret(SECRET);
     config.core.ping_interval_ms = 1_000;
     config.core.pong_wait_ms = 3_000;
@@ -260,7 +251,6 @@ pub fn server_config(world: &WorldConfig, boot: u64) -> ServerConfig {
     config.core.rate_limit_burst = 10;
     config.core.seed = seed ^ boot;
     config.core.node_id = roomhub_core::NodeId(seed.wrapping_add(boot));
-    config.core.plant = plant;
     // A restarted in-memory server starts new lineages, as in production.
     config.sequencer_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(boot);
     config.send_queue_bytes = world.send_queue_bytes;
@@ -408,10 +398,17 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
         sim.host(SERVER, move || {
             let boot = boots.fetch_add(1, Ordering::Relaxed);
             let config = server_config(&host_world, boot);
+            let plant = host_world.plant;
             async move {
                 let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
                 let listener = SimListener::bind(addr).await?;
-                let server = Server::start(listener, config, Clock::new(START_MS + now_ms()))?;
+                let clock = Clock::new(START_MS + now_ms());
+                let server = match plant {
+                    Some(bug) => Server::start_with_core(listener, config, clock, |core| {
+                        Planted::new(bug, core)
+                    })?,
+                    None => Server::start(listener, config, clock)?,
+                };
                 server.wait().await;
                 Ok(())
             }
@@ -533,7 +530,16 @@ fn cluster_hosts(sim: &mut turmoil::Sim<'_>, world: &WorldConfig) {
                 let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
                 let listener = SimListener::bind(addr).await?;
                 let clock = Clock::new(START_MS + now_ms());
-                let server = Server::start_clustered(listener, config, clock, broker)?;
+                let server = match host_world.plant {
+                    Some(bug) => Server::start_clustered_with_core(
+                        listener,
+                        config,
+                        clock,
+                        broker,
+                        |core| Planted::new(bug, core),
+                    )?,
+                    None => Server::start_clustered(listener, config, clock, broker)?,
+                };
                 server.wait().await;
                 Ok(())
             }

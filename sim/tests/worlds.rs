@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use roomhub_core::PlantedBug;
+use roomhub_sim::plant::PlantedBug;
 use roomhub_sim::world::{FaultKind, Outcome, WorldConfig, run_world, run_world_traced};
 
 /// Seeds in the bounded sweep: each fault kind lands in about half of them.

@@ -3,7 +3,7 @@
 //! and queue overflows fed back to the core as inputs.
 
 use bytes::Bytes;
-use roomhub_core::{ConnId, FrameKind, Input, Output, close};
+use roomhub_core::{ConnId, Core, FrameKind, Input, Output, close};
 use rustc_hash::FxHashMap;
 
 use crate::clock::Clock;
@@ -46,7 +46,12 @@ impl Connections {
     /// connections to write to (each once, with everything queued for it).
     /// Overflows found on the way are fed back to the core, whose answers
     /// are dispatched in turn.
-    pub(crate) fn dispatch(&mut self, engine: &mut Engine, clock: Clock, due: &mut Vec<ConnId>) {
+    pub(crate) fn dispatch<C: Core>(
+        &mut self,
+        engine: &mut Engine<C>,
+        clock: Clock,
+        due: &mut Vec<ConnId>,
+    ) {
         loop {
             let mut overflowed = Vec::new();
             // Frames are gathered first and handed over per connection, one

@@ -4,7 +4,7 @@
 //! follows) go to the store thread or the cluster's worker, which answer
 //! through the hub's inbox.
 
-use roomhub_core::{AppendRequest, Hub, Input, Output, SingleNode, Timestamp};
+use roomhub_core::{AppendRequest, Core, Hub, Input, Output, SingleNode, Timestamp};
 use tokio::sync::mpsc;
 
 use crate::hub::inbox::Published;
@@ -17,14 +17,14 @@ use crate::hub::inbox::Published;
 /// behind fills the inbox and the connection readers wait.
 pub(crate) type SequencerQueue = mpsc::UnboundedSender<Output>;
 
-/// Who owns each room's order.
-pub(crate) enum Engine {
+/// Who owns each room's order. `C` is the core: [`Hub`] in the binary.
+pub(crate) enum Engine<C = Hub> {
     /// In-memory history: the sequencer answers in-process, at once.
-    Memory(Box<SingleNode>),
+    Memory(Box<SingleNode<C>>),
     /// The store thread or the cluster's broker worker owns the order and
     /// answers through the hub's inbox.
     Delegated {
-        hub: Box<Hub>,
+        hub: Box<C>,
         sequencer: SequencerQueue,
     },
 }
@@ -37,7 +37,7 @@ fn for_connections(out: &Output) -> bool {
     )
 }
 
-impl Engine {
+impl<C: Core> Engine<C> {
     pub(crate) fn handle(&mut self, input: Input, now: Timestamp) {
         match self {
             Engine::Memory(node) => node.handle(input, now),
@@ -86,8 +86,8 @@ impl Engine {
 
     pub(crate) fn hub(&self) -> &Hub {
         match self {
-            Engine::Memory(node) => &node.hub,
-            Engine::Delegated { hub, .. } => hub,
+            Engine::Memory(node) => node.hub.hub(),
+            Engine::Delegated { hub, .. } => hub.hub(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! outbox the frames of a pass (see [`crate::hub::dispatch`]). It decides
 //! nothing: every rule is the core's.
 
-use roomhub_core::{ConnId, Input, Origin};
+use roomhub_core::{ConnId, Core, Input, Origin};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 /// receipt finds its HTTP caller. Connections are numbered from 1.
 const API_CONN: ConnId = ConnId(0);
 
-pub(crate) struct HubTask {
-    pub(crate) engine: Engine,
+pub(crate) struct HubTask<C> {
+    pub(crate) engine: Engine<C>,
     pub(crate) events: mpsc::Receiver<HubEvent>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Metrics,
@@ -47,7 +47,7 @@ const QUIET_ROUNDS: usize = 4;
 /// writes after one yield.
 const COALESCE_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
 
-impl HubTask {
+impl<C: Core> HubTask<C> {
     pub(crate) async fn run(mut self) {
         let mut outboxes = Connections::new(self.metrics.clone());
         let mut shut_down = false;
