@@ -36,6 +36,10 @@ pub struct Config {
     pub max_deferred_requests: usize,
     /// Out-of-order sequenced messages held per room while a gap is filled.
     pub max_gap_buffer: usize,
+    /// Cluster mode: presence updates the broker did not take, remembered
+    /// until it is back (beyond this, some are dropped; the rooms still
+    /// open here are reconciled from their snapshots anyway).
+    pub max_presence_retries: usize,
     /// Several nodes share rooms through a broker: the hub reports local
     /// presence ([`crate::Output::Presence`]), merges other nodes' presence,
     /// and relays direct messages for users it does not have.
@@ -61,6 +65,7 @@ impl Default for Config {
             rate_limit_burst: 10,
             max_deferred_requests: 64,
             max_gap_buffer: 4096,
+            max_presence_retries: 4096,
             clustered: false,
         }
     }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomName, UserRef};
+use crate::request::Publish;
 use crate::time::Timestamp;
 
 /// A fact from the outside world.
@@ -76,8 +77,26 @@ pub enum Input {
         outcome: RelayOutcome,
     },
     /// The broker connection came back after an outage: every open room may
-    /// have missed messages and presence changes, so each is resynced.
+    /// have missed messages and presence changes, so each is resynced, and
+    /// presence updates the broker did not take are sent again.
     BrokerReconnected,
+    /// Cluster mode: this node's subscription to `room`'s channel, asked
+    /// for by an [`Output::OpenRoom`], is confirmed. Presence changes that
+    /// reached an opening room before it came from an earlier subscription
+    /// (the room was closed and opened again here) and are stale; those
+    /// after it are the room's current stream.
+    RoomSubscribed { room: RoomName },
+    /// The broker did not take an [`Output::Presence`] (cluster mode).
+    PresenceFailed {
+        room: RoomName,
+        user: UserRef,
+        present: bool,
+    },
+    /// A backend publishes into a room (`POST /api/publish`): sequenced and
+    /// delivered like a member's message, answered with
+    /// [`Output::Published`] carrying the same `ticket` (the shell's own
+    /// number for the waiting caller).
+    Publish { ticket: u64, publish: Publish },
 }
 
 /// An instruction to the shell.
@@ -125,6 +144,31 @@ pub enum Output {
     FollowUser { user: Arc<str> },
     /// Cluster mode: `user`'s last connection on this node is gone.
     UnfollowUser { user: Arc<str> },
+    /// The answer to [`Input::Publish`].
+    Published {
+        ticket: u64,
+        outcome: PublishOutcome,
+    },
+}
+
+/// What became of a backend's publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Stored and numbered: it is in the room's history and being delivered.
+    Stored {
+        room: RoomName,
+        message_id: Arc<str>,
+        offset: u64,
+    },
+    /// The sequencer could not take it (`UNAVAILABLE`); safe to retry.
+    Unavailable,
+}
+
+/// A backend's publish waiting for its answer, on the node it was made on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishTicket {
+    pub node: NodeId,
+    pub id: u64,
 }
 
 /// How the shell may treat a frame when a connection's queue is under
@@ -197,8 +241,11 @@ pub struct AppendRequest {
     pub reply_to: Option<Arc<str>>,
     /// When the server accepted it; shown to every recipient.
     pub timestamp: Timestamp,
-    /// `None` for messages published by a backend, not a connection.
+    /// The connection that sent it; `None` for a backend's publish.
     pub origin: Option<Origin>,
+    /// A backend's publish whose caller waits for the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<PublishTicket>,
 }
 
 /// A message with its place in the room's order.
@@ -214,6 +261,8 @@ pub struct SequencedMessage {
     pub reply_to: Option<Arc<str>>,
     pub timestamp: Timestamp,
     pub origin: Option<Origin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<PublishTicket>,
 }
 
 impl SequencedMessage {
@@ -232,14 +281,24 @@ impl SequencedMessage {
             reply_to: request.reply_to,
             timestamp: request.timestamp,
             origin: request.origin,
+            ticket: request.ticket,
         }
     }
 }
 
-/// Proof that an append was stored and numbered, for the sender's ack.
+/// Who waits for an append's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Requester {
+    /// A connection's `send_message`: its ack.
+    Conn(Origin),
+    /// A backend's publish: [`Output::Published`].
+    Api(PublishTicket),
+}
+
+/// Proof that an append was stored and numbered, for whoever waits on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendReceipt {
-    pub origin: Origin,
+    pub requester: Requester,
     pub room: RoomName,
     pub message_id: Arc<str>,
     pub epoch: Epoch,
@@ -247,10 +306,16 @@ pub struct AppendReceipt {
 }
 
 impl SequencedMessage {
-    /// The receipt for the sender, when a connection sent it.
+    /// The receipt for whoever waits: the sending connection, or the
+    /// backend that published it.
     pub fn receipt(&self) -> Option<AppendReceipt> {
-        self.origin.as_ref().map(|origin| AppendReceipt {
-            origin: origin.clone(),
+        let requester = match (&self.origin, self.ticket) {
+            (Some(origin), _) => Requester::Conn(origin.clone()),
+            (None, Some(ticket)) => Requester::Api(ticket),
+            (None, None) => return None,
+        };
+        Some(AppendReceipt {
+            requester,
             room: self.room.clone(),
             message_id: self.id.clone(),
             epoch: self.epoch.clone(),

@@ -9,7 +9,7 @@
 //! Nothing here reads a clock, spawns, locks or does I/O. Outputs depend only
 //! on the config and the sequence of `(input, now)` pairs.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,16 +21,21 @@ use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::event::{
     AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,
-    RelayOutcome, RoomSnapshot, SequencedMessage, close,
+    PublishOutcome, PublishTicket, RelayOutcome, Requester, RoomSnapshot, SequencedMessage, close,
 };
 use crate::ids::{ConnId, Identity, NodeId, RoomName, UserRef};
 use crate::limiter::{ConnLimiter, RateLimits};
-use crate::request::{ParseLimits, Request, RequestError, RequestKind, Since, parse_request};
+use crate::request::{
+    ParseLimits, Publish, Request, RequestError, RequestKind, Since, parse_request,
+};
 use crate::room::{
     Logged, Presence, PresenceChange, Recovery, Room, RoomLog, RoomState, WaitingJoin,
 };
 use crate::time::Timestamp;
 use crate::wire;
+
+/// The sender a backend's publish is shown with when it names none.
+pub const SERVER_USER: &str = "server";
 
 /// The pure, deterministic state machine behind one roomhub node.
 pub struct Hub {
@@ -52,6 +57,9 @@ pub struct Hub {
     resume: Vec<ConnId>,
     /// Errors answered, indexed like [`ErrorCode::ALL`].
     errors_sent: [u64; ErrorCode::ALL.len()],
+    /// Cluster mode: (room, user) whose presence the broker failed to take;
+    /// the current truth is sent again when it is back.
+    presence_unsynced: BTreeMap<(RoomName, Arc<str>), UserRef>,
 }
 
 struct Conn {
@@ -103,6 +111,7 @@ impl Hub {
             shutting_down: false,
             resume: Vec::new(),
             errors_sent: [0; ErrorCode::ALL.len()],
+            presence_unsynced: BTreeMap::new(),
         }
     }
 
@@ -146,6 +155,17 @@ impl Hub {
             Input::AppendFailed(request) => self.on_append_failed(request),
             Input::RoomOpened(snapshot) => self.on_room_opened(snapshot),
             Input::RoomOpenFailed { room } => self.on_room_open_failed(&room),
+            Input::RoomSubscribed { room } => {
+                if let Some(RoomState::Opening {
+                    early_presence,
+                    presence_overflowed,
+                    ..
+                }) = self.rooms.get_mut(&room).map(|r| &mut r.state)
+                {
+                    early_presence.clear();
+                    *presence_overflowed = false;
+                }
+            }
             Input::Shutdown => self.on_shutdown(),
             Input::RemotePresence {
                 room,
@@ -156,11 +176,13 @@ impl Hub {
             Input::NodeGone { node } => self.on_node_gone(node),
             Input::RemoteDirect(message) => self.on_remote_direct(&message),
             Input::Relayed { message, outcome } => self.on_relayed(&message, outcome),
-            Input::BrokerReconnected => {
-                for room in self.room_names() {
-                    self.request_resync(&room);
+            Input::BrokerReconnected => self.on_broker_reconnected(),
+            Input::PresenceFailed { room, user, .. } => {
+                if self.config.clustered {
+                    self.presence_failed(room, user);
                 }
             }
+            Input::Publish { ticket, publish } => self.on_publish(ticket, publish),
         }
         while let Some(conn) = self.resume.pop() {
             self.run_deferred(conn);
@@ -583,6 +605,7 @@ impl Hub {
                         request_id: req_id,
                         seq: c.next_seq,
                     }),
+                    ticket: None,
                 };
                 self.out.push_back(Output::Append(Box::new(request)));
             }
@@ -937,6 +960,28 @@ impl Hub {
 
     // ---- sequencing ----
 
+    /// A backend's message: sequenced like a member's, shown as sent by
+    /// the server itself unless the backend names a sender.
+    fn on_publish(&mut self, ticket: u64, publish: Publish) {
+        let sender = publish.sender.unwrap_or_else(|| UserRef {
+            id: SERVER_USER.into(),
+            name: SERVER_USER.into(),
+        });
+        let request = AppendRequest {
+            room: publish.room,
+            sender,
+            content: publish.content,
+            reply_to: publish.reply_to,
+            timestamp: self.now,
+            origin: None,
+            ticket: Some(PublishTicket {
+                node: self.config.node_id,
+                id: ticket,
+            }),
+        };
+        self.out.push_back(Output::Append(Box::new(request)));
+    }
+
     fn on_sequenced(&mut self, msg: SequencedMessage) {
         let max_early = self.config.max_gap_buffer;
         match self.rooms.get_mut(&msg.room).map(|r| &mut r.state) {
@@ -995,6 +1040,14 @@ impl Hub {
             let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
                 return;
             };
+            // Held messages a snapshot has since delivered are done with.
+            while log
+                .ahead
+                .first_key_value()
+                .is_some_and(|(o, _)| *o <= log.head)
+            {
+                log.ahead.pop_first();
+            }
             let Some(next) = log.ahead.remove(&(log.head + 1)) else {
                 return;
             };
@@ -1064,7 +1117,24 @@ impl Hub {
     }
 
     fn on_appended(&mut self, receipt: AppendReceipt) {
-        if receipt.origin.node != self.config.node_id {
+        let origin = match &receipt.requester {
+            Requester::Conn(origin) => origin,
+            Requester::Api(ticket) => {
+                if ticket.node == self.config.node_id {
+                    let outcome = PublishOutcome::Stored {
+                        room: receipt.room,
+                        message_id: receipt.message_id,
+                        offset: receipt.offset,
+                    };
+                    self.out.push_back(Output::Published {
+                        ticket: ticket.id,
+                        outcome,
+                    });
+                }
+                return;
+            }
+        };
+        if origin.node != self.config.node_id {
             return;
         }
         let max = self.config.max_gap_buffer;
@@ -1086,10 +1156,13 @@ impl Hub {
     }
 
     fn send_receipt(&mut self, receipt: &AppendReceipt) {
-        if self.append_answered(&receipt.origin) {
+        let Requester::Conn(origin) = &receipt.requester else {
+            return;
+        };
+        if self.append_answered(origin) {
             self.ack(
-                receipt.origin.conn,
-                receipt.origin.request_id.as_deref(),
+                origin.conn,
+                origin.request_id.as_deref(),
                 Some(&receipt.room),
                 Some((&receipt.message_id, Some(receipt.offset))),
             );
@@ -1129,6 +1202,14 @@ impl Hub {
     }
 
     fn on_append_failed(&mut self, request: AppendRequest) {
+        if let Some(ticket) = request.ticket
+            && ticket.node == self.config.node_id
+        {
+            self.out.push_back(Output::Published {
+                ticket: ticket.id,
+                outcome: PublishOutcome::Unavailable,
+            });
+        }
         if let Some(origin) = request.origin
             && origin.node == self.config.node_id
             && self.append_answered(&origin)
@@ -1240,6 +1321,91 @@ impl Hub {
         }
         for change in changes {
             self.apply_remote(name, change);
+        }
+        self.reconcile_own_presence(name, snapshot);
+    }
+
+    /// The broker's view of this node's members in a room, corrected from a
+    /// resync's snapshot: members it lacks are announced (all of them after
+    /// a broker outage, since the other nodes may have been told this node
+    /// was gone), and departures it still holds are sent again.
+    fn reconcile_own_presence(&mut self, name: &RoomName, snapshot: &RoomSnapshot) {
+        if !self.config.clustered {
+            return;
+        }
+        let me = self.config.node_id;
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let all = match &mut room.state {
+            RoomState::Open(log) => std::mem::take(&mut log.reannounce),
+            RoomState::Opening { .. } => false,
+        };
+        let recorded = |id: &str| {
+            snapshot
+                .presence
+                .iter()
+                .any(|m| m.node == me && &*m.user.id == id)
+        };
+        let mut fixes: Vec<(UserRef, bool)> = room
+            .users
+            .values()
+            .filter(|p| all || !recorded(&p.user.id))
+            .map(|p| (p.user.clone(), true))
+            .collect();
+        fixes.extend(
+            snapshot
+                .presence
+                .iter()
+                .filter(|m| m.node == me && !room.users.contains_key(&m.user.id))
+                .map(|m| (m.user.clone(), false)),
+        );
+        for (user, present) in fixes {
+            self.out.push_back(Output::Presence {
+                room: name.clone(),
+                user,
+                present,
+            });
+        }
+    }
+
+    /// Remembers a presence update the broker did not take. Bounded: past
+    /// the bound the first entry (by room and user) is dropped; rooms still
+    /// open here are reconciled from their snapshots anyway.
+    fn presence_failed(&mut self, room: RoomName, user: UserRef) {
+        if self.presence_unsynced.len() >= self.config.max_presence_retries {
+            self.presence_unsynced.pop_first();
+        }
+        if self.config.max_presence_retries > 0 {
+            self.presence_unsynced.insert((room, user.id.clone()), user);
+        }
+    }
+
+    /// The broker is back. It missed the updates that failed: each is sent
+    /// again as what is true now (present if the user is still in the room
+    /// here), at once, since a snapshot does not show this node's entries
+    /// while its liveness has run out. It may also have dropped this node's
+    /// members (the other nodes told it was gone): every open room is
+    /// resynced, and its local members announced again once the snapshot is
+    /// in ([`Hub::reconcile_own_presence`]).
+    fn on_broker_reconnected(&mut self) {
+        let clustered = self.config.clustered;
+        for ((room, id), user) in std::mem::take(&mut self.presence_unsynced) {
+            let present = self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.users.contains_key(&id));
+            self.out.push_back(Output::Presence {
+                room,
+                user,
+                present,
+            });
+        }
+        for name in self.room_names() {
+            if let Some(RoomState::Open(log)) = self.rooms.get_mut(&name).map(|r| &mut r.state) {
+                log.reannounce = clustered;
+            }
+            self.request_resync(&name);
         }
     }
 

@@ -31,7 +31,8 @@ pub use config::Config;
 pub use error::ErrorCode;
 pub use event::{
     AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,
-    RelayOutcome, RemoteMember, RoomSnapshot, SequencedMessage, close,
+    PublishOutcome, PublishTicket, RelayOutcome, RemoteMember, Requester, RoomSnapshot,
+    SequencedMessage, close,
 };
 pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};

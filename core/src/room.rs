@@ -155,6 +155,9 @@ pub(crate) struct RoomLog {
     pub(crate) ahead: BTreeMap<u64, SequencedMessage>,
     /// An `OpenRoom { after }` is outstanding for this room.
     pub(crate) resyncing: bool,
+    /// Cluster mode: the broker came back since this room's last resync,
+    /// so the next one announces every local member again.
+    pub(crate) reannounce: bool,
     /// Receipts for this node's messages whose delivery has not reached
     /// this node yet (in a cluster the receipt and the delivery travel
     /// different paths). The delivery sends the ack, so a sender never
@@ -182,6 +185,7 @@ impl RoomLog {
             ring: VecDeque::new(),
             ahead: BTreeMap::new(),
             resyncing: false,
+            reannounce: false,
             pending_acks: BTreeMap::new(),
             opened_head: head,
         }

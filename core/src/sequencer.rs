@@ -92,7 +92,8 @@ impl MemorySequencer {
             | Output::Presence { .. }
             | Output::Relay(_)
             | Output::FollowUser { .. }
-            | Output::UnfollowUser { .. } => false,
+            | Output::UnfollowUser { .. }
+            | Output::Published { .. } => false,
         }
     }
 

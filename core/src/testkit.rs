@@ -126,7 +126,8 @@ impl TestWorld {
             | Output::Presence { .. }
             | Output::Relay(_)
             | Output::FollowUser { .. }
-            | Output::UnfollowUser { .. } => {}
+            | Output::UnfollowUser { .. }
+            | Output::Published { .. } => {}
         }
     }
 
@@ -214,5 +215,6 @@ pub fn append_request(room: &str, at_ms: u64) -> AppendRequest {
         reply_to: None,
         timestamp: Timestamp(at_ms),
         origin: None,
+        ticket: None,
     }
 }

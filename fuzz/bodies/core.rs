@@ -372,7 +372,8 @@ impl FuzzWorld {
                 Output::CloseRoom { .. }
                 | Output::Presence { .. }
                 | Output::FollowUser { .. }
-                | Output::UnfollowUser { .. } => {}
+                | Output::UnfollowUser { .. }
+                | Output::Published { .. } => {}
             }
         }
     }
@@ -474,6 +475,7 @@ impl FuzzWorld {
                     reply_to: None,
                     timestamp: self.now,
                     origin: None,
+                    ticket: None,
                 };
                 self.handle(Input::Sequenced(msg));
             }

@@ -4,12 +4,15 @@
 //!   clients ([`client`]) and seeded faults; [`check`] holds the invariants
 //!   checked on everything the clients saw ([`trace`]).
 //! - [`broker`]: the simulated broker (a pure model, served over TCP).
+//! - [`memcluster`]: N hubs and the broker model on a manual clock in one
+//!   thread, judged by the same checker (`tests/memcluster.rs`).
 //! - [`model`] and [`ops`]: a reference model of the core, driven by
 //!   proptest (see `tests/model.rs`).
 
 pub mod broker;
 pub mod check;
 pub mod client;
+pub mod memcluster;
 pub mod model;
 pub mod net;
 pub mod ops;

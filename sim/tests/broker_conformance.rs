@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use roomhub_core::{AppendRequest, DirectMessage, HistoryLimits, NodeId, RoomName, UserRef};
 use roomhub_net::clock::Clock;
-use roomhub_net::cluster::broker::{Broker, SubRequest, Subscription};
+use roomhub_net::cluster::broker::{Broker, Delivery, SubRequest, Subscription};
 use roomhub_net::cluster::keys::channel;
 use roomhub_net::cluster::redis::RedisBroker;
 use roomhub_net::cluster::wire::{Event, PresenceEvent};
@@ -38,27 +37,38 @@ fn request(r: &str, content: &str) -> AppendRequest {
         reply_to: None,
         timestamp: Clock::system().now(),
         origin: None,
+        ticket: None,
     }
 }
 
 async fn subscribed(broker: &impl Broker, channels: &[String]) -> Subscription {
-    let sub = broker.subscribe().await.expect("subscribe");
+    let mut sub = broker.subscribe().await.expect("subscribe");
     for ch in channels {
-        let (tx, rx) = oneshot::channel();
+        let (tx, _rx) = oneshot::channel();
         sub.control
             .send(SubRequest::Subscribe(ch.clone(), tx))
             .await
             .unwrap();
-        rx.await.unwrap().expect("confirmed");
+        // The confirmation arrives in order with the messages.
+        let confirmed = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
+            .await
+            .expect("confirmed in time");
+        assert!(
+            matches!(confirmed, Some(Delivery::Subscribed(_))),
+            "{confirmed:?}"
+        );
     }
     sub
 }
 
 async fn next_event(sub: &mut Subscription) -> Event {
-    let payload: Bytes = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
+    let delivery = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
         .await
         .expect("an event in time")
         .expect("session open");
+    let Delivery::Message(payload) = delivery else {
+        panic!("a message, not {delivery:?}");
+    };
     Event::decode(&payload).expect("a well-formed event")
 }
 
@@ -248,6 +258,27 @@ async fn idle_rooms_expire_into_a_new_epoch(b: &impl Broker) {
     assert_eq!((snap.head, snap.messages.len()), (0, 0));
 }
 
+/// What was published to a session before a subscription is confirmed
+/// arrives before the confirmation: a room snapshot read after it is never
+/// overtaken by an older publication.
+async fn confirmations_come_after_earlier_publications(b: &impl Broker) {
+    let mut sub = subscribed(b, &[channel::room("o1")]).await;
+    b.append(&[request("o1", "first")]).await.unwrap();
+    let (tx, _rx) = oneshot::channel();
+    sub.control
+        .send(SubRequest::Subscribe(channel::room("o2"), tx))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut sub).await, Event::Message(_)));
+    let confirmed = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
+        .await
+        .expect("confirmed in time");
+    assert!(
+        matches!(confirmed, Some(Delivery::Subscribed(_))),
+        "{confirmed:?}"
+    );
+}
+
 /// The history age limit of the expiry case.
 const SHORT_AGE_MS: u64 = 400;
 
@@ -256,6 +287,7 @@ async fn suite(b: impl Broker) {
     open_gives_new_rooms_a_stable_epoch(&b).await;
     presence_follows_live_nodes(&b).await;
     relays_count_receivers_and_unsubscribe_stops_delivery(&b).await;
+    confirmations_come_after_earlier_publications(&b).await;
 }
 
 #[tokio::test]

@@ -375,6 +375,7 @@ fn a_late_failure_report_never_answers_a_message_twice() {
             request_id: Some("s1".into()),
             seq: 1,
         }),
+        ticket: None,
     };
     w.input(Input::AppendFailed(request));
     assert_snapshot!(w.transcript());

@@ -81,9 +81,24 @@ impl From<serde_json::Error> for BrokerError {
 /// Asks a subscription session to change what it listens to.
 #[derive(Debug)]
 pub enum SubRequest {
-    /// Answered once the broker confirmed the subscription.
+    /// Confirmed through the session's messages ([`Delivery::Subscribed`]);
+    /// a refusal is answered at once.
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
+}
+
+/// What a subscription session hands its reader, in the order the broker
+/// sent it.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A publication on a subscribed channel.
+    Message(Bytes),
+    /// A [`SubRequest::Subscribe`] is confirmed: everything published to
+    /// the session before the confirmation came before this. The reader
+    /// answers the request once it has handed those on, so a room's
+    /// snapshot, read after the confirmation, is never overtaken by an
+    /// older publication (a stale presence change or node departure).
+    Subscribed(oneshot::Sender<Result<(), BrokerError>>),
 }
 
 /// One subscription session. `messages` closes when the session is lost.
@@ -92,7 +107,7 @@ pub enum SubRequest {
 /// client output buffer limit), and the node resyncs every room.
 pub struct Subscription {
     pub control: mpsc::Sender<SubRequest>,
-    pub messages: mpsc::Receiver<Bytes>,
+    pub messages: mpsc::Receiver<Delivery>,
 }
 
 /// Subscribe and unsubscribe requests a session queues.

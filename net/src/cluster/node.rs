@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use roomhub_core::NodeId;
-use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
@@ -33,8 +32,6 @@ pub(crate) fn spawn<B: Broker>(
 ) -> SequencerQueue {
     let (outputs_tx, outputs_rx) = mpsc::unbounded_channel();
     let (sub_tx, sub_rx) = mpsc::channel(SUBSCRIPTION_REQUESTS);
-    // One pending re-announcement covers every outage before it.
-    let (reannounce_tx, reannounce_rx) = mpsc::channel(1);
     tokio::spawn(subscriber(
         broker.clone(),
         node,
@@ -42,7 +39,6 @@ pub(crate) fn spawn<B: Broker>(
         sub_rx,
         answers.clone(),
         view.clone(),
-        reannounce_tx,
     ));
     let worker = Worker {
         broker: broker.clone(),
@@ -51,9 +47,8 @@ pub(crate) fn spawn<B: Broker>(
         subs: sub_tx,
         answers,
         view: view.clone(),
-        announced: FxHashMap::default(),
     };
-    tokio::spawn(worker.run(outputs_rx, reannounce_rx));
+    tokio::spawn(worker.run(outputs_rx));
     tokio::spawn(heartbeat(broker, node, timing, local_online, view));
     outputs_tx
 }

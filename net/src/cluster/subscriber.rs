@@ -11,7 +11,7 @@ use roomhub_core::{Input, NodeId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::cluster::broker::{Broker, BrokerError, SubRequest, Subscription};
+use crate::cluster::broker::{Broker, BrokerError, Delivery, SubRequest, Subscription};
 use crate::cluster::keys::channel;
 use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::cluster::wire::Event;
@@ -19,8 +19,8 @@ use crate::hub::inbox::Answers;
 
 /// Keeps one subscription session up, with every channel the node needs,
 /// and turns what is published into hub inputs. A lost session is
-/// re-established with backoff; the hub is then told to resync its rooms
-/// and the worker re-announces this node's presence.
+/// re-established with backoff; the hub is then told, and resyncs its rooms
+/// and this node's presence.
 pub(crate) async fn subscriber<B: Broker>(
     broker: Arc<B>,
     node: NodeId,
@@ -28,14 +28,13 @@ pub(crate) async fn subscriber<B: Broker>(
     mut requests: mpsc::Receiver<SubRequest>,
     answers: Answers,
     view: Arc<ClusterView>,
-    reannounce: mpsc::Sender<()>,
 ) {
     let mut wanted: BTreeSet<String> = BTreeSet::from([channel::NODES.to_string()]);
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
     loop {
         let session = match broker.subscribe().await {
-            Ok(session) => subscribe_all(session, &wanted).await,
+            Ok(session) => subscribe_all(session, &wanted, node, &view, &answers).await,
             Err(e) => {
                 if first {
                     warn!("broker unreachable: {e}; retrying");
@@ -60,8 +59,6 @@ pub(crate) async fn subscriber<B: Broker>(
         if !first {
             info!("broker connection restored; resyncing rooms");
             answers.send(Input::BrokerReconnected).await;
-            // A full queue already holds a re-announcement to come.
-            let _ = reannounce.try_send(());
         }
         first = false;
         loop {
@@ -80,14 +77,8 @@ pub(crate) async fn subscriber<B: Broker>(
                     None => return,
                 },
                 msg = messages.recv() => match msg {
-                    Some(payload) => {
-                        let event = Event::decode(&payload);
-                        if event == Some(Event::Beat(node)) {
-                            view.beats_heard.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if let Some(input) = event.and_then(into_input)
-                            && !answers.send(input).await
-                        {
+                    Some(delivery) => {
+                        if !hand_on(delivery, node, &view, &answers).await {
                             return;
                         }
                     }
@@ -101,18 +92,59 @@ pub(crate) async fn subscriber<B: Broker>(
 }
 
 /// Subscribes a new session to every wanted channel; `None` if the broker
-/// refused or the session died on the way.
-async fn subscribe_all(session: Subscription, wanted: &BTreeSet<String>) -> Option<Subscription> {
+/// refused, the session died on the way, or the hub is gone.
+async fn subscribe_all(
+    mut session: Subscription,
+    wanted: &BTreeSet<String>,
+    node: NodeId,
+    view: &ClusterView,
+    answers: &Answers,
+) -> Option<Subscription> {
     for ch in wanted {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         session
             .control
             .send(SubRequest::Subscribe(ch.clone(), tx))
             .await
             .ok()?;
-        rx.await.ok()?.ok()?;
+        // The confirmation comes with the messages, after those before it.
+        loop {
+            tokio::select! {
+                biased;
+                refused = &mut rx => {
+                    refused.ok()?.ok()?;
+                    break;
+                }
+                delivery = session.messages.recv() => {
+                    if !hand_on(delivery?, node, view, answers).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
     Some(session)
+}
+
+/// Hands a publication to the hub (noting this node's own beats), or
+/// answers a subscription's confirmation; false when the hub is gone.
+async fn hand_on(delivery: Delivery, node: NodeId, view: &ClusterView, answers: &Answers) -> bool {
+    match delivery {
+        Delivery::Message(payload) => {
+            let event = Event::decode(&payload);
+            if event == Some(Event::Beat(node)) {
+                view.beats_heard.fetch_add(1, Ordering::Relaxed);
+            }
+            match event.and_then(Event::into_input) {
+                Some(input) => answers.send(input).await,
+                None => true,
+            }
+        }
+        Delivery::Subscribed(done) => {
+            let _ = done.send(Ok(()));
+            true
+        }
+    }
 }
 
 /// Waits `backoff` while the broker is away, answering subscription
@@ -141,19 +173,4 @@ async fn wait_away(
             },
         }
     }
-}
-
-fn into_input(event: Event) -> Option<Input> {
-    Some(match event {
-        Event::Message(m) => Input::Sequenced(m),
-        Event::Presence(p) => Input::RemotePresence {
-            room: p.room,
-            node: p.node,
-            user: p.user,
-            present: p.present,
-        },
-        Event::NodeGone(node) => Input::NodeGone { node },
-        Event::Direct(d) => Input::RemoteDirect(Box::new(d)),
-        Event::Beat(_) => return None,
-    })
 }

@@ -4,7 +4,7 @@
 //! the simulated broker both use these, so their records cannot differ.
 
 use roomhub_core::{
-    AppendRequest, DirectMessage, Epoch, NodeId, RoomName, RoomSnapshot, SequencedMessage,
+    AppendRequest, DirectMessage, Epoch, Input, NodeId, RoomName, RoomSnapshot, SequencedMessage,
     Timestamp, UserRef,
 };
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,7 @@ impl Event {
                     reply_to: m.reply_to.clone(),
                     timestamp: m.timestamp,
                     origin: m.origin.clone(),
+                    ticket: m.ticket,
                 };
                 message_payload(m.offset, m.epoch.as_str(), &request_json(&request))
             }
@@ -53,6 +54,23 @@ impl Event {
             Event::Beat(node) => format!("h {}", node.0).into_bytes(),
             Event::Direct(d) => tagged(b'd', &serde_json::to_vec(d).unwrap_or_default()),
         }
+    }
+
+    /// The core input a node takes from it; `None` for a heartbeat beat,
+    /// which only the node's own liveness check reads.
+    pub fn into_input(self) -> Option<Input> {
+        Some(match self {
+            Event::Message(m) => Input::Sequenced(m),
+            Event::Presence(p) => Input::RemotePresence {
+                room: p.room,
+                node: p.node,
+                user: p.user,
+                present: p.present,
+            },
+            Event::NodeGone(node) => Input::NodeGone { node },
+            Event::Direct(d) => Input::RemoteDirect(Box::new(d)),
+            Event::Beat(_) => return None,
+        })
     }
 
     /// Reads a published payload; `None` for anything malformed.

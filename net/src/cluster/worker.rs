@@ -1,8 +1,9 @@
 //! The node's request worker: serves the hub's cluster outputs in the order
 //! they were emitted (appends batched into one round trip, opens after the
 //! appends before them, presence, relays, follows) and answers through the
-//! hub's inbox. It keeps the node's announced presence so it can announce
-//! it again after an outage.
+//! hub's inbox. It keeps nothing of its own: a presence update the broker
+//! did not take is reported to the core, which sends the truth again once
+//! the broker is back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use roomhub_core::{
     AppendRequest, DirectMessage, Input, NodeId, Output, Position, RelayOutcome, RoomName, UserRef,
 };
-use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -33,31 +33,12 @@ pub(crate) struct Worker<B> {
     pub(crate) subs: mpsc::Sender<SubRequest>,
     pub(crate) answers: Answers,
     pub(crate) view: Arc<ClusterView>,
-    /// This node's presence as it should be in the broker: users present
-    /// (announced again after an outage, since the other nodes may have
-    /// dropped them) and departures the broker has not taken yet.
-    pub(crate) announced: FxHashMap<(RoomName, Arc<str>), (UserRef, bool)>,
 }
 
 impl<B: Broker> Worker<B> {
     /// Runs until the hub or the subscriber is gone.
-    pub(crate) async fn run(
-        mut self,
-        mut outputs: mpsc::UnboundedReceiver<Output>,
-        mut reannounce: mpsc::Receiver<()>,
-    ) {
-        loop {
-            let first = tokio::select! {
-                biased;
-                Some(()) = reannounce.recv() => {
-                    self.reannounce().await;
-                    continue;
-                }
-                out = outputs.recv() => match out {
-                    Some(out) => out,
-                    None => return,
-                },
-            };
+    pub(crate) async fn run(mut self, mut outputs: mpsc::UnboundedReceiver<Output>) {
+        while let Some(first) = outputs.recv().await {
             for step in steps(take_ready(first, &mut outputs, MAX_BATCH)) {
                 let served = match step {
                     Step::Appends(batch) => self.append(batch).await,
@@ -67,22 +48,6 @@ impl<B: Broker> Worker<B> {
                     return;
                 }
             }
-        }
-    }
-
-    async fn reannounce(&mut self) {
-        let mut settled = Vec::new();
-        for ((room, id), (user, present)) in &self.announced {
-            if let Err(e) = self.broker.presence(self.node, room, user, *present).await {
-                warn!("re-announcing presence failed: {e}");
-                break;
-            }
-            if !present {
-                settled.push((room.clone(), id.clone()));
-            }
-        }
-        for key in settled {
-            self.announced.remove(&key);
         }
     }
 
@@ -101,10 +66,7 @@ impl<B: Broker> Worker<B> {
                 room,
                 user,
                 present,
-            } => {
-                self.presence(room, user, present).await;
-                None
-            }
+            } => self.presence(room, user, present).await,
             Output::Relay(message) => self.relay(message).await,
             Output::FollowUser { user } => {
                 // Confirmation is not awaited: a direct message sent before
@@ -124,11 +86,12 @@ impl<B: Broker> Worker<B> {
                 }
                 None
             }
-            // Appends come batched; connection outputs never reach here.
+            // Appends come batched; the hub task's outputs never reach here.
             Output::Append(_)
             | Output::Send { .. }
             | Output::Ping { .. }
-            | Output::Close { .. } => None,
+            | Output::Close { .. }
+            | Output::Published { .. } => None,
         };
         match input {
             Some(input) => self.answers.send(input).await,
@@ -186,6 +149,16 @@ impl<B: Broker> Worker<B> {
                 tokio::time::timeout(SUBSCRIBE_WAIT, rx).await,
                 Ok(Ok(Ok(())))
             );
+        // Everything published before the subscription is in the hub's
+        // inbox now: mark where the room's current stream begins.
+        if subscribed
+            && !self
+                .answers
+                .send(Input::RoomSubscribed { room: room.clone() })
+                .await
+        {
+            return Input::RoomOpenFailed { room: room.clone() };
+        }
         let snapshot = if subscribed {
             let after = after.as_ref().map(|p| p.offset);
             self.broker.open(room, after, self.clock.now()).await
@@ -209,18 +182,19 @@ impl<B: Broker> Worker<B> {
         }
     }
 
-    async fn presence(&mut self, room: RoomName, user: UserRef, present: bool) {
-        let key = (room.clone(), user.id.clone());
-        self.announced.insert(key.clone(), (user.clone(), present));
+    /// Records a presence change; when the broker does not take it, the
+    /// core hears so (and sends the truth again once the broker is back).
+    async fn presence(&self, room: RoomName, user: UserRef, present: bool) -> Option<Input> {
         match self.broker.presence(self.node, &room, &user, present).await {
-            Ok(()) if !present => {
-                self.announced.remove(&key);
-            }
-            Ok(()) => {}
+            Ok(()) => None,
             Err(e) => {
-                // Kept in `announced`: sent again on reconnect.
                 warn!(room = %room, "presence update failed: {e}");
                 self.view.broker_failed();
+                Some(Input::PresenceFailed {
+                    room,
+                    user,
+                    present,
+                })
             }
         }
     }

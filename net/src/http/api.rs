@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use roomhub_core::{AppendRequest, ParseLimits, UserRef, parse_publish};
+use roomhub_core::{ParseLimits, PublishOutcome, parse_publish};
 use serde_json::json;
 
 use crate::http::error::json_error;
@@ -46,26 +46,18 @@ pub(crate) async fn publish(
                 .into_response();
         }
     };
-    let room = publish.room;
-    let request = AppendRequest {
-        room: room.clone(),
-        sender: publish.sender.unwrap_or_else(|| UserRef {
-            id: "server".into(),
-            name: "server".into(),
-        }),
-        content: publish.content,
-        reply_to: publish.reply_to,
-        timestamp: state.clock.now(),
-        origin: None,
-    };
-    let Ok(done) = state.conn.inbox.publish(request).await else {
+    let Ok(done) = state.conn.inbox.publish(publish).await else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     match tokio::time::timeout(PUBLISH_WAIT, done).await {
-        Ok(Ok(Ok(published))) => axum::Json(json!({
+        Ok(Ok(PublishOutcome::Stored {
+            room,
+            message_id,
+            offset,
+        })) => axum::Json(json!({
             "room": room.as_str(),
-            "message_id": &*published.message_id,
-            "offset": published.offset,
+            "message_id": &*message_id,
+            "offset": offset,
         }))
         .into_response(),
         _ => json_error(

@@ -3,7 +3,7 @@
 //! and queue overflows fed back to the core as inputs.
 
 use bytes::Bytes;
-use roomhub_core::{ConnId, Core, FrameKind, Input, Output, close};
+use roomhub_core::{ConnId, Core, FrameKind, Input, Output, PublishOutcome, close};
 use rustc_hash::FxHashMap;
 
 use crate::clock::Clock;
@@ -45,12 +45,13 @@ impl Connections {
     /// Queues every output for its connection; `due` collects the
     /// connections to write to (each once, with everything queued for it).
     /// Overflows found on the way are fed back to the core, whose answers
-    /// are dispatched in turn.
+    /// are dispatched in turn; answers to API publishes go to `published`.
     pub(crate) fn dispatch<C: Core>(
         &mut self,
         engine: &mut Engine<C>,
         clock: Clock,
         due: &mut Vec<ConnId>,
+        published: &mut Vec<(u64, PublishOutcome)>,
     ) {
         loop {
             let mut overflowed = Vec::new();
@@ -82,6 +83,7 @@ impl Connections {
                             outbox.close_now(code, reason);
                         }
                     }
+                    Output::Published { ticket, outcome } => published.push((ticket, outcome)),
                     // The engine hands the sequencer's outputs to whoever owns the order.
                     Output::Append(_)
                     | Output::OpenRoom { .. }

@@ -4,10 +4,8 @@
 //! follows) go to the store thread or the cluster's worker, which answer
 //! through the hub's inbox.
 
-use roomhub_core::{AppendRequest, Core, Hub, Input, Output, SingleNode, Timestamp};
+use roomhub_core::{Core, Hub, Input, Output, SingleNode, Timestamp};
 use tokio::sync::mpsc;
-
-use crate::hub::inbox::Published;
 
 /// The queue from the hub to a delegated sequencer. Unbounded because the
 /// hub task must never wait on the store or the broker (it would stop
@@ -29,11 +27,12 @@ pub(crate) enum Engine<C = Hub> {
     },
 }
 
-/// Sends, pings and closes; everything else is for the sequencer.
-fn for_connections(out: &Output) -> bool {
+/// Sends, pings, closes and publish answers stay with the hub task;
+/// everything else is for the sequencer.
+fn for_hub_task(out: &Output) -> bool {
     matches!(
         out,
-        Output::Send { .. } | Output::Ping { .. } | Output::Close { .. }
+        Output::Send { .. } | Output::Ping { .. } | Output::Close { .. } | Output::Published { .. }
     )
 }
 
@@ -45,7 +44,7 @@ impl<C: Core> Engine<C> {
         }
     }
 
-    /// The next output for connections; sequencing outputs are forwarded.
+    /// The next output for the hub task; sequencing outputs are forwarded.
     /// A send error means the sequencer is gone (the server is stopping);
     /// the requests then stay unanswered and clients retry.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
@@ -53,30 +52,11 @@ impl<C: Core> Engine<C> {
             Engine::Memory(node) => node.poll_output(),
             Engine::Delegated { hub, sequencer } => loop {
                 let out = hub.poll_output()?;
-                if for_connections(&out) {
+                if for_hub_task(&out) {
                     return Some(out);
                 }
                 let _ = sequencer.send(out);
             },
-        }
-    }
-
-    /// Starts an API publish; the memory engine answers at once.
-    pub(crate) fn publish(&mut self, request: AppendRequest, now: Timestamp) -> Option<Published> {
-        match self {
-            Engine::Memory(node) => {
-                let msg = node.sequencer.append(request);
-                let published = Published {
-                    message_id: msg.id.clone(),
-                    offset: msg.offset,
-                };
-                node.handle(Input::Sequenced(msg), now);
-                Some(published)
-            }
-            Engine::Delegated { sequencer, .. } => {
-                let _ = sequencer.send(Output::Append(Box::new(request)));
-                None
-            }
         }
     }
 

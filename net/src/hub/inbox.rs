@@ -4,9 +4,7 @@
 //! sequencer (the store thread, the cluster's tasks) an [`Answers`] (core
 //! inputs only).
 
-use std::sync::Arc;
-
-use roomhub_core::{AppendRequest, ConnId, Identity, Input};
+use roomhub_core::{ConnId, Identity, Input, Publish, PublishOutcome};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::outbox::Outbox;
@@ -23,19 +21,12 @@ pub(crate) enum HubEvent {
         outbox: Outbox,
     },
     Input(Input),
-    /// `POST /api/publish`: sequence `request` like a member's message and
-    /// answer with its id and offset once it is stored.
+    /// `POST /api/publish`: the core sequences it like a member's message
+    /// and answers once it is stored.
     Publish {
-        request: AppendRequest,
-        reply: oneshot::Sender<Result<Published, ()>>,
+        publish: Publish,
+        reply: oneshot::Sender<PublishOutcome>,
     },
-}
-
-/// Where a backend's published message landed.
-#[derive(Debug)]
-pub(crate) struct Published {
-    pub(crate) message_id: Arc<str>,
-    pub(crate) offset: u64,
 }
 
 /// The hub's end of the inbox, and the handles given out for it.
@@ -68,10 +59,10 @@ impl Inbox {
     /// A backend's message; the answer arrives on the returned receiver.
     pub(crate) async fn publish(
         &self,
-        request: AppendRequest,
-    ) -> Result<oneshot::Receiver<Result<Published, ()>>, ()> {
+        publish: Publish,
+    ) -> Result<oneshot::Receiver<PublishOutcome>, ()> {
         let (reply, done) = oneshot::channel();
-        let event = HubEvent::Publish { request, reply };
+        let event = HubEvent::Publish { publish, reply };
         self.0.send(event).await.map_err(|_| ())?;
         Ok(done)
     }

@@ -3,7 +3,7 @@
 //! outbox the frames of a pass (see [`crate::hub::dispatch`]). It decides
 //! nothing: every rule is the core's.
 
-use roomhub_core::{ConnId, Core, Input, Origin};
+use roomhub_core::{ConnId, Core, Input, PublishOutcome};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -11,12 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::hub::dispatch::Connections;
 use crate::hub::engine::Engine;
-use crate::hub::inbox::{HubEvent, Published};
+use crate::hub::inbox::HubEvent;
 use crate::metrics::Metrics;
-
-/// The connection number API publishes carry in their origin, so that the
-/// receipt finds its HTTP caller. Connections are numbered from 1.
-const API_CONN: ConnId = ConnId(0);
 
 pub(crate) struct HubTask<C> {
     pub(crate) engine: Engine<C>,
@@ -24,11 +20,13 @@ pub(crate) struct HubTask<C> {
     pub(crate) clock: Clock,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
-    /// API publishes waiting for their receipt, by request id.
-    pub(crate) publishes: FxHashMap<u64, oneshot::Sender<Result<Published, ()>>>,
+    /// API publishes waiting for the core's answer, by ticket.
+    pub(crate) publishes: FxHashMap<u64, oneshot::Sender<PublishOutcome>>,
     pub(crate) next_publish: u64,
 }
 
+/// Waiting API publishes past which those whose callers gave up are swept.
+const PUBLISHES_WAITING_SWEEP: usize = 1024;
 /// Events taken per wake-up before outputs are dispatched, so one burst of
 /// traffic costs one dispatch pass.
 const EVENT_BATCH: usize = 256;
@@ -74,7 +72,7 @@ impl<C: Core> HubTask<C> {
                 }
             }
             let mut due = Vec::new();
-            outboxes.dispatch(&mut self.engine, self.clock, &mut due);
+            self.dispatch(&mut outboxes, &mut due);
             self.coalesce(&mut outboxes, &mut due).await;
             outboxes.flush(due);
             let hub = self.engine.hub();
@@ -112,7 +110,19 @@ impl<C: Core> HubTask<C> {
                     Err(_) => break,
                 }
             }
-            outboxes.dispatch(&mut self.engine, self.clock, due);
+            self.dispatch(outboxes, due);
+        }
+    }
+
+    /// Hands the core's outputs to the connections, and its answers to API
+    /// publishes to their callers.
+    fn dispatch(&mut self, outboxes: &mut Connections, due: &mut Vec<ConnId>) {
+        let mut published = Vec::new();
+        outboxes.dispatch(&mut self.engine, self.clock, due, &mut published);
+        for (ticket, outcome) in published {
+            if let Some(reply) = self.publishes.remove(&ticket) {
+                let _ = reply.send(outcome);
+            }
         }
     }
 
@@ -131,60 +141,20 @@ impl<C: Core> HubTask<C> {
                 if let Input::Disconnected { conn } = &input {
                     outboxes.remove(*conn);
                 }
-                if !self.answer_publish(&input) {
-                    self.engine.handle(input, now);
-                }
+                self.engine.handle(input, now);
             }
-            HubEvent::Publish { mut request, reply } => {
+            HubEvent::Publish { publish, reply } => {
                 self.next_publish += 1;
-                let id = self.next_publish;
-                request.origin = Some(Origin {
-                    node: self.engine.hub().config().node_id,
-                    conn: API_CONN,
-                    request_id: Some(id.to_string().into()),
-                    seq: 0,
-                });
-                match self.engine.publish(request, now) {
-                    Some(done) => {
-                        let _ = reply.send(Ok(done));
-                    }
-                    None => {
-                        self.publishes.insert(id, reply);
-                    }
+                let ticket = self.next_publish;
+                // Every publish is answered, unless its sequencer is gone;
+                // callers that gave up waiting are then forgotten here.
+                if self.publishes.len() >= PUBLISHES_WAITING_SWEEP {
+                    self.publishes.retain(|_, waiting| !waiting.is_closed());
                 }
+                self.publishes.insert(ticket, reply);
+                self.engine.handle(Input::Publish { ticket, publish }, now);
             }
         }
-    }
-
-    /// Takes the store's or broker's answer to an API publish. Returns
-    /// false for everything else.
-    fn answer_publish(&mut self, input: &Input) -> bool {
-        let (origin, result) = match input {
-            Input::Appended(receipt) => (
-                &receipt.origin,
-                Ok(Published {
-                    message_id: receipt.message_id.clone(),
-                    offset: receipt.offset,
-                }),
-            ),
-            Input::AppendFailed(request) => match &request.origin {
-                Some(origin) => (origin, Err(())),
-                None => return false,
-            },
-            _ => return false,
-        };
-        if origin.conn != API_CONN {
-            return false;
-        }
-        let waiting = origin
-            .request_id
-            .as_deref()
-            .and_then(|id| id.parse().ok())
-            .and_then(|id| self.publishes.remove(&id));
-        if let Some(reply) = waiting {
-            let _ = reply.send(result);
-        }
-        true
     }
 }
 

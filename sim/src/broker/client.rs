@@ -15,8 +15,8 @@ use roomhub_core::{
     UserRef,
 };
 use roomhub_net::cluster::broker::{
-    Broker, BrokerError, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS, SUBSCRIPTION_QUEUE_EVENTS,
-    SubRequest, Subscription,
+    Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
+    SUBSCRIPTION_QUEUE_EVENTS, SubRequest, Subscription,
 };
 use roomhub_net::cluster::wire::{sequenced, snapshot};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -173,7 +173,7 @@ impl Broker for SimBroker {
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         let (mut lines, mut write) = self.open_stream().await?;
         let (control, mut requests) = mpsc::channel::<SubRequest>(SUBSCRIPTION_CONTROL_REQUESTS);
-        let (deliver, messages) = mpsc::channel::<Bytes>(SUBSCRIPTION_QUEUE_EVENTS);
+        let (deliver, messages) = mpsc::channel::<Delivery>(SUBSCRIPTION_QUEUE_EVENTS);
         let timeout = self.timeout;
         tokio::spawn(async move {
             // Subscribe confirmations come back in the order asked.
@@ -201,13 +201,17 @@ impl Broker for SimBroker {
                         let Ok(Some(line)) = line else { return };
                         match serde_json::from_str::<Reply>(&line) {
                             Ok(Reply::Push(payload)) => {
-                                if deliver.send(Bytes::from(payload)).await.is_err() {
+                                let payload = Delivery::Message(Bytes::from(payload));
+                                if deliver.send(payload).await.is_err() {
                                     return;
                                 }
                             }
                             Ok(Reply::Subscribed) => {
-                                if let Some(done) = waiting.pop_front() {
-                                    let _ = done.send(Ok(()));
+                                // In order with the pushes before it.
+                                if let Some(done) = waiting.pop_front()
+                                    && deliver.send(Delivery::Subscribed(done)).await.is_err()
+                                {
+                                    return;
                                 }
                             }
                             Ok(_) => {}

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use roomhub_core::{
@@ -24,8 +24,8 @@ use roomhub_core::{
 use tokio::sync::{Mutex, mpsc};
 
 use crate::cluster::broker::{
-    Broker, BrokerError, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS, SUBSCRIPTION_QUEUE_EVENTS,
-    SubRequest, Subscription,
+    Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
+    SUBSCRIPTION_QUEUE_EVENTS, SubRequest, Subscription,
 };
 use crate::cluster::keys::{self, channel};
 use crate::cluster::wire::{Event, PresenceEvent, request_json, sequenced, snapshot};
@@ -302,7 +302,7 @@ impl Broker for RedisBroker {
             .map_err(|_| BrokerError::TimedOut)??;
         let (mut sink, mut stream) = pubsub.split();
         let (control, mut requests) = mpsc::channel::<SubRequest>(SUBSCRIPTION_CONTROL_REQUESTS);
-        let (deliver, messages) = mpsc::channel::<Bytes>(SUBSCRIPTION_QUEUE_EVENTS);
+        let (deliver, messages) = mpsc::channel::<Delivery>(SUBSCRIPTION_QUEUE_EVENTS);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -310,11 +310,20 @@ impl Broker for RedisBroker {
                     req = requests.recv() => match req {
                         Some(SubRequest::Subscribe(ch, done)) => {
                             let r = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(&ch)).await;
-                            let ok = matches!(r, Ok(Ok(())));
-                            let _ = done.send(if ok { Ok(()) } else {
-                                Err(BrokerError::Reply("subscribe not confirmed".into()))
-                            });
-                            if !ok {
+                            if !matches!(r, Ok(Ok(()))) {
+                                let refused = BrokerError::Reply("subscribe not confirmed".into());
+                                let _ = done.send(Err(refused));
+                                return;
+                            }
+                            // What Redis sent before the confirmation is
+                            // already read: hand it on first.
+                            while let Some(Some(msg)) = stream.next().now_or_never() {
+                                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                                if deliver.send(Delivery::Message(payload)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            if deliver.send(Delivery::Subscribed(done)).await.is_err() {
                                 return;
                             }
                         }
@@ -330,7 +339,7 @@ impl Broker for RedisBroker {
                             let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                             // Waits when the node falls behind: Redis then
                             // drops this session at its output buffer limit.
-                            if deliver.send(payload).await.is_err() {
+                            if deliver.send(Delivery::Message(payload)).await.is_err() {
                                 return;
                             }
                         }
