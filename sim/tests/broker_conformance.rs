@@ -50,15 +50,19 @@ async fn subscribed(broker: &impl Broker, channels: &[String]) -> Subscription {
             .await
             .unwrap();
         // The confirmation arrives in order with the messages.
-        let confirmed = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
-            .await
-            .expect("confirmed in time");
-        assert!(
-            matches!(confirmed, Some(Delivery::Subscribed(_))),
-            "{confirmed:?}"
-        );
+        expect_confirmed(&mut sub).await;
     }
     sub
+}
+
+async fn expect_confirmed(sub: &mut Subscription) {
+    let confirmed = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
+        .await
+        .expect("confirmed in time");
+    assert!(
+        matches!(confirmed, Some(Delivery::Subscribed(_))),
+        "{confirmed:?}"
+    );
 }
 
 async fn next_event(sub: &mut Subscription) -> Event {
@@ -270,13 +274,7 @@ async fn confirmations_come_after_earlier_publications(b: &impl Broker) {
         .await
         .unwrap();
     assert!(matches!(next_event(&mut sub).await, Event::Message(_)));
-    let confirmed = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
-        .await
-        .expect("confirmed in time");
-    assert!(
-        matches!(confirmed, Some(Delivery::Subscribed(_))),
-        "{confirmed:?}"
-    );
+    expect_confirmed(&mut sub).await;
 }
 
 /// The history age limit of the expiry case.

@@ -11,35 +11,17 @@
 //! `ROOMHUB_CLUSTER_CASES` sets how many schedules run per node count
 //! (default 128).
 
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use proptest::test_runner::{TestCaseError, TestError};
 use roomhub_sim::memcluster::schedule::{Step, run, schedule_strategy};
+use roomhub_sim::seeded::{env_u64, runner};
 
 const DEFAULT_SEED: u64 = 0x636c_7573_7465_7221;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    let raw = raw.trim();
-    match raw.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => raw.parse().ok(),
-    }
-}
 
 /// Runs `cases` random schedules on `nodes` nodes; the messages delivered.
 fn search(nodes: usize) -> usize {
     let seed = env_u64("ROOMHUB_CLUSTER_SEED").unwrap_or(DEFAULT_SEED) ^ nodes as u64;
     let cases = env_u64("ROOMHUB_CLUSTER_CASES").unwrap_or(128) as u32;
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let mut runner = runner(seed, cases);
     let delivered = std::cell::Cell::new(0usize);
     let result = runner.run(&schedule_strategy(nodes, 120), |steps| {
         let outcome = run(nodes, seed, &steps);

@@ -10,35 +10,17 @@
 //! it: `ROOMHUB_MODEL_SEED=<seed> cargo test -p roomhub-sim --test model`.
 //! `ROOMHUB_MODEL_CASES` sets how many scenarios run (default 256).
 
-use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
+use proptest::test_runner::TestError;
 use roomhub_sim::ops::{check_scenario, scenario_strategy};
+use roomhub_sim::seeded::{env_u64, runner};
 
 const DEFAULT_SEED: u64 = 0x726f_6f6d_6875_6221;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    let raw = raw.trim();
-    match raw.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => raw.parse().ok(),
-    }
-}
 
 #[test]
 fn core_matches_the_reference_model() {
     let seed = env_u64("ROOMHUB_MODEL_SEED").unwrap_or(DEFAULT_SEED);
     let cases = env_u64("ROOMHUB_MODEL_CASES").unwrap_or(256) as u32;
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let mut runner = runner(seed, cases);
     let delivered = std::cell::Cell::new(0usize);
     let result = runner.run(&scenario_strategy(160), |ops| {
         let stats = check_scenario(&ops).map_err(proptest::test_runner::TestCaseError::fail)?;

@@ -30,6 +30,7 @@ pub(crate) fn spawn<B: Broker>(
     local_online: Online,
     view: Arc<ClusterView>,
 ) -> SequencerQueue {
+    // What bounds it: see `SequencerQueue`.
     let (outputs_tx, outputs_rx) = mpsc::unbounded_channel();
     let (sub_tx, sub_rx) = mpsc::channel(SUBSCRIPTION_REQUESTS);
     tokio::spawn(subscriber(

@@ -23,6 +23,7 @@ pub(crate) fn spawn(
     answers: Answers,
     closed: tokio::sync::oneshot::Sender<()>,
 ) -> SequencerQueue {
+    // What bounds it: see `SequencerQueue`.
     let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
     std::thread::Builder::new()
         .name("roomhub-store".into())

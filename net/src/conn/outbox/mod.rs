@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use roomhub_core::FrameKind;
+use roomhub_core::{FrameKind, close};
 use tokio::sync::Notify;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader, Utf8Bytes};
@@ -267,7 +267,7 @@ impl Outbox {
             code: CloseCode::from(c),
             reason: Utf8Bytes::from_static(""),
         });
-        self.push_close(frame, (code.unwrap_or(1000), "peer closed"));
+        self.push_close(frame, (code.unwrap_or(close::NORMAL), "peer closed"));
     }
 
     fn push_close(&self, frame: Option<CloseFrame>, why: (u16, &'static str)) {
