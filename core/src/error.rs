@@ -61,3 +61,18 @@ impl ErrorCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_wire_name() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire.as_str(), Some(code.as_str()));
+            assert!(!code.as_str().is_empty());
+        }
+        assert_eq!(ErrorCode::NotInRoom.as_str(), "NOT_IN_ROOM");
+    }
+}

@@ -1751,3 +1751,124 @@ fn a_held_message_the_resync_delivers_does_not_evict_the_members() {
     let outs = m.input(Input::Sequenced(msg("g", "E", 3)));
     assert_eq!(sends_to(&outs, 1)[0]["offset"], 3);
 }
+
+#[test]
+fn room_users_lists_a_rooms_users_and_none_for_an_unknown_room() {
+    let mut w = world();
+    let a = w.connect("alice");
+    join(&mut w, a, "g");
+    let users = w.node.hub.room_users("g").expect("g is open");
+    assert_eq!(users.iter().map(|u| &*u.id).collect::<Vec<_>>(), ["alice"]);
+    assert_eq!(w.node.hub.room_users("nowhere"), None);
+    assert_eq!(w.node.hub.room_connections("g"), [a]);
+    assert!(w.node.hub.room_connections("nowhere").is_empty());
+}
+
+#[test]
+fn a_frame_of_exactly_the_message_limit_is_taken() {
+    let mut m = Manual::new();
+    m.connect(1, "alice");
+    let max = Config::default().max_message_bytes;
+    let head = r#"{"type":"join_room","room":"g","id":""#;
+    let tail = r#""}"#;
+    // Padding in a JSON string is whitespace-free: pad the id's neighbour.
+    let body = format!("{head}x{tail}");
+    let frame = format!("{body}{}", " ".repeat(max - body.len()));
+    assert_eq!(frame.len(), max);
+    let outs = m.text(1, &frame);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Close { .. })),
+        "{outs:?}"
+    );
+    let outs = m.text(1, &format!("{frame} "));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Close {
+            code: close::MESSAGE_TOO_BIG,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn exactly_the_deferred_bound_waits_behind_a_join_and_the_next_is_refused() {
+    let mut m = Manual::clustered(1);
+    let max = Config::default().max_deferred_requests;
+    m.connect(1, "alice");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    for i in 0..max {
+        let outs = m.text(
+            1,
+            &format!(r#"{{"type":"online_users","room":"g","id":"q{i}"}}"#),
+        );
+        assert!(sends_to(&outs, 1).is_empty(), "request {i} answered early");
+    }
+    let outs = m.text(1, r#"{"type":"online_users","room":"g","id":"over"}"#);
+    assert_eq!(error_code(&sends_to(&outs, 1)[0]), "RATE_LIMITED");
+    // Once the room opens, every deferred request is answered, in order.
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    let acks = sends_to(&outs, 1)
+        .into_iter()
+        .filter(|f| f["type"] == "ack")
+        .count();
+    assert_eq!(acks, max, "every deferred request");
+}
+
+#[test]
+fn an_opening_room_holds_at_most_the_gap_buffer_of_early_messages() {
+    let mut m = Manual {
+        hub: Hub::new(Config {
+            node_id: NodeId(1),
+            clustered: true,
+            max_gap_buffer: 2,
+            ..Config::default()
+        }),
+        now: START,
+    };
+    m.connect(1, "alice");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    for offset in 1..=3 {
+        m.input(Input::Sequenced(msg("g", "E", offset)));
+    }
+    // The first two are taken ahead of the join's completion; the third
+    // was beyond the bound (a later resync would carry it).
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    let info = sends_to(&outs, 1)
+        .into_iter()
+        .find(|f| f["type"] == "room_info")
+        .expect("room_info");
+    assert_eq!(info["payload"]["offset"], 2);
+}
+
+#[test]
+fn a_resync_removes_exactly_the_remote_users_the_snapshot_lacks() {
+    let mut m = cluster_with_bob_remote();
+    m.input(remote(2, "carol", true));
+    m.input(Input::BrokerReconnected);
+    let mut snap = snapshot("g", "E", 0, 1);
+    snap.presence = vec![RemoteMember {
+        node: NodeId(2),
+        user: user("carol"),
+    }];
+    let outs = m.input(Input::RoomOpened(snap));
+    let left: Vec<String> = sends_to(&outs, 1)
+        .iter()
+        .filter(|f| f["type"] == "user_left")
+        .map(|f| f["payload"]["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(left, ["bob"]);
+}
+
+#[test]
+fn every_error_answered_is_counted_by_its_code() {
+    let mut m = Manual::new();
+    m.connect(1, "alice");
+    m.text(1, "{not json");
+    m.text(1, r#"{"type":"nope"}"#);
+    m.text(1, r#"{"type":"nope"}"#);
+    let counts: Vec<(ErrorCode, u64)> = m.hub.errors_sent().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(
+        counts,
+        [(ErrorCode::InvalidFormat, 1), (ErrorCode::UnknownType, 2)]
+    );
+}

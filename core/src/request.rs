@@ -717,4 +717,41 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn a_recipient_id_is_one_to_256_bytes() {
+        let direct = |to: &str| {
+            parse(&format!(
+                r#"{{"type":"send_direct","payload":{{"to":"{to}","content":"hi"}}}}"#
+            ))
+        };
+        let longest = "u".repeat(256);
+        assert!(matches!(
+            direct(&longest).map(|r| r.kind),
+            Ok(RequestKind::Direct { to, .. }) if *to == *longest
+        ));
+        let too_long = "u".repeat(257);
+        assert_eq!(
+            direct(&too_long).unwrap_err().code,
+            ErrorCode::InvalidPayload
+        );
+        assert_eq!(direct("").unwrap_err().code, ErrorCode::InvalidPayload);
+    }
+
+    #[test]
+    fn an_unknown_type_is_echoed_whole_up_to_the_limit_and_cut_beyond() {
+        let echoed = |kind: &str| {
+            parse(&format!(r#"{{"type":"{kind}"}}"#))
+                .unwrap_err()
+                .message
+        };
+        let exact = "x".repeat(64);
+        let message = echoed(&exact);
+        assert!(message.contains(&exact), "{message}");
+        assert!(!message.contains("..."), "{message}");
+        let longer = "x".repeat(65);
+        let message = echoed(&longer);
+        assert!(message.contains(&format!("{exact}...")), "{message}");
+        assert!(!message.contains(&longer), "{message}");
+    }
 }
