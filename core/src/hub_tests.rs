@@ -1872,3 +1872,223 @@ fn every_error_answered_is_counted_by_its_code() {
         [(ErrorCode::InvalidFormat, 1), (ErrorCode::UnknownType, 2)]
     );
 }
+
+#[test]
+fn the_invariant_check_finds_each_kind_of_corruption() {
+    let config = Config {
+        max_rooms_per_connection: 2,
+        max_deferred_requests: 1,
+        max_gap_buffer: 1,
+        ..Config::default()
+    };
+    let healthy = || {
+        let mut w = TestWorld::new(config.clone());
+        let a = w.connect("alice");
+        join(&mut w, a, "g");
+        join(&mut w, a, "h");
+        (w, a)
+    };
+    let (w, _) = healthy();
+    assert_eq!(w.node.hub.check_invariants(), Ok(()));
+    // Exactly at a bound is fine; one past it is not.
+    let (mut w, a) = healthy();
+    let hub = &mut w.node.hub;
+    let extra = RoomName::parse("x", 64).unwrap();
+    hub.conns.get_mut(&a).unwrap().rooms.push(extra);
+    assert!(hub.check_invariants().unwrap_err().contains("rooms"));
+    let (mut w, a) = healthy();
+    let hub = &mut w.node.hub;
+    let request = parse_request(br#"{"type":"online_users","room":"g"}"#, &hub.limits).unwrap();
+    hub.conns
+        .get_mut(&a)
+        .unwrap()
+        .deferred
+        .push_back(request.clone());
+    assert_eq!(hub.check_invariants(), Ok(()));
+    hub.conns.get_mut(&a).unwrap().deferred.push_back(request);
+    assert!(hub.check_invariants().unwrap_err().contains("deferred"));
+    let (mut w, _) = healthy();
+    let hub = &mut w.node.hub;
+    let Some(RoomState::Open(log)) = hub.rooms.get_mut(&room("g")).map(|r| &mut r.state) else {
+        panic!("g is open");
+    };
+    log.ahead.insert(5, msg("g", "E", 5));
+    assert_eq!(hub.check_invariants(), Ok(()));
+    let Some(RoomState::Open(log)) = hub.rooms.get_mut(&room("g")).map(|r| &mut r.state) else {
+        panic!("g is open");
+    };
+    log.ahead.insert(6, msg("g", "E", 6));
+    assert!(hub.check_invariants().unwrap_err().contains("ahead"));
+    // A room still opening must have no members yet.
+    let (mut w, _) = healthy();
+    let hub = &mut w.node.hub;
+    hub.rooms.get_mut(&room("g")).unwrap().state = RoomState::Opening {
+        waiting: Vec::new(),
+        early: Vec::new(),
+        early_presence: Vec::new(),
+        presence_overflowed: false,
+    };
+    assert!(
+        hub.check_invariants()
+            .unwrap_err()
+            .contains("before it opened")
+    );
+}
+
+#[test]
+fn config_and_stats_report_the_hub_as_it_is() {
+    let config = Config {
+        max_rooms_per_connection: 7,
+        ..Config::default()
+    };
+    let mut w = TestWorld::new(config);
+    assert_eq!(w.node.hub.config().max_rooms_per_connection, 7);
+    let a = w.connect("alice");
+    let b = w.connect("alice");
+    w.connect("bob");
+    join(&mut w, a, "g");
+    join(&mut w, b, "h");
+    assert_eq!(
+        w.node.hub.stats(),
+        HubStats {
+            connections: 3,
+            users: 2,
+            rooms: 2
+        }
+    );
+}
+
+#[test]
+fn a_waiting_join_that_disconnects_leaves_the_others_waiting() {
+    let mut m = Manual::clustered(1);
+    m.connect(1, "alice");
+    m.connect(2, "bob");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    m.text(2, r#"{"type":"join_room","room":"g"}"#);
+    m.input(Input::Disconnected { conn: ConnId(1) });
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    assert_eq!(types(&outs, 2), ["room_info"]);
+    assert!(sends_to(&outs, 1).is_empty());
+}
+
+#[test]
+fn leaving_one_room_keeps_the_others() {
+    let mut w = world();
+    let a = w.connect("alice");
+    join(&mut w, a, "g");
+    join(&mut w, a, "h");
+    w.send_json(a, json!({"type": "leave_room", "room": "g"}));
+    assert_eq!(w.node.hub.rooms_of(a), [room("h")]);
+}
+
+#[test]
+fn messages_in_flight_together_are_each_acked_once() {
+    let mut m = cluster_with_bob_remote();
+    let first = stored(sent(&mut m, 1, "s1"), 1);
+    let second = stored(sent(&mut m, 1, "s2"), 2);
+    assert_ne!(first.origin, second.origin);
+    let mut acked = Vec::new();
+    for msg in [first, second] {
+        let receipt = msg.receipt().unwrap();
+        let mut outs = m.input(Input::Sequenced(msg));
+        outs.extend(m.input(Input::Appended(receipt)));
+        acked.extend(
+            sends_to(&outs, 1)
+                .into_iter()
+                .filter(|f| f["type"] == "ack")
+                .map(|f| f["id"].as_str().unwrap_or("").to_string()),
+        );
+    }
+    assert_eq!(acked, ["s1", "s2"]);
+}
+
+#[test]
+fn every_direct_message_gets_its_own_id() {
+    let mut m = Manual::new();
+    m.connect(1, "alice");
+    m.connect(2, "bob");
+    let ids: Vec<String> = (0..2)
+        .map(|i| {
+            let outs = m.text(
+                1,
+                &format!(r#"{{"type":"send_direct","id":"d{i}","payload":{{"to":"bob","content":"hi"}}}}"#),
+            );
+            sends_to(&outs, 2)[0]["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn receipts_from_elsewhere_or_for_delivered_messages_ack_nothing_more() {
+    let mut m = cluster_with_bob_remote();
+    let mine = stored(sent(&mut m, 1, "s1"), 1);
+    // Another node's receipt with the same connection number is not ours.
+    let mut foreign = mine.receipt().unwrap();
+    if let Requester::Conn(origin) = &mut foreign.requester {
+        origin.node = NodeId(9);
+    }
+    assert!(m.input(Input::Appended(foreign)).is_empty());
+    // Delivered first: the delivery acks; the receipt after it is spent.
+    let outs = m.input(Input::Sequenced(mine.clone()));
+    assert_eq!(types(&outs, 1), ["ack"]);
+    assert!(m.input(Input::Appended(mine.receipt().unwrap())).is_empty());
+}
+
+#[test]
+fn an_ack_waiting_for_its_delivery_goes_out_when_the_room_restarts() {
+    let mut m = cluster_with_bob_remote();
+    let mine = stored(sent(&mut m, 1, "s1"), 2);
+    // The receipt for offset 2 waits for the delivery of 1 and 2...
+    assert!(sends_to(&m.input(Input::Appended(mine.receipt().unwrap())), 1).is_empty());
+    // ...but the room's history restarts (a new epoch): the message is
+    // stored all the same, so alice is acked before she is sent away.
+    m.input(Input::BrokerReconnected);
+    let outs = m.input(Input::RoomOpened(snapshot("g", "F", 0, 1)));
+    let frames = sends_to(&outs, 1);
+    assert_eq!(frames[0]["type"], "ack", "{frames:?}");
+    assert_eq!(frames[0]["id"], "s1");
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Close {
+            code: close::RESYNC,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn ids_and_room_name_errors_read_as_they_should() {
+    assert_eq!(ConnId(7).to_string(), "c7");
+    assert_eq!(room("lobby").to_string(), "lobby");
+    assert_eq!(
+        RoomName::parse("", 64).unwrap_err().describe(),
+        "room name must not be empty"
+    );
+    assert!(
+        RoomName::parse("a\u{1}", 64)
+            .unwrap_err()
+            .describe()
+            .contains("control")
+    );
+}
+
+#[test]
+fn a_message_exactly_as_old_as_the_age_limit_is_still_recovered() {
+    let mut w = TestWorld::new(Config {
+        history_max_age_ms: 60_000,
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    let epoch = join(&mut w, a, "g")["payload"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    say(&mut w, a, "g", "edge", "1");
+    w.advance_ms(60_000);
+    let b = w.connect("bob");
+    w.send_json(b, json!({"type": "join_room", "room": "g", "payload": {"since": {"offset": 0, "epoch": epoch}}}));
+    let frames = w.take(b);
+    assert_eq!(frames[0]["payload"]["content"], "edge");
+    assert_eq!(frames[1]["payload"]["recovered"], true);
+}

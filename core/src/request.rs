@@ -754,4 +754,66 @@ mod tests {
         assert!(message.contains(&format!("{exact}...")), "{message}");
         assert!(!message.contains(&longer), "{message}");
     }
+
+    #[test]
+    fn field_limits_hold_at_their_bounds() {
+        let code = |text: String| parse(&text).unwrap_err().code;
+        // `since.epoch`: up to 128 bytes.
+        let join = |epoch: &str| {
+            format!(
+                r#"{{"type":"join_room","room":"g","payload":{{"since":{{"offset":1,"epoch":"{epoch}"}}}}}}"#
+            )
+        };
+        assert!(parse(&join(&"e".repeat(128))).is_ok());
+        assert_eq!(code(join(&"e".repeat(129))), ErrorCode::InvalidPayload);
+        // `reply_to`: up to the limit (64 bytes).
+        let send = |reply: &str| {
+            format!(
+                r#"{{"type":"send_message","room":"g","payload":{{"content":"x","reply_to":"{reply}"}}}}"#
+            )
+        };
+        assert!(parse(&send(&"r".repeat(64))).is_ok());
+        assert_eq!(code(send(&"r".repeat(65))), ErrorCode::InvalidPayload);
+    }
+
+    #[test]
+    fn a_numeric_recipient_may_be_negative_or_beyond_i64() {
+        for to in ["-5", "18446744073709551615"] {
+            let request = parse(&format!(
+                r#"{{"type":"send_direct","payload":{{"to":{to},"content":"hi"}}}}"#
+            ))
+            .unwrap();
+            assert!(matches!(request.kind, RequestKind::Direct { to: t, .. } if *t == *to));
+        }
+    }
+
+    #[test]
+    fn broken_and_cut_off_json_are_both_not_json() {
+        for frame in ["{not json", "{\"type\":"] {
+            assert_eq!(parse(frame).unwrap_err().message, "frame is not valid JSON");
+        }
+    }
+
+    #[test]
+    fn a_publish_sender_needs_both_an_id_and_a_name_within_the_limit() {
+        let limits = ParseLimits::default();
+        let publish = |sender: &str| {
+            let body = format!(r#"{{"room":"g","payload":{{"content":"x"}},"sender":{sender}}}"#);
+            parse_publish(body.as_bytes(), &limits)
+        };
+        assert!(publish(r#"{"id":"bot","name":"Bot"}"#).is_ok());
+        let long = "b".repeat(65);
+        for bad in [
+            r#"{"id":"bot","name":""}"#.to_string(),
+            r#"{"id":"","name":"Bot"}"#.to_string(),
+            format!(r#"{{"id":"{long}","name":"Bot"}}"#),
+            format!(r#"{{"id":"bot","name":"{long}"}}"#),
+        ] {
+            assert_eq!(
+                publish(&bad).unwrap_err().code,
+                ErrorCode::InvalidPayload,
+                "{bad}"
+            );
+        }
+    }
 }
