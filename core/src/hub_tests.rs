@@ -2092,3 +2092,43 @@ fn a_message_exactly_as_old_as_the_age_limit_is_still_recovered() {
     assert_eq!(frames[0]["payload"]["content"], "edge");
     assert_eq!(frames[1]["payload"]["recovered"], true);
 }
+
+#[test]
+fn a_timestamp_reads_back_as_its_milliseconds() {
+    assert_eq!(Timestamp(1_767_225_600_123).as_millis(), 1_767_225_600_123);
+    assert_eq!(START.plus_ms(250).ms_since(START), 250);
+}
+
+#[test]
+fn room_frames_name_their_room() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    assert_eq!(join(&mut w, a, "g")["room"], "g");
+    join(&mut w, b, "g");
+    w.take(a);
+    w.send_json(b, json!({"type": "typing", "room": "g"}));
+    let typing = w.take(a);
+    assert_eq!(
+        (typing[0]["type"].as_str(), typing[0]["room"].as_str()),
+        (Some("user_typing"), Some("g"))
+    );
+    w.send_json(a, json!({"type": "online_users", "room": "g"}));
+    let list = w.take(a);
+    assert_eq!(
+        (list[0]["type"].as_str(), list[0]["room"].as_str()),
+        (Some("online_users"), Some("g"))
+    );
+}
+
+#[test]
+fn a_room_still_opening_without_members_is_consistent() {
+    let mut m = Manual::clustered(1);
+    m.connect(1, "alice");
+    m.text(1, r#"{"type":"join_room","room":"g"}"#);
+    assert!(matches!(
+        m.hub.rooms.get(&room("g")).map(|r| &r.state),
+        Some(RoomState::Opening { .. })
+    ));
+    assert_eq!(m.hub.check_invariants(), Ok(()));
+}
