@@ -86,12 +86,10 @@ pub enum Input {
     /// (the room was closed and opened again here) and are stale; those
     /// after it are the room's current stream.
     RoomSubscribed { room: RoomName },
-    /// The broker did not take an [`Output::Presence`] (cluster mode).
-    PresenceFailed {
-        room: RoomName,
-        user: UserRef,
-        present: bool,
-    },
+    /// The broker did not take an [`Output::Presence`] for `user` in
+    /// `room` (cluster mode). What it said does not matter: once the broker
+    /// is back, the core sends what is true then.
+    PresenceFailed { room: RoomName, user: UserRef },
     /// A backend publishes into a room (`POST /api/publish`): sequenced and
     /// delivered like a member's message, answered with
     /// [`Output::Published`] carrying the same `ticket` (the shell's own
@@ -169,6 +167,28 @@ pub enum PublishOutcome {
 pub struct PublishTicket {
     pub node: NodeId,
     pub id: u64,
+}
+
+impl Output {
+    /// Whether the sequencer (the in-memory one, the store or the cluster's
+    /// broker worker) serves this output; the rest are for the shell's own
+    /// consumers: connections (`Send`, `Ping`, `Close`) and the caller of a
+    /// publish (`Published`).
+    pub fn is_for_sequencer(&self) -> bool {
+        match self {
+            Output::Append(_)
+            | Output::OpenRoom { .. }
+            | Output::CloseRoom { .. }
+            | Output::Presence { .. }
+            | Output::Relay(_)
+            | Output::FollowUser { .. }
+            | Output::UnfollowUser { .. } => true,
+            Output::Send { .. }
+            | Output::Ping { .. }
+            | Output::Close { .. }
+            | Output::Published { .. } => false,
+        }
+    }
 }
 
 /// How the shell may treat a frame when a connection's queue is under

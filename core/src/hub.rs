@@ -177,7 +177,7 @@ impl Hub {
             Input::RemoteDirect(message) => self.on_remote_direct(&message),
             Input::Relayed { message, outcome } => self.on_relayed(&message, outcome),
             Input::BrokerReconnected => self.on_broker_reconnected(),
-            Input::PresenceFailed { room, user, .. } => {
+            Input::PresenceFailed { room, user } => {
                 if self.config.clustered {
                     self.presence_failed(room, user);
                 }
@@ -1373,11 +1373,14 @@ impl Hub {
     /// the bound the first entry (by room and user) is dropped; rooms still
     /// open here are reconciled from their snapshots anyway.
     fn presence_failed(&mut self, room: RoomName, user: UserRef) {
-        if self.presence_unsynced.len() >= self.config.max_presence_retries {
+        let key = (room, user.id.clone());
+        if !self.presence_unsynced.contains_key(&key)
+            && self.presence_unsynced.len() >= self.config.max_presence_retries
+        {
             self.presence_unsynced.pop_first();
         }
         if self.config.max_presence_retries > 0 {
-            self.presence_unsynced.insert((room, user.id.clone()), user);
+            self.presence_unsynced.insert(key, user);
         }
     }
 
@@ -1389,7 +1392,6 @@ impl Hub {
     /// resynced, and its local members announced again once the snapshot is
     /// in ([`Hub::reconcile_own_presence`]).
     fn on_broker_reconnected(&mut self) {
-        let clustered = self.config.clustered;
         for ((room, id), user) in std::mem::take(&mut self.presence_unsynced) {
             let present = self
                 .rooms
@@ -1403,7 +1405,7 @@ impl Hub {
         }
         for name in self.room_names() {
             if let Some(RoomState::Open(log)) = self.rooms.get_mut(&name).map(|r| &mut r.state) {
-                log.reannounce = clustered;
+                log.reannounce = true;
             }
             self.request_resync(&name);
         }

@@ -698,11 +698,15 @@ impl Manual {
     }
     /// A cluster node with id `node`.
     fn clustered(node: u64) -> Self {
+        Manual::clustered_with(node, Config::default())
+    }
+    /// A cluster node with id `node` and otherwise `config`.
+    fn clustered_with(node: u64, config: Config) -> Self {
         Manual {
             hub: Hub::new(Config {
                 node_id: NodeId(node),
                 clustered: true,
-                ..Config::default()
+                ..config
             }),
             now: START,
         }
@@ -1432,15 +1436,13 @@ fn a_leave_waits_for_the_connections_messages_in_flight() {
 
 #[test]
 fn presence_changes_beyond_the_opening_buffer_resync_the_room_once_open() {
-    let mut m = Manual {
-        hub: Hub::new(Config {
-            node_id: NodeId(1),
-            clustered: true,
+    let mut m = Manual::clustered_with(
+        1,
+        Config {
             max_gap_buffer: 2,
             ..Config::default()
-        }),
-        now: START,
-    };
+        },
+    );
     m.connect(1, "alice");
     m.text(1, r#"{"type":"join_room","room":"g"}"#);
     for user in ["bob", "carol", "dave"] {
@@ -1653,7 +1655,6 @@ fn presence_the_broker_did_not_take_is_sent_again_as_it_is_now() {
         m.input(Input::PresenceFailed {
             room: room(r),
             user: user("alice"),
-            present: false,
         });
     }
     // Back: both departures are sent again at once (a snapshot would not
@@ -1718,7 +1719,6 @@ fn presence_the_broker_did_not_take_is_sent_again_as_it_is_now() {
     single.input(Input::PresenceFailed {
         room: room("g"),
         user: user("erin"),
-        present: true,
     });
     assert!(
         !single
@@ -1816,15 +1816,13 @@ fn exactly_the_deferred_bound_waits_behind_a_join_and_the_next_is_refused() {
 
 #[test]
 fn an_opening_room_holds_at_most_the_gap_buffer_of_early_messages() {
-    let mut m = Manual {
-        hub: Hub::new(Config {
-            node_id: NodeId(1),
-            clustered: true,
+    let mut m = Manual::clustered_with(
+        1,
+        Config {
             max_gap_buffer: 2,
             ..Config::default()
-        }),
-        now: START,
-    };
+        },
+    );
     m.connect(1, "alice");
     m.text(1, r#"{"type":"join_room","room":"g"}"#);
     for offset in 1..=3 {
@@ -2131,4 +2129,35 @@ fn a_room_still_opening_without_members_is_consistent() {
         Some(RoomState::Opening { .. })
     ));
     assert_eq!(m.hub.check_invariants(), Ok(()));
+}
+
+#[test]
+fn outputs_are_for_the_sequencer_or_for_the_shell() {
+    let conn = ConnId(1);
+    for out in [
+        Output::Append(Box::new(crate::testkit::append_request("g", 1))),
+        Output::OpenRoom {
+            room: room("g"),
+            after: None,
+        },
+        Output::CloseRoom { room: room("g") },
+        Output::FollowUser { user: "a".into() },
+        Output::UnfollowUser { user: "a".into() },
+    ] {
+        assert!(out.is_for_sequencer(), "{out:?}");
+    }
+    for out in [
+        Output::Ping { conn },
+        Output::Close {
+            conn,
+            code: close::GOING_AWAY,
+            reason: "bye",
+        },
+        Output::Published {
+            ticket: 1,
+            outcome: PublishOutcome::Unavailable,
+        },
+    ] {
+        assert!(!out.is_for_sequencer(), "{out:?}");
+    }
 }

@@ -4,7 +4,7 @@
 //! (from the world's seed) adds the faults it takes part in. Everything it
 //! sends and receives goes into the [`Trace`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::positions::Positions;
 use crate::setting::{SECRET, SERVER_PORT, START_MS, now_ms};
 use crate::trace::{Event, SessionId, Trace};
 
@@ -61,17 +62,12 @@ const WATCHDOG_MS: u64 = 3_500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct RoomState {
-    epoch: String,
-    offset: u64,
-}
-
 struct Client {
     plan: ClientPlan,
     trace: Trace,
     rng: ChaCha8Rng,
     /// The last (epoch, offset) seen per room, kept across sessions.
-    seen: BTreeMap<String, RoomState>,
+    seen: Positions,
     session: u32,
     /// Connection attempts, which pick the server host.
     attempts: usize,
@@ -84,7 +80,7 @@ pub async fn run(plan: ClientPlan, trace: Trace) -> turmoil::Result {
         rng: ChaCha8Rng::seed_from_u64(plan.seed),
         plan,
         trace,
-        seen: BTreeMap::new(),
+        seen: Positions::default(),
         session: 0,
         attempts: 0,
         sent: 0,
@@ -180,8 +176,8 @@ impl Client {
 
     fn join_frame(&self, room: &str, id: String) -> Value {
         let mut payload = json!({"room_id": room});
-        if let Some(state) = self.seen.get(room) {
-            payload["since"] = json!({"offset": state.offset, "epoch": state.epoch});
+        if let Some(since) = self.seen.since(room) {
+            payload["since"] = since;
         }
         json!({"type": "join_room", "id": id, "payload": payload})
     }
@@ -239,7 +235,7 @@ impl Client {
                     match msg {
                         Some(Ok(Message::Text(text))) => {
                             let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                            self.observe(&frame);
+                            self.seen.observe(&frame);
                             self.record(Event::Received { frame });
                         }
                         Some(Ok(Message::Close(close))) => {
@@ -286,34 +282,6 @@ impl Client {
     fn next_action_delay(&mut self) -> u64 {
         let (lo, hi) = self.plan.act_every_ms;
         lo + self.rng.next_u64() % (hi - lo).max(1)
-    }
-
-    /// Remembers where each room's history stands for a later `since`.
-    fn observe(&mut self, frame: &Value) {
-        let room = frame["room"].as_str().unwrap_or("").to_string();
-        match frame["type"].as_str() {
-            Some("room_info") => {
-                let epoch = frame["payload"]["epoch"].as_str().unwrap_or("").to_string();
-                let offset = frame["payload"]["offset"].as_u64().unwrap_or(0);
-                self.seen.insert(room, RoomState { epoch, offset });
-            }
-            Some("new_message") => {
-                if let (Some(state), Some(offset)) =
-                    (self.seen.get_mut(&room), frame["offset"].as_u64())
-                {
-                    state.offset = state.offset.max(offset);
-                }
-            }
-            Some("ack") => {
-                if let (Some(state), Some(offset)) = (
-                    self.seen.get_mut(&room),
-                    frame["payload"]["offset"].as_u64(),
-                ) {
-                    state.offset = state.offset.max(offset);
-                }
-            }
-            _ => {}
-        }
     }
 
     async fn act(&mut self, ws: &mut Ws, joined: &mut BTreeSet<String>) -> Action {

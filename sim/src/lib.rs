@@ -17,6 +17,7 @@ pub mod model;
 pub mod net;
 pub mod ops;
 pub mod plant;
+pub mod positions;
 pub mod seeded;
 pub mod setting;
 pub mod trace;

@@ -411,6 +411,30 @@ async fn a_replay_larger_than_the_send_queue_still_recovers() {
     back.silent_for(300).await;
 }
 
+/// `POST /api/publish` on a node with history in memory: the same core
+/// input and answer as with the store (no path around the hub), and the
+/// server as the sender when the backend names none.
+#[tokio::test]
+async fn the_publish_api_in_memory_mode() {
+    let server = TestServer::start_with(|c| {
+        c.data_dir = None;
+        c.api_key = Some("secret-key".into());
+    })
+    .await;
+    let mut alice = server.member("alice", "news").await;
+    let body = r#"{"room":"news","payload":{"content":"from the backend"}}"#;
+    let (status, reply) =
+        roomhub_tests::server::http_post(server.addr, "/api/publish", Some("secret-key"), body)
+            .await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["offset"], 1);
+    let msg = alice.recv_type("new_message").await;
+    assert_eq!(msg["payload"]["content"], "from the backend");
+    assert_eq!(msg["sender"]["id"], "server");
+    assert_eq!(msg["id"], reply["message_id"]);
+}
+
 /// `POST /api/publish` on a single node with the durable store: stored,
 /// delivered, acked with its offset, and refused without the key.
 #[tokio::test]

@@ -190,11 +190,7 @@ impl<B: Broker> Worker<B> {
             Err(e) => {
                 warn!(room = %room, "presence update failed: {e}");
                 self.view.broker_failed();
-                Some(Input::PresenceFailed {
-                    room,
-                    user,
-                    present,
-                })
+                Some(Input::PresenceFailed { room, user })
             }
         }
     }

@@ -84,14 +84,9 @@ impl Connections {
                         }
                     }
                     Output::Published { ticket, outcome } => published.push((ticket, outcome)),
-                    // The engine hands the sequencer's outputs to whoever owns the order.
-                    Output::Append(_)
-                    | Output::OpenRoom { .. }
-                    | Output::CloseRoom { .. }
-                    | Output::Presence { .. }
-                    | Output::Relay(_)
-                    | Output::FollowUser { .. }
-                    | Output::UnfollowUser { .. } => {}
+                    // The engine hands the sequencer's outputs to whoever
+                    // owns the order (`Output::is_for_sequencer`).
+                    _ => {}
                 }
             }
             self.hand_over(&mut staged, due, &mut overflowed);

@@ -27,15 +27,6 @@ pub(crate) enum Engine<C = Hub> {
     },
 }
 
-/// Sends, pings, closes and publish answers stay with the hub task;
-/// everything else is for the sequencer.
-fn for_hub_task(out: &Output) -> bool {
-    matches!(
-        out,
-        Output::Send { .. } | Output::Ping { .. } | Output::Close { .. } | Output::Published { .. }
-    )
-}
-
 impl<C: Core> Engine<C> {
     pub(crate) fn handle(&mut self, input: Input, now: Timestamp) {
         match self {
@@ -52,7 +43,7 @@ impl<C: Core> Engine<C> {
             Engine::Memory(node) => node.poll_output(),
             Engine::Delegated { hub, sequencer } => loop {
                 let out = hub.poll_output()?;
-                if for_hub_task(&out) {
+                if !out.is_for_sequencer() {
                     return Some(out);
                 }
                 let _ = sequencer.send(out);
@@ -61,7 +52,10 @@ impl<C: Core> Engine<C> {
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
-        self.hub().poll_timeout()
+        match self {
+            Engine::Memory(node) => node.poll_timeout(),
+            Engine::Delegated { hub, .. } => hub.poll_timeout(),
+        }
     }
 
     pub(crate) fn hub(&self) -> &Hub {

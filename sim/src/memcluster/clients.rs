@@ -10,6 +10,7 @@ use roomhub_core::{ConnId, Input};
 use serde_json::{Value, json};
 
 use crate::memcluster::cluster::{Cluster, ToClient};
+use crate::positions::Positions;
 use crate::trace::{Event, Record, SessionId};
 
 struct Client {
@@ -20,8 +21,7 @@ struct Client {
     /// Rooms joined (as of the last `room_info` and leave ack), rejoined
     /// with `since` after a reconnect.
     rooms: BTreeSet<String>,
-    /// Per room: (epoch, highest offset seen).
-    seen: BTreeMap<String, (String, u64)>,
+    seen: Positions,
     /// Leave requests waiting for their ack: id -> room.
     leaving: BTreeMap<String, String>,
     next_request: u64,
@@ -46,7 +46,7 @@ impl Clients {
                 session: 0,
                 live: None,
                 rooms: BTreeSet::new(),
-                seen: BTreeMap::new(),
+                seen: Positions::default(),
                 leaving: BTreeMap::new(),
                 next_request: 0,
                 next_message: 0,
@@ -109,8 +109,8 @@ impl Clients {
         let rooms: Vec<String> = self.clients[client].rooms.iter().cloned().collect();
         for room in rooms {
             let mut frame = json!({"type": "join_room", "room": room});
-            if let Some((epoch, offset)) = self.clients[client].seen.get(&room) {
-                frame["payload"] = json!({"since": {"offset": offset, "epoch": epoch}});
+            if let Some(since) = self.clients[client].seen.since(&room) {
+                frame["payload"] = json!({ "since": since });
             }
             self.request(cluster, client, frame);
         }
@@ -229,26 +229,18 @@ impl Clients {
     /// Keeps the client's rooms and positions up to date.
     fn observe(&mut self, client: usize, frame: &Value) {
         let c = &mut self.clients[client];
-        let room = frame["room"].as_str().unwrap_or("").to_string();
-        let offset = match frame["type"].as_str() {
+        c.seen.observe(frame);
+        match frame["type"].as_str() {
             Some("room_info") => {
-                let epoch = frame["payload"]["epoch"].as_str().unwrap_or("").to_string();
-                let offset = frame["payload"]["offset"].as_u64().unwrap_or(0);
-                c.seen.insert(room.clone(), (epoch, offset));
-                c.rooms.insert(room);
-                return;
+                c.rooms
+                    .insert(frame["room"].as_str().unwrap_or("").to_string());
             }
-            Some("new_message") => frame["offset"].as_u64(),
             Some("ack") => {
                 if let Some(left) = frame["id"].as_str().and_then(|id| c.leaving.remove(id)) {
                     c.rooms.remove(&left);
                 }
-                frame["payload"]["offset"].as_u64()
             }
-            _ => None,
-        };
-        if let (Some(offset), Some((_, seen))) = (offset, c.seen.get_mut(&room)) {
-            *seen = (*seen).max(offset);
+            _ => {}
         }
     }
 }

@@ -175,12 +175,8 @@ impl Cluster {
                         .presence(self.nodes[n].id, &room, &user, present);
                     self.publish(vec![p]);
                 } else {
-                    let failed = Input::PresenceFailed {
-                        room,
-                        user,
-                        present,
-                    };
-                    self.work.push_back((n, failed));
+                    self.work
+                        .push_back((n, Input::PresenceFailed { room, user }));
                 }
             }
             Output::Relay(message) => {
