@@ -47,14 +47,14 @@ if name == "max":
               f"{r['delivery_ratio']:.4f} | {fmt(r['latency_ms.p50'])} | {fmt(r['latency_ms.p99'])} | "
               f"{fmt(r.get('server_cpu'))} | {fmt(r.get('generator_cpu'))} |")
 elif mode == "throughput":
-    print("| deliveries/s | ratio | p50 ms | p90 ms | p99 ms | max ms | server CPU | us/delivery | join s | generator CPU | frames/write |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| deliveries/s | ratio | p50 ms | p90 ms | p99 ms | max ms | server CPU | us/delivery | join s | generator CPU | frames/write | hub share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {fmt(med(rows, 'deliveries_per_sec'), 0)} | {med(rows, 'delivery_ratio'):.4f} | "
           f"{fmt(med(rows, 'latency_ms.p50'))} | {fmt(med(rows, 'latency_ms.p90'))} | "
           f"{fmt(med(rows, 'latency_ms.p99'))} | {fmt(med(rows, 'latency_ms.max'))} | "
           f"{fmt(med(rows, 'server_cpu'))} | {fmt(med(rows, 'server_us_per_delivery'))} | "
           f"{fmt(med(rows, 'join_secs'))} | {fmt(med(rows, 'generator_cpu'))} | "
-          f"{fmt(med(rows, 'server_frames_per_write'))} |")
+          f"{fmt(med(rows, 'server_frames_per_write'))} | {fmt(med(rows, 'server_hub_share'), 3)} |")
 elif mode == "idle":
     print("| connections | online | connect s | server RSS before MiB | after MiB | KiB/connection |")
     print("|---|---|---|---|---|---|")

@@ -8,6 +8,11 @@
 #   bench/run.sh max                  # the highest sustainable rate, 1,000 in 10 rooms
 #   FLOOR=1 bench/run.sh rooms10 room2000   # the same load against the cost floor
 #   FLOOR=alt bench/run.sh rooms10 room2000 # floor and roomhub, run by run, alternated
+#   MODE=durable bench/run.sh rooms10       # the default durable store (a fresh data
+#                                           # directory per run) instead of --memory
+#   MODE=durable FSYNC=always bench/run.sh rooms10   # ... synced before every ack
+#   IO_THREADS=2 SERVER_CORE=0,1 bench/run.sh rooms10 # I/O threads (default: the
+#                                           # cores the server is pinned to)
 #
 # Scenarios: rooms10 room2000 idle10k idle19k idle50k storm10k max. Raw JSON lines go
 # to target/bench/<scenario>.jsonl.
@@ -42,7 +47,13 @@ start_server() {
   fi
   # Rate limiting off: a throughput benchmark must not be shaped by the
   # per-connection limit (the default is 1/s, burst 10).
-  taskset -c "$SERVER_CORE" "$SERVER" --memory --jwt-secret "$SECRET" \
+  local mode_args=(--memory)
+  if [ "${MODE:-memory}" = "durable" ]; then
+    rm -rf "$OUT/data"
+    mode_args=(--data-dir "$OUT/data" --fsync "${FSYNC:-background}")
+  fi
+  if [ -n "${IO_THREADS:-}" ]; then mode_args+=(--io-threads "$IO_THREADS"); fi
+  taskset -c "$SERVER_CORE" "$SERVER" "${mode_args[@]}" --jwt-secret "$SECRET" \
     --listen "127.0.0.1:$PORT" --rate-limit-per-second 0 \
     --max-connections 120000 --max-connections-per-user 0 --log warn &
   SERVER_PID=$!

@@ -20,13 +20,42 @@ pub fn own() -> Option<Sample> {
     read("/proc/self")
 }
 
-fn read(dir: &str) -> Option<Sample> {
-    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+/// CPU time so far of `pid`'s threads named `name` (the kernel's `comm`,
+/// which roomhub sets: `roomhub-hub`, `roomhub-io-0`, ...).
+pub fn thread_cpu(pid: u32, name: &str) -> Option<Duration> {
+    let mut ticks = 0;
+    let mut found = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Some(t) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| cpu_ticks(&stat))
+        {
+            ticks += t;
+            found = true;
+        }
+    }
+    found.then(|| Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
+}
+
+/// utime + stime from a `stat` line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
     // The command name may contain spaces; fields are counted after its ')'.
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn read(dir: &str) -> Option<Sample> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let ticks = cpu_ticks(&stat)?;
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
     let rss_kb: u64 = status
         .lines()
@@ -67,5 +96,27 @@ mod tests {
     fn own_counters_are_read() {
         let s = own().expect("/proc/self");
         assert!(s.rss_bytes > 0);
+    }
+
+    #[test]
+    fn a_named_thread_is_found_and_an_unknown_name_is_not() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("procstat-probe".into())
+            .spawn(move || {
+                // Busy for a moment, so it has CPU time to report.
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_millis(30) {
+                    std::hint::black_box(0u64);
+                }
+                let _ = rx.recv();
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        let pid = std::process::id();
+        assert!(thread_cpu(pid, "procstat-probe").is_some());
+        assert!(thread_cpu(pid, "no-such-thread").is_none());
+        tx.send(()).unwrap();
+        t.join().unwrap();
     }
 }

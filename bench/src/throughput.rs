@@ -61,7 +61,13 @@ pub struct Report {
     /// Frames per socket write on the server during the window (from its
     /// `/metrics`; 1.0 means every frame went out alone).
     pub server_frames_per_write: Option<f64>,
+    /// The hub thread's CPU (`roomhub-hub`) as a share of all the server's
+    /// during the window: the serial part.
+    pub server_hub_share: Option<f64>,
 }
+
+/// The name of roomhub's hub thread.
+const HUB_THREAD: &str = "roomhub-hub";
 
 /// Counters shared by every connection task (one thread, so `Cell`s).
 struct Shared {
@@ -256,9 +262,11 @@ pub async fn run(
             tokio::time::sleep_until(window_start.into()).await;
             let writes_before = fleet::write_counters(target).await;
             let server_before = server_pid.and_then(procstat::sample);
+            let hub_before = server_pid.and_then(|p| procstat::thread_cpu(p, HUB_THREAD));
             let own_before = procstat::own();
             tokio::time::sleep_until(window_end.into()).await;
             let server_after = server_pid.and_then(procstat::sample);
+            let hub_after = server_pid.and_then(|p| procstat::thread_cpu(p, HUB_THREAD));
             let own_after = procstat::own();
             let writes_after = fleet::write_counters(target).await;
             // Let the last messages land.
@@ -273,16 +281,21 @@ pub async fn run(
                 (Some((f0, w0)), Some((f1, w1))) if w1 > w0 => Some((f1 - f0) / (w1 - w0)),
                 _ => None,
             };
+            let hub = match (hub_before, hub_after) {
+                (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+                _ => None,
+            };
             (
                 server_before,
                 server_after,
                 own_before,
                 own_after,
                 per_write,
+                hub,
             )
         })
         .await;
-    let (server_before, server_after, own_before, own_after, per_write) = stats;
+    let (server_before, server_after, own_before, own_after, per_write, hub_cpu) = stats;
     let wall = opts.duration;
     let delivered = shared.delivered.get();
     let expected = shared.expected.get();
@@ -320,6 +333,10 @@ pub async fn run(
         server_rss_mb: server_after.map(|s| s.rss_bytes as f64 / (1 << 20) as f64),
         generator_cpu: procstat::cpu_share(own_before, own_after, wall),
         server_frames_per_write: per_write,
+        server_hub_share: match (hub_cpu, server_cpu_time) {
+            (Some(hub), Some(all)) if !all.is_zero() => Some(hub.as_secs_f64() / all.as_secs_f64()),
+            _ => None,
+        },
     })
 }
 
@@ -438,6 +455,7 @@ impl Report {
         t.opt_num("server RSS (MiB)", self.server_rss_mb, 1);
         t.opt_num("generator CPU (share of a core)", self.generator_cpu, 3);
         t.opt_num("server frames per write", self.server_frames_per_write, 2);
+        t.opt_num("hub thread's share of server CPU", self.server_hub_share, 3);
         t
     }
 }

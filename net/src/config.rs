@@ -12,6 +12,7 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use roomhub_core::{Config as CoreConfig, NodeId};
 
 use crate::auth::{AuthConfig, VerifyKey};
+use crate::seq::store::Fsync;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -134,6 +135,16 @@ pub struct ServerArgs {
     /// Directory of the embedded store that keeps room history across restarts.
     #[arg(long, env = "ROOMHUB_DATA_DIR", default_value = "roomhub-data")]
     pub data_dir: PathBuf,
+    /// Threads that read and write the sockets (I/O shards); the hub has a
+    /// thread of its own besides. Default: the cores this process may use.
+    #[arg(long, env = "ROOMHUB_IO_THREADS")]
+    pub io_threads: Option<usize>,
+    /// When the store counts a message as stored, and acks it: `background`
+    /// (written to its journal: survives a crash of the process, synced to
+    /// disk within a second) or `always` (synced before the ack: survives a
+    /// power loss, and costs an fsync per batch).
+    #[arg(long, env = "ROOMHUB_FSYNC", value_enum, default_value_t = Fsync::Background)]
+    pub fsync: Fsync,
     /// Keep history in memory only (lost on restart; clients then get recovered:false).
     #[arg(long, env = "ROOMHUB_MEMORY", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set)]
@@ -258,6 +269,15 @@ pub struct ServerConfig {
     pub sequencer_seed: u64,
     /// The store's directory; `None` keeps history in memory.
     pub data_dir: Option<PathBuf>,
+    /// When the store acks (with a data directory).
+    pub fsync: Fsync,
+    /// I/O shards: threads in the binary's runtime, and the tasks that
+    /// write the sockets (at least 1).
+    pub io_threads: usize,
+    /// The hub runs on a thread of its own (`roomhub-hub`). Off only where
+    /// time is simulated and every task must run on the simulator's
+    /// runtime.
+    pub hub_thread: bool,
     /// Cluster mode's Redis URL.
     pub redis: Option<String>,
     pub node_ttl: Duration,
@@ -340,6 +360,13 @@ impl ServerConfig {
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
             data_dir: (!args.memory && args.redis.is_none()).then(|| args.data_dir.clone()),
+            fsync: args.fsync,
+            io_threads: match args.io_threads {
+                Some(0) => return Err("--io-threads must be at least 1".into()),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            },
+            hub_thread: true,
             redis: args.redis.clone(),
             node_ttl: Duration::from_millis(args.node_ttl_ms),
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),

@@ -9,20 +9,29 @@
 //!                  admission,         become facts          drives the engine   broker worker,
 //!                  upgrade, API       (Inbox)               (core Hub)          subscriber,
 //!                                                                               heartbeat
-//!  client ◀─TCP─── conn/outbox ◀───── hub/dispatch: a pass's frames ◀──┐
-//!                  (writer task        per connection                  │
-//!                  for a backlog)                                       │
+//!  client ◀─TCP─── conn/shard ◀────── hub/dispatch: a pass's frames ◀──┐
+//!                  one per I/O thread: queued in each connection's     │
+//!                  writes the outboxes outbox (writer task for a       │
+//!                  the hub staged      backlog)                        │
 //!                             seq/ and cluster/ answer with core inputs ┘ (Answers)
 //! ```
 //!
 //! - [`server`]: the composition root, the only file that knows every part;
 //! - `http/`: accept loop, routes, admission before the upgrade, the API;
-//! - `conn/`: one connection's reader, outbox and writer, the online count;
+//! - `conn/`: one connection's reader, outbox and writer, the online count,
+//!   and the I/O shards that write the sockets;
 //! - `hub/`: the inbox, the task that owns the core, dispatch to outboxes;
 //! - [`seq`]: the embedded store, epochs, the shared append batching;
 //! - [`cluster`]: the broker contract, wire format, key names, Redis, and
 //!   the node's tasks;
 //! - [`auth`], [`config`], [`clock`], [`metrics`], [`dev`], [`os`]: support.
+//!
+//! Threads (named, so each one's CPU can be read from
+//! `/proc/<pid>/task/*/stat`): `roomhub-hub` runs the hub task alone;
+//! `roomhub-io-0`, `roomhub-io-1`, ... (`--io-threads`, one per core by
+//! default) run HTTP, the connections' readers and writers, one write shard
+//! each, and the cluster's tasks; `roomhub-store` and `roomhub-fsync` serve
+//! the embedded store and sync its journal.
 //!
 //! Imports run one way along that path; a stage that answers the hub gets
 //! a narrow handle (an inbox), never the hub task or the HTTP state.

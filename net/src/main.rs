@@ -96,7 +96,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
         Ok(limit) => info!(limit, "file descriptor limit"),
         Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
     }
-    let runtime = match runtime_builder().enable_all().build() {
+    let runtime = match runtime_builder(config.io_threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the runtime: {e}");
@@ -174,16 +174,16 @@ async fn wait_for_signal() {
     }
 }
 
-/// One core (a small container, or a `taskset` pin): every task on the main
-/// thread. A process with a single thread also takes the kernel's fast path
-/// for descriptor lookups on every socket call; a second thread, even an
-/// idle one, makes each of them count references. More cores: one worker
-/// per core.
-fn runtime_builder() -> tokio::runtime::Builder {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    }
+/// The I/O threads (`roomhub-io-0`, `roomhub-io-1`, ...): connections'
+/// reads and writes, HTTP, the cluster's tasks. The hub and the store have
+/// threads of their own, so each thread's CPU can be read apart from
+/// `/proc/<pid>/task/*/stat`.
+fn runtime_builder(io_threads: usize) -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    builder.worker_threads(io_threads).thread_name_fn(move || {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("roomhub-io-{n}")
+    });
+    builder
 }

@@ -195,18 +195,8 @@ impl Server {
             metrics,
             connections: TaskTracker::new(),
         });
-        // Unconstrained: tokio's cooperative budget (128 I/O operations per
-        // task turn) would otherwise make every socket write after the
-        // 128th of a pass return `Pending`, and hand those connections to
-        // their writer tasks, one task wake-up each. The hub yields on its
-        // own once per pass (`HubTask::coalesce`).
-        let hub_task = tokio::spawn(tokio::task::unconstrained(hub.run()));
-        let done = tokio::spawn(accept_loop(
-            listener,
-            state.clone(),
-            shutdown.clone(),
-            hub_task,
-        ));
+        let hub = hub.start(state.config.io_threads, state.config.hub_thread)?;
+        let done = tokio::spawn(accept_loop(listener, state.clone(), shutdown.clone(), hub));
         Ok(Server {
             state,
             shutdown,
@@ -264,8 +254,8 @@ fn single_node<C: Core>(
         ))),
         Some(dir) => {
             let limits = HistoryLimits::from_config(&config.core);
-            let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
-            info!(dir = %dir.display(), "durable history in the data directory");
+            let store = Store::open(dir, limits, config.fsync).map_err(std::io::Error::other)?;
+            info!(dir = %dir.display(), fsync = ?config.fsync, "durable history in the data directory");
             Engine::Delegated {
                 hub: Box::new(make_core(config.core.clone())),
                 sequencer: store_task::spawn(store, parts.clock, parts.answers, parts.store_closed),

@@ -271,15 +271,27 @@ fn token_for(user: &str, secret: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The default durability (`--fsync background`): acked means in the
+/// store's journal, which a killed process cannot take back.
 #[test]
 fn acked_messages_survive_kill_9_and_a_lost_data_directory_changes_the_epoch() {
+    acked_messages_survive_kill_9("kill9", &[]);
+}
+
+/// `--fsync always`: acked means synced to disk.
+#[test]
+fn acked_messages_survive_kill_9_with_fsync_always() {
+    acked_messages_survive_kill_9("kill9-always", &["--fsync", "always"]);
+}
+
+fn acked_messages_survive_kill_9(name: &str, extra: &[&str]) {
     const N: u64 = 50;
-    let dir = workdir("kill9");
+    let dir = workdir(name);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let data = dir.join("data");
     let data_arg = data.to_str().unwrap().to_string();
-    let args = [
+    let mut args = vec![
         "--listen",
         &listen,
         "--jwt-secret",
@@ -289,6 +301,7 @@ fn acked_messages_survive_kill_9_and_a_lost_data_directory_changes_the_epoch() {
         "--data-dir",
         &data_arg,
     ];
+    args.extend_from_slice(extra);
     let mut server = start(&dir, &args);
     wait_for_port(port);
     let rt = tokio::runtime::Runtime::new().unwrap();

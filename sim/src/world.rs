@@ -256,6 +256,10 @@ pub fn server_config(world: &WorldConfig, boot: u64) -> ServerConfig {
     config.send_queue_bytes = world.send_queue_bytes;
     config.handshake_timeout = Duration::from_secs(2);
     config.drain_timeout = Duration::from_secs(1);
+    // Every task on turmoil's runtime, where time is simulated; one to three
+    // I/O shards, by seed, so the shards' interleavings are explored too.
+    config.hub_thread = false;
+    config.io_threads = 1 + (seed % 3) as usize;
     config
 }
 

@@ -1,7 +1,8 @@
 //! The connection stage: one WebSocket connection from its upgrade to its
 //! end. The reader turns frames into facts for the hub's inbox; the outbox
-//! is where the hub queues frames and writes them; the writer task drains a
-//! backlog; the online count follows the connection's life.
+//! is where the hub queues frames, and its I/O shard ([`shard`]) writes
+//! them; the writer task drains a backlog; the online count follows the
+//! connection's life.
 
 pub(crate) mod context;
 pub(crate) mod io;
@@ -9,3 +10,4 @@ pub(crate) mod lifecycle;
 pub mod online;
 pub(crate) mod outbox;
 pub(crate) mod reader;
+pub(crate) mod shard;

@@ -18,12 +18,13 @@ use tracing::{info, warn};
 use crate::http::peer::PeerAddr;
 use crate::http::router::router;
 use crate::http::state::HttpState;
+use crate::hub::task::HubHandle;
 
 pub(crate) async fn accept_loop<L>(
     mut listener: L,
     state: Arc<HttpState>,
     shutdown: CancellationToken,
-    hub_task: tokio::task::JoinHandle<()>,
+    hub: HubHandle,
 ) where
     L: Listener<Addr = SocketAddr>,
 {
@@ -61,7 +62,6 @@ pub(crate) async fn accept_loop<L>(
             "drain timeout reached with connections still open"
         );
     }
-    hub_task.abort();
     // Dropping the hub's engine ends the store thread.
-    let _ = hub_task.await;
+    hub.stop().await;
 }

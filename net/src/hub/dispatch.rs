@@ -8,6 +8,7 @@ use rustc_hash::FxHashMap;
 
 use crate::clock::Clock;
 use crate::conn::outbox::Outbox;
+use crate::conn::shard::Shards;
 use crate::hub::engine::Engine;
 use crate::metrics::Metrics;
 
@@ -15,13 +16,16 @@ use crate::metrics::Metrics;
 pub(crate) struct Connections {
     outboxes: FxHashMap<ConnId, Outbox>,
     metrics: Metrics,
+    /// The I/O shards that write the sockets.
+    shards: Shards,
 }
 
 impl Connections {
-    pub(crate) fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics, shards: Shards) -> Self {
         Connections {
             outboxes: FxHashMap::default(),
             metrics,
+            shards,
         }
     }
 
@@ -33,13 +37,15 @@ impl Connections {
         self.outboxes.remove(&conn);
     }
 
-    /// Writes what was queued for each connection in `due`.
-    pub(crate) fn flush(&self, due: Vec<ConnId>) {
+    /// Has each connection in `due` written, with everything queued for
+    /// it, by the shard that owns it.
+    pub(crate) fn flush(&mut self, due: Vec<ConnId>) {
         for conn in due {
             if let Some(outbox) = self.outboxes.get(&conn) {
-                outbox.flush();
+                self.shards.stage(conn.0, outbox);
             }
         }
+        self.shards.hand_over();
     }
 
     /// Queues every output for its connection; `due` collects the

@@ -1,7 +1,8 @@
-//! The one task that owns the core. Connections and sequencers reach it
-//! through its inbox; it drives the engine and hands each connection's
-//! outbox the frames of a pass (see [`crate::hub::dispatch`]). It decides
-//! nothing: every rule is the core's.
+//! The one task that owns the core, on a thread of its own. Connections and
+//! sequencers reach it through its inbox; it drives the engine, queues each
+//! connection's frames of a pass in its outbox (see [`crate::hub::dispatch`])
+//! and hands the I/O shards the connections to write
+//! ([`crate::conn::shard`]). It decides nothing: every rule is the core's.
 
 use roomhub_core::{ConnId, Core, Input, PublishOutcome};
 use rustc_hash::FxHashMap;
@@ -9,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::conn::shard::Shards;
 use crate::hub::dispatch::Connections;
 use crate::hub::engine::Engine;
 use crate::hub::inbox::HubEvent;
@@ -30,29 +32,74 @@ const PUBLISHES_WAITING_SWEEP: usize = 1024;
 /// Events taken per wake-up before outputs are dispatched, so one burst of
 /// traffic costs one dispatch pass.
 const EVENT_BATCH: usize = 256;
-/// Rounds of [`HubTask::coalesce`] before the frames are written (the
-/// bound where time stands still, as in the simulator).
-const COALESCE_ROUNDS: usize = 256;
-/// A pass with frames for this many connections counts as a burst.
-const BURST_CONNECTIONS: usize = 64;
-/// Turns without new requests a burst waits for before it is written.
-const QUIET_ROUNDS: usize = 4;
-/// The longest a frame waits in [`HubTask::coalesce`] for others to join
-/// it. Only a hub that keeps finding new requests waits this long: then it
-/// is behind, and writing each connection once per 10 ms instead of once
-/// per pass is what lets it catch up (a reconnect storm of 10,000 took
-/// 2.0 s instead of 3.3 to 3.5 with 2 ms; BENCHMARKS.md). A quiet hub
-/// writes after one yield.
-const COALESCE_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Where the hub runs: the handle that stops it and waits for it.
+pub(crate) struct HubHandle {
+    stop: CancellationToken,
+    done: oneshot::Receiver<()>,
+}
+
+impl HubHandle {
+    /// Stops the hub (dropping its engine ends the store thread) and waits
+    /// until it has.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
+    }
+}
+
+impl<C: Core + Send + 'static> HubTask<C> {
+    /// Starts the hub: with `own_thread`, on a thread of its own
+    /// (`roomhub-hub`, so its share of the CPU can be read apart), with its
+    /// own single-threaded runtime; otherwise as a task on the current
+    /// runtime (the simulator's worlds, where time is simulated). Its I/O
+    /// shards start on the current runtime either way.
+    pub(crate) fn start(self, io_shards: usize, own_thread: bool) -> std::io::Result<HubHandle> {
+        let stop = CancellationToken::new();
+        let (finished, done) = oneshot::channel();
+        let shards = Shards::spawn(io_shards);
+        let run = {
+            let stop = stop.clone();
+            async move {
+                self.run(shards, stop).await;
+                let _ = finished.send(());
+            }
+        };
+        if own_thread {
+            // The hub outlives no runtime that started it: when that one
+            // shuts down (a test that never stopped its server), this task
+            // is dropped and the hub stops.
+            let token = stop.clone();
+            tokio::spawn(async move {
+                let _guard = token.clone().drop_guard();
+                token.cancelled().await;
+            });
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name("roomhub-hub".into())
+                .spawn(move || runtime.block_on(run))?;
+        } else {
+            tokio::spawn(run);
+        }
+        Ok(HubHandle { stop, done })
+    }
+}
 
 impl<C: Core> HubTask<C> {
-    pub(crate) async fn run(mut self) {
-        let mut outboxes = Connections::new(self.metrics.clone());
+    /// Takes what is ready, lets the core decide, and hands each shard the
+    /// connections it must write; again, until stopped. Nothing waits for
+    /// more to arrive: under load each wake-up finds more events ready and
+    /// each shard more passes queued, so batches grow by themselves.
+    async fn run(mut self, shards: Shards, stop: CancellationToken) {
+        let mut outboxes = Connections::new(self.metrics.clone(), shards);
         let mut shut_down = false;
         loop {
             let deadline = self.engine.poll_timeout().map(|t| self.clock.instant_at(t));
             tokio::select! {
                 biased;
+                () = stop.cancelled() => break,
                 () = self.shutdown.cancelled(), if !shut_down => {
                     shut_down = true;
                     self.engine.handle(Input::Shutdown, self.clock.now());
@@ -73,44 +120,9 @@ impl<C: Core> HubTask<C> {
             }
             let mut due = Vec::new();
             self.dispatch(&mut outboxes, &mut due);
-            self.coalesce(&mut outboxes, &mut due).await;
             outboxes.flush(due);
             let hub = self.engine.hub();
             self.metrics.hub_state(hub.stats().rooms, hub.errors_sent());
-        }
-    }
-
-    /// Before writing, lets the connection tasks that are ready run and
-    /// takes what they queued, for as long as new requests keep coming and
-    /// at most [`COALESCE_BUDGET`]. Idle, this costs one yield; in a burst
-    /// (a reconnect storm, a crowd joining one room) each connection then
-    /// gets many frames per write instead of one each.
-    async fn coalesce(&mut self, outboxes: &mut Connections, due: &mut Vec<ConnId>) {
-        let started = tokio::time::Instant::now();
-        let mut quiet_rounds = 0;
-        for _ in 0..COALESCE_ROUNDS {
-            tokio::task::yield_now().await;
-            if started.elapsed() >= COALESCE_BUDGET {
-                return;
-            }
-            if self.events.is_empty() {
-                // A pass that touched many connections is likely part of a
-                // burst whose next requests are still on their sockets:
-                // give their readers a few more turns.
-                quiet_rounds += 1;
-                if due.len() < BURST_CONNECTIONS || quiet_rounds > QUIET_ROUNDS {
-                    return;
-                }
-                continue;
-            }
-            quiet_rounds = 0;
-            for _ in 0..EVENT_BATCH {
-                match self.events.try_recv() {
-                    Ok(event) => self.apply(event, outboxes),
-                    Err(_) => break,
-                }
-            }
-            self.dispatch(outboxes, due);
         }
     }
 

@@ -31,12 +31,12 @@ pub(crate) fn spawn(
             // Dropped when this thread ends, after the database is closed
             // (`store` is dropped first: it was moved in after `closed`).
             let _closed = closed;
-            let store = store;
+            let mut store = store;
             let answer = |input: Input| answers.blocking_send(input);
             while let Some(first) = rx.blocking_recv() {
                 for step in steps(take_ready(first, &mut rx, MAX_BATCH)) {
                     let served = match step {
-                        Step::Appends(batch) => commit(&store, batch, &answer),
+                        Step::Appends(batch) => commit(&mut store, batch, &answer),
                         Step::Other(Output::OpenRoom { room, .. }) => {
                             answer(match store.snapshot(&room, clock.now()) {
                                 Ok(snapshot) => Input::RoomOpened(snapshot),
@@ -61,7 +61,7 @@ pub(crate) fn spawn(
 }
 
 /// Commits a batch and answers each append; false if the hub is gone.
-fn commit(store: &Store, batch: Vec<AppendRequest>, answer: &impl Fn(Input) -> bool) -> bool {
+fn commit(store: &mut Store, batch: Vec<AppendRequest>, answer: &impl Fn(Input) -> bool) -> bool {
     match store.append_batch(batch.clone()) {
         Ok(stored) => {
             for msg in stored {

@@ -1,0 +1,316 @@
+//! The store's journal: what lets an append be acknowledged without waiting
+//! for the disk (`--fsync background`, the default).
+//!
+//! Each batch the store accepts is appended here with one `write` before it
+//! is acknowledged. A `write` that returned is in the kernel's page cache:
+//! it survives the process being killed (`kill -9`, a panic, an OOM kill),
+//! though not the machine losing power before the next sync. A background
+//! thread (`roomhub-fsync`) syncs the file at most every second, like Redis'
+//! `appendfsync everysec`. The database itself then commits without an
+//! fsync; every second or so the store makes its state durable in one
+//! commit that does sync (a checkpoint) and empties the journal. On open,
+//! whatever the journal holds past the last checkpoint is applied again.
+//!
+//! A record is `[body length: u32 LE][CRC-32 of the body: u32 LE][body]`.
+//! The body is one [`Entry`]: a kind byte, then length-prefixed fields. A
+//! record cut short by a crash, or one whose checksum does not match, ends
+//! the journal: nothing after it was acknowledged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often unsynced journal writes are synced, at most.
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+const KIND_MESSAGES: u8 = 1;
+const KIND_ROOM: u8 = 2;
+/// The header before each body: its length and checksum.
+const HEADER: usize = 8;
+
+/// One journal record as read back.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A batch of stored messages, each the JSON the database holds.
+    Messages(Vec<Vec<u8>>),
+    /// A room's lineage, created before it had any message.
+    Room { room: String, epoch: String },
+}
+
+/// The journal file, and the thread that syncs it.
+pub(crate) struct Journal {
+    file: Arc<File>,
+    /// Bytes of whole records in the file.
+    len: u64,
+    /// Set by every write, cleared by the sync that covers it.
+    unsynced: Arc<AtomicBool>,
+    /// Dropping the sender ends the sync thread.
+    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// A write failed and the file could not be cut back to its last whole
+    /// record: nothing more may be appended until a checkpoint empties it.
+    broken: bool,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`; returns it with the
+    /// entries it holds, up to the first damaged or incomplete record.
+    pub(crate) fn open(path: &Path) -> io::Result<(Journal, Vec<Entry>)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw)?;
+        let (entries, whole) = decode_all(&raw);
+        if whole < raw.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = raw.len() - whole,
+                "the journal ends in an incomplete or damaged record; it was never acknowledged"
+            );
+            file.set_len(whole as u64)?;
+        }
+        let file = Arc::new(file);
+        let unsynced = Arc::new(AtomicBool::new(false));
+        let syncer = spawn_syncer(file.clone(), unsynced.clone())?;
+        let journal = Journal {
+            file,
+            len: whole as u64,
+            unsynced,
+            syncer: Some(syncer),
+            broken: false,
+        };
+        Ok((journal, entries))
+    }
+
+    /// Bytes the journal holds.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends a batch of stored messages (their database JSON).
+    pub(crate) fn append_messages<'a>(
+        &mut self,
+        messages: impl IntoIterator<Item = &'a [u8]>,
+    ) -> io::Result<()> {
+        let mut body = vec![KIND_MESSAGES];
+        for json in messages {
+            put_field(&mut body, json);
+        }
+        self.append(&body)
+    }
+
+    /// Appends a room's new lineage.
+    pub(crate) fn append_room(&mut self, room: &str, epoch: &str) -> io::Result<()> {
+        let mut body = vec![KIND_ROOM];
+        put_field(&mut body, room.as_bytes());
+        put_field(&mut body, epoch.as_bytes());
+        self.append(&body)
+    }
+
+    /// Empties the journal once the database holds everything in it
+    /// durably.
+    pub(crate) fn reset(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.len = 0;
+        self.broken = false;
+        Ok(())
+    }
+
+    fn append(&mut self, body: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "the journal could not be repaired after a failed write",
+            ));
+        }
+        let len = u32::try_from(body.len())
+            .map_err(|_| io::Error::other("a journal record over 4 GiB"))?;
+        let mut record = Vec::with_capacity(HEADER + body.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        record.extend_from_slice(body);
+        if let Err(e) = (&*self.file).write_all(&record) {
+            // A partial record would hide every later one from recovery:
+            // cut the file back to its last whole record.
+            if self.file.set_len(self.len).is_err() {
+                self.broken = true;
+            }
+            return Err(e);
+        }
+        self.len += record.len() as u64;
+        self.unsynced.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.syncer.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Syncs the file every [`SYNC_INTERVAL`] if anything was written since the
+/// last sync; ends when the journal is dropped.
+fn spawn_syncer(
+    file: Arc<File>,
+    unsynced: Arc<AtomicBool>,
+) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("roomhub-fsync".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SYNC_INTERVAL) {
+                if unsynced.swap(false, Ordering::AcqRel)
+                    && let Err(e) = file.sync_data()
+                {
+                    unsynced.store(true, Ordering::Release);
+                    tracing::error!("cannot sync the journal: {e}");
+                }
+            }
+        })?;
+    Ok((stop, thread))
+}
+
+fn put_field(body: &mut Vec<u8>, field: &[u8]) {
+    // Fields are bounded by the message size limit, far below 4 GiB.
+    body.extend_from_slice(&(field.len() as u32).to_le_bytes());
+    body.extend_from_slice(field);
+}
+
+/// The entries of a journal's bytes, and how many bytes of whole, intact
+/// records they came from.
+fn decode_all(raw: &[u8]) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while let Some((entry, used)) = decode_record(&raw[at..]) {
+        entries.push(entry);
+        at += used;
+    }
+    (entries, at)
+}
+
+fn decode_record(raw: &[u8]) -> Option<(Entry, usize)> {
+    let len = u32::from_le_bytes(raw.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(raw.get(4..8)?.try_into().ok()?);
+    let body = raw.get(HEADER..HEADER.checked_add(len)?)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let (&kind, mut rest) = body.split_first()?;
+    let mut fields = Vec::new();
+    while !rest.is_empty() {
+        let n = u32::from_le_bytes(rest.get(0..4)?.try_into().ok()?) as usize;
+        fields.push(rest.get(4..4usize.checked_add(n)?)?.to_vec());
+        rest = &rest[4 + n..];
+    }
+    let entry = match kind {
+        KIND_MESSAGES => Entry::Messages(fields),
+        KIND_ROOM => {
+            let [room, epoch]: [Vec<u8>; 2] = fields.try_into().ok()?;
+            Entry::Room {
+                room: String::from_utf8(room).ok()?,
+                epoch: String::from_utf8(epoch).ok()?,
+            }
+        }
+        _ => return None,
+    };
+    Some((entry, HEADER + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("roomhub-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("journal")
+    }
+
+    #[test]
+    fn entries_come_back_in_order_and_a_reset_empties_it() {
+        let path = scratch("order");
+        {
+            let (mut j, old) = Journal::open(&path).unwrap();
+            assert!(old.is_empty());
+            j.append_room("g", "e1").unwrap();
+            j.append_messages([&b"{\"a\":1}"[..], b"{\"b\":2}"])
+                .unwrap();
+            assert!(j.len() > 0);
+        }
+        let (mut j, entries) = Journal::open(&path).unwrap();
+        assert_eq!(
+            entries,
+            [
+                Entry::Room {
+                    room: "g".into(),
+                    epoch: "e1".into()
+                },
+                Entry::Messages(vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]),
+            ]
+        );
+        j.reset().unwrap();
+        j.append_room("h", "e2").unwrap();
+        drop(j);
+        let (_, entries) = Journal::open(&path).unwrap();
+        assert_eq!(
+            entries,
+            [Entry::Room {
+                room: "h".into(),
+                epoch: "e2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_torn_or_damaged_tail_ends_the_journal_and_is_cut_off() {
+        let path = scratch("torn");
+        {
+            let (mut j, _) = Journal::open(&path).unwrap();
+            j.append_room("g", "e1").unwrap();
+            j.append_room("h", "e2").unwrap();
+        }
+        let whole = std::fs::read(&path).unwrap();
+        // Half of the second record, as a crash mid-write leaves it.
+        let first_len = HEADER + u32::from_le_bytes(whole[0..4].try_into().unwrap()) as usize;
+        std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        let (mut j, entries) = Journal::open(&path).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(j.len(), first_len as u64);
+        // What is appended next follows the last whole record.
+        j.append_room("k", "e3").unwrap();
+        drop(j);
+        let (_, entries) = Journal::open(&path).unwrap();
+        assert_eq!(entries.len(), 2);
+        // A flipped bit in the body: the checksum ends the journal there.
+        let mut damaged = std::fs::read(&path).unwrap();
+        damaged[HEADER + 2] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap();
+        let (_, entries) = Journal::open(&path).unwrap();
+        assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for raw in [
+            &[][..],
+            &[1, 0, 0, 0],
+            &[255, 255, 255, 255, 0, 0, 0, 0, 1],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 9],
+        ] {
+            let (entries, whole) = decode_all(raw);
+            assert!(entries.is_empty() && whole == 0, "{raw:?}");
+        }
+    }
+}
