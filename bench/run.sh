@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the tables in BENCHMARKS.md: for each scenario, RUNS times, a
-# fresh release server pinned to core 0 (`--memory`, rate limit off) and the
-# load generator pinned to core 1; then the median of every figure.
+# fresh release server pinned to core 0 (rate limit off) and the load
+# generator pinned to core 1; then the median of every figure.
 #
 #   bench/run.sh                      # every scenario, 3 runs each
 #   RUNS=5 bench/run.sh rooms10       # one scenario
@@ -13,9 +13,16 @@
 #   MODE=durable FSYNC=always bench/run.sh rooms10   # ... synced before every ack
 #   IO_THREADS=2 SERVER_CORE=0,1 bench/run.sh rooms10 # I/O threads (default: the
 #                                           # cores the server is pinned to)
+#   SERVERS="durable memory node go floor" bench/run.sh rooms10 rooms10half
+#       # several servers alternated run by run, in this order: roomhub's
+#       # default (`durable`), `--memory`, `--fsync always` (`always`), the
+#       # peers in ../shared/peers (`node`: the Node.js ws hub, `go`: the
+#       # seed's Go hub; installed and built under target/peers on first
+#       # use) and the send() floor (`floor`)
 #
-# Scenarios: rooms10 room2000 idle10k idle19k idle50k storm10k max. Raw JSON lines go
-# to target/bench/<scenario>.jsonl.
+# Scenarios: rooms10 rooms10half room2000 room2000half idle10k idle19k idle50k
+# storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
+# (<server>-<scenario>.jsonl for every server but roomhub in MODE's mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,34 +32,82 @@ SERVER_CORE=${SERVER_CORE:-0}
 GEN_CORE=${GEN_CORE:-1}
 SECRET="roomhub-bench-secret-$$"
 OUT=target/bench
+PEERS=target/peers
 mkdir -p "$OUT"
 
 cargo build --release -q -p roomhub-net -p roomhub-bench
 SERVER=${SERVER_BIN:-target/release/roomhub}
 GEN=target/release/roomhub-bench
 
-SERVER_PID=""
-# start_server [floor]: roomhub, or with `floor` (or FLOOR=1) the cost floor.
-start_server() {
-  if [ "${1:-}" = "floor" ] || [ "${FLOOR:-}" = "1" ]; then
-    # The cost floor (bench/src/bin/roomhub-floor.rs) instead of roomhub.
-    taskset -c "$SERVER_CORE" target/release/roomhub-floor --listen "127.0.0.1:$PORT" 2>/dev/null &
-    SERVER_PID=$!
-    for _ in $(seq 1 200); do
-      if (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
-      sleep 0.05
-    done
-    echo "floor did not start" >&2
-    exit 1
+# The peers, from ../shared/peers (read-only: copied and built here).
+setup_node() {
+  if [ -d "$PEERS/node-ws-hub/node_modules" ]; then return; fi
+  mkdir -p "$PEERS"
+  rm -rf "$PEERS/node-ws-hub"
+  cp -r ../shared/peers/node-ws-hub "$PEERS/"
+  (cd "$PEERS/node-ws-hub" && npm ci --no-audit --no-fund --silent)
+}
+setup_go() {
+  if [ -x "$PEERS/go-seed-hub/go-seed-hub" ]; then return; fi
+  if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+    # The build is offline, against Debian's packaged sources.
+    apt-get install -y -q golang-go golang-github-gorilla-websocket-dev \
+      golang-github-golang-jwt-jwt-dev >/dev/null
   fi
+  mkdir -p "$PEERS"
+  rm -rf "$PEERS/go-seed-hub"
+  cp -r ../shared/peers/go-seed-hub "$PEERS/"
+  sh "$PEERS/go-seed-hub/build.sh" >/dev/null
+}
+
+wait_for_port() {
+  for _ in $(seq 1 200); do
+    if (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+    sleep 0.05
+  done
+  echo "$1 did not start" >&2
+  exit 1
+}
+
+SERVER_PID=""
+# start_server KIND: roomhub (in MODE's mode), durable, memory, always,
+# floor, node or go.
+start_server() {
+  local kind=${1:-roomhub}
+  if [ "$kind" = "roomhub" ] && [ "${FLOOR:-}" = "1" ]; then kind=floor; fi
+  if [ "$kind" = "roomhub" ]; then
+    if [ "${MODE:-memory}" = "durable" ]; then kind=durable; else kind=memory; fi
+  fi
+  case $kind in
+    floor)
+      # The cost floor (bench/src/bin/roomhub-floor.rs).
+      taskset -c "$SERVER_CORE" target/release/roomhub-floor --listen "127.0.0.1:$PORT" 2>/dev/null &
+      SERVER_PID=$!
+      wait_for_port floor
+      return ;;
+    node)
+      setup_node
+      BENCH_JWT_SECRET="$SECRET" taskset -c "$SERVER_CORE" node "$PEERS/node-ws-hub/server.js" "$PORT" >/dev/null 2>&1 &
+      SERVER_PID=$!
+      wait_for_port node
+      return ;;
+    go)
+      setup_go
+      # One OS thread running Go code per core it is pinned to.
+      GOMAXPROCS=$(taskset -c "$SERVER_CORE" nproc) BENCH_JWT_SECRET="$SECRET" \
+        taskset -c "$SERVER_CORE" "$PEERS/go-seed-hub/go-seed-hub" "$PORT" >/dev/null 2>&1 &
+      SERVER_PID=$!
+      wait_for_port go
+      return ;;
+  esac
+  local mode_args=(--memory)
+  case $kind in
+    durable) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync "${FSYNC:-background}") ;;
+    always) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync always) ;;
+  esac
+  if [ -n "${IO_THREADS:-}" ]; then mode_args+=(--io-threads "$IO_THREADS"); fi
   # Rate limiting off: a throughput benchmark must not be shaped by the
   # per-connection limit (the default is 1/s, burst 10).
-  local mode_args=(--memory)
-  if [ "${MODE:-memory}" = "durable" ]; then
-    rm -rf "$OUT/data"
-    mode_args=(--data-dir "$OUT/data" --fsync "${FSYNC:-background}")
-  fi
-  if [ -n "${IO_THREADS:-}" ]; then mode_args+=(--io-threads "$IO_THREADS"); fi
   taskset -c "$SERVER_CORE" "$SERVER" "${mode_args[@]}" --jwt-secret "$SECRET" \
     --listen "127.0.0.1:$PORT" --rate-limit-per-second 0 \
     --max-connections 120000 --max-connections-per-user 0 --log warn &
@@ -83,7 +138,7 @@ run_scenario() {
   local name=$1 label=$2
   shift 3
   # Which servers, in the order each run starts them.
-  local servers="roomhub"
+  local servers=${SERVERS:-roomhub}
   case "${FLOOR:-}" in
     1) servers="floor" ;;
     alt) servers="floor roomhub" ;;
@@ -107,7 +162,7 @@ run_scenario() {
 }
 
 file_name() {
-  if [ "$1" = "floor" ]; then echo "floor-$2"; else echo "$2"; fi
+  if [ "$1" = "roomhub" ]; then echo "$2"; else echo "$1-$2"; fi
 }
 
 max_rate() {
@@ -132,6 +187,12 @@ for s in $scenarios; do
       throughput --connections 1000 --rooms 10 --senders 10 --rate 100 --duration 10s ;;
     room2000) run_scenario room2000 "2000 in 1 room, 1 x 50/s, rate limit off" -- \
       throughput --connections 2000 --rooms 1 --senders 1 --rate 50 --duration 10s ;;
+    # Half the load: where a machine is too slow for every server to keep
+    # below a full core at the full load.
+    rooms10half) run_scenario rooms10half "1000 in 10 rooms, 10 x 50/s, rate limit off" -- \
+      throughput --connections 1000 --rooms 10 --senders 10 --rate 50 --duration 10s ;;
+    room2000half) run_scenario room2000half "2000 in 1 room, 1 x 25/s, rate limit off" -- \
+      throughput --connections 2000 --rooms 1 --senders 1 --rate 25 --duration 10s ;;
     idle10k) run_scenario idle10k "10000 idle" -- idle --connections 10000 --hold 3s ;;
     # 50,000 needs a file-descriptor hard limit above 50,000 for the server
     # and the generator; the development sandbox's is 20,000 and cannot be

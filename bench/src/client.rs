@@ -132,7 +132,9 @@ pub async fn join(
         Some((epoch, offset)) => format!(
             r#"{{"type":"join_room","payload":{{"room_id":"{room}","since":{{"epoch":"{epoch}","offset":{offset}}}}}}}"#
         ),
-        None => format!(r#"{{"type":"join_room","room":"{room}"}}"#),
+        // The seed protocol's form, which the peers in ../shared/peers
+        // speak too.
+        None => format!(r#"{{"type":"join_room","payload":{{"room_id":"{room}"}}}}"#),
     };
     send(ws, request).await?;
     let mut replayed = Vec::new();

@@ -51,7 +51,6 @@ pub mod server;
 
 pub use clock::Clock;
 pub use config::{Cli, Command, ServerArgs, ServerConfig, TokenArgs, parse_cli};
-pub use conn::io::ReadOnly;
 pub use conn::online::Online;
 pub use http::peer::PeerAddr;
 pub use server::Server;

@@ -19,9 +19,25 @@ pub const SECRET: &str = "test-secret-for-loopback-tests";
 /// How long a test waits for a frame before failing.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// I/O threads of every test server: more than one, so that every
+/// end-to-end test runs with connections on several write shards and
+/// threads, as the binary does on a machine with several cores.
+pub const IO_THREADS: usize = 3;
+
 pub struct TestServer {
     pub addr: SocketAddr,
     server: Option<Server>,
+    /// The server's own runtime (its I/O threads), as in the binary.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Dropped inside the test's runtime: must not block.
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl TestServer {
@@ -31,16 +47,32 @@ impl TestServer {
     }
 
     /// A server with settings adjusted by `adjust`.
+    /// The server runs on a multi-threaded runtime of its own with
+    /// [`IO_THREADS`] threads (unless `adjust` sets `io_threads`), its hub
+    /// on its own thread: the binary's arrangement.
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = ServerConfig::with_secret(SECRET);
+        config.io_threads = IO_THREADS;
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.io_threads)
+            .thread_name("roomhub-io")
+            .enable_all()
+            .build()
+            .expect("the server's runtime");
+        let server = runtime
+            .spawn(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                Server::start(listener, config, Clock::system()).expect("start")
+            })
             .await
-            .expect("bind");
-        let server = Server::start(listener, config, Clock::system()).expect("start");
+            .expect("starting the server");
         TestServer {
             addr: server.local_addr(),
             server: Some(server),
+            runtime: Some(runtime),
         }
     }
 

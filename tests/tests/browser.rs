@@ -41,6 +41,8 @@ async fn start_server(addr: SocketAddr, dir: &Path) -> Server {
     config.demo = true;
     config.demo_token_secret = Some(SECRET.to_string());
     config.core.rate_limit_per_second = 0;
+    // The test's runtime has two threads: two write shards on them.
+    config.io_threads = 2;
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     Server::start(listener, config, Clock::system()).expect("start")
 }

@@ -12,11 +12,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use futures_util::StreamExt;
-use roomhub_net::ReadOnly;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -88,7 +89,10 @@ async fn connection(stream: TcpStream, id: u64, rooms: Rooms) {
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Text(frame) = msg else { continue };
         let frame = frame.as_str();
-        let room = field(frame, "\"room\":\"").map(str::to_string);
+        // `room` (roomhub's form), or the seed's `payload.room_id`.
+        let room = field(frame, "\"room\":\"")
+            .or_else(|| field(frame, "\"room_id\":\""))
+            .map(str::to_string);
         if frame.contains("\"type\":\"join_room\"") {
             let Some(room) = room else { continue };
             let info = {
@@ -173,4 +177,37 @@ fn field<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
     let at = frame.find(key)? + key.len();
     let len = frame[at..].find('"')?;
     Some(&frame[at..at + len])
+}
+
+/// A socket's reading half, given to the WebSocket codec. The codec's own
+/// writes (its automatic pong and close replies) go nowhere: only the
+/// floor's own writes reach the socket.
+struct ReadOnly<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }

@@ -1,13 +1,9 @@
 //! A connection's byte streams: the upgraded socket split into a reading
-//! half for the codec and a writing half for the outbox, and [`ReadOnly`],
-//! which gives the codec a stream it cannot write to.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! half for the frame reader and a writing half for the outbox.
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub(crate) type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
@@ -36,39 +32,5 @@ pub(crate) fn halves(upgraded: Upgraded) -> (ReadIo, WriteIo) {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             (Box::new(read), Box::new(write))
         }
-    }
-}
-
-/// A socket's reading half, given to the WebSocket codec. The codec's own
-/// writes (its automatic pong and close replies) go nowhere: the outbox
-/// answers pings and closes, since only it may write to the socket.
-/// (`roomhub-floor` reads the same way.)
-pub struct ReadOnly<R>(pub R);
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<R: Unpin> AsyncWrite for ReadOnly<R> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }

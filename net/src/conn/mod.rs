@@ -5,6 +5,7 @@
 //! connection's life.
 
 pub(crate) mod context;
+pub(crate) mod frames;
 pub(crate) mod io;
 pub(crate) mod lifecycle;
 pub mod online;

@@ -1,19 +1,24 @@
-//! A connection's reading side: frames from the codec become facts in the
-//! hub's inbox; pings are answered by the outbox; codec errors become the
-//! close codes RFC 6455 and PROTOCOL.md ask for.
+//! A connection's reading side: bytes from the socket become frames
+//! ([`crate::conn::frames`]) and frames become facts in the hub's inbox;
+//! pings are answered by the outbox; violations become the close codes RFC
+//! 6455 and PROTOCOL.md ask for. Reads land on the stack of the thread
+//! that reads, so a connection waiting for its next frame holds no buffer.
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use roomhub_core::{ConnId, Input, close};
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::Message;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
 
-use crate::conn::io::{ReadIo, ReadOnly};
+use roomhub_core::{ConnId, Input};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::conn::frames::{Decoder, Event};
+use crate::conn::io::ReadIo;
 use crate::conn::outbox::Outbox;
 use crate::hub::inbox::Inbox;
 use crate::metrics::Metrics;
 
-pub(crate) type Reader = WebSocketStream<ReadOnly<ReadIo>>;
+/// The most one read takes (on the stack, not kept).
+const READ_CHUNK: usize = 8 * 1024;
 
 /// How reading ended.
 pub(crate) enum ReadEnd {
@@ -39,54 +44,52 @@ impl ReadEnd {
 }
 
 pub(crate) async fn read_loop(
-    mut stream: Reader,
+    mut io: ReadIo,
+    max_message: usize,
     conn: ConnId,
     inbox: &Inbox,
     metrics: &Metrics,
     outbox: &Outbox,
 ) -> ReadEnd {
-    while let Some(msg) = stream.next().await {
-        let input = match msg {
-            Ok(Message::Text(text)) => {
-                metrics.received();
-                Input::Text {
-                    conn,
-                    frame: Bytes::from(text),
+    let mut decoder = Decoder::new(max_message);
+    let mut events = Vec::new();
+    loop {
+        let read = std::future::poll_fn(|cx| {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut io).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(ReadEnd::Failed(e.to_string()))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(ReadEnd::Eof)),
+                Poll::Ready(Ok(())) => Poll::Ready(
+                    decoder
+                        .feed(buf.filled(), &mut events)
+                        .map_err(|(code, why)| ReadEnd::Violation(code, why)),
+                ),
+            }
+        })
+        .await;
+        // What was whole before a violation still counts, in order.
+        for event in events.drain(..) {
+            let input = match event {
+                Event::Text(frame) => {
+                    metrics.received();
+                    Input::Text { conn, frame }
                 }
+                Event::Binary => Input::Binary { conn },
+                Event::Ping(data) => {
+                    outbox.pong(data);
+                    Input::Activity { conn }
+                }
+                Event::Pong => Input::Activity { conn },
+                Event::Close(code) => return ReadEnd::PeerClosed(code),
+            };
+            if !inbox.report(input).done().await {
+                return ReadEnd::HubGone;
             }
-            Ok(Message::Binary(_)) => Input::Binary { conn },
-            Ok(Message::Ping(data)) => {
-                outbox.pong(data);
-                Input::Activity { conn }
-            }
-            Ok(Message::Pong(_)) => Input::Activity { conn },
-            Ok(Message::Close(frame)) => {
-                return ReadEnd::PeerClosed(frame.map(|f| u16::from(f.code)));
-            }
-            // Only produced when writing raw frames, never on reading.
-            Ok(Message::Frame(_)) => continue,
-            Err(e) => return classify(e),
-        };
-        if !inbox.report(input).await {
-            return ReadEnd::HubGone;
         }
-    }
-    ReadEnd::Eof
-}
-
-/// Maps a codec error to the close code RFC 6455 and PROTOCOL.md ask for.
-fn classify(e: tungstenite::Error) -> ReadEnd {
-    use tungstenite::error::{CapacityError, Error as WsError};
-    match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            ReadEnd::Violation(close::MESSAGE_TOO_BIG, "message too big")
+        if let Err(end) = read {
+            return end;
         }
-        WsError::Capacity(_) => ReadEnd::Violation(close::MESSAGE_TOO_BIG, "frame too big"),
-        WsError::Utf8(_) => {
-            ReadEnd::Violation(close::INVALID_PAYLOAD, "invalid UTF-8 in a text frame")
-        }
-        WsError::Protocol(_) => ReadEnd::Violation(close::PROTOCOL_ERROR, "protocol error"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => ReadEnd::Eof,
-        other => ReadEnd::Failed(other.to_string()),
     }
 }

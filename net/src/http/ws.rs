@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use roomhub_core::ConnId;
 use tracing::{info, warn};
-use tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{SUBPROTOCOL, TokenSource};
 use crate::conn::lifecycle;
@@ -19,13 +18,6 @@ use crate::http::error::json_error;
 use crate::http::peer::PeerAddr;
 use crate::http::state::HttpState;
 use crate::http::upgrade::{NotUpgrade, WsUpgrade};
-
-/// tungstenite's read buffer is allocated per connection up front; 128 KiB
-/// by default. Client frames are small (4 KiB at most by default) and the
-/// buffer grows for a larger one, so 1 KiB suffices: an idle connection's
-/// memory is mostly this buffer (4 KiB here cost 9.2 KiB per connection in
-/// all, 1 KiB 6.4 KiB; see BENCHMARKS.md).
-const READ_BUFFER_BYTES: usize = 1024;
 
 pub(crate) async fn ws_handler(
     State(state): State<Arc<HttpState>>,
@@ -66,12 +58,8 @@ pub(crate) async fn ws_handler(
         }
     };
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    // Larger frames and messages close the connection with 1009.
     let max_message = state.config.core.max_message_bytes;
-    // Only the reading side goes through the codec; the outbox writes.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message));
     // Select a subprotocol the client offered, or browsers drop the socket.
     let protocol = match source {
         TokenSource::Subprotocol {
@@ -86,7 +74,7 @@ pub(crate) async fn ws_handler(
     let cx = state.conn.clone();
     tokio::spawn(state.connections.track_future(async move {
         match on_upgrade.await {
-            Ok(upgraded) => lifecycle::run(upgraded, config, conn, identity, cx).await,
+            Ok(upgraded) => lifecycle::run(upgraded, max_message, conn, identity, cx).await,
             Err(e) => warn!(%conn, "upgrade failed: {e}"),
         }
         drop(slot);

@@ -4,6 +4,9 @@
 //! sequencer (the store thread, the cluster's tasks) an [`Answers`] (core
 //! inputs only).
 
+use std::future::Future;
+use std::pin::Pin;
+
 use roomhub_core::{ConnId, Identity, Input, Publish, PublishOutcome};
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,18 +45,33 @@ pub(crate) struct Inbox(mpsc::Sender<HubEvent>);
 
 impl Inbox {
     /// A connection is upgraded; the hub writes to it through `outbox`.
-    pub(crate) async fn open(&self, conn: ConnId, identity: Identity, outbox: Outbox) -> bool {
+    pub(crate) fn open(&self, conn: ConnId, identity: Identity, outbox: Outbox) -> Delivery {
         let event = HubEvent::Open {
             conn,
             identity,
             outbox,
         };
-        self.0.send(event).await.is_ok()
+        self.deliver(event)
     }
 
     /// A fact about a connection (a frame, activity, its end).
-    pub(crate) async fn report(&self, input: Input) -> bool {
-        self.0.send(HubEvent::Input(input)).await.is_ok()
+    pub(crate) fn report(&self, input: Input) -> Delivery {
+        self.deliver(HubEvent::Input(input))
+    }
+
+    /// Queues `event` at once if the inbox has room; only a full inbox
+    /// makes the caller wait, on a future boxed for the purpose. So a
+    /// connection's task never holds an event or a send in progress while
+    /// it waits for its socket: its idle state stays small.
+    fn deliver(&self, event: HubEvent) -> Delivery {
+        match self.0.try_send(event) {
+            Ok(()) => Delivery::Done(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Done(false),
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                let inbox = self.0.clone();
+                Delivery::Waiting(Box::pin(async move { inbox.send(event).await.is_ok() }))
+            }
+        }
     }
 
     /// A backend's message; the answer arrives on the returned receiver.
@@ -70,6 +88,23 @@ impl Inbox {
     /// The narrower handle for a sequencer.
     pub(crate) fn answers(&self) -> Answers {
         Answers(self.0.clone())
+    }
+}
+
+/// An event handed to the inbox: queued (or refused: the hub is gone), or
+/// waiting for room.
+pub(crate) enum Delivery {
+    Done(bool),
+    Waiting(Pin<Box<dyn Future<Output = bool> + Send>>),
+}
+
+impl Delivery {
+    /// False when the hub is gone.
+    pub(crate) async fn done(self) -> bool {
+        match self {
+            Delivery::Done(queued) => queued,
+            Delivery::Waiting(send) => send.await,
+        }
     }
 }
 

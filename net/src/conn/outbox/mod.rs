@@ -24,7 +24,7 @@ use crate::conn::io::WriteIo;
 use crate::conn::online::Live;
 use crate::metrics::Metrics;
 
-mod write;
+pub(crate) mod write;
 
 /// A drained queue with room for more frames than this gives its memory
 /// back: idle connections hold no queue at all.
