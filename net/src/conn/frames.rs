@@ -345,4 +345,31 @@ mod tests {
             [Event::Close(Some(1002))]
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends, cut into reads anywhere: no panic, and the
+        /// same events and verdict as when it arrives in one read.
+        #[test]
+        fn any_bytes_in_any_reads_decode_as_in_one(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            frames in proptest::collection::vec((0u8..=255, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)), 0..6),
+            cut in 1usize..40,
+        ) {
+            // Well-formed frames with arbitrary first bytes, then noise.
+            let mut stream: Vec<u8> = frames.iter().flat_map(|(first, body)| frame(*first, body)).collect();
+            stream.extend(bytes);
+            let (whole_events, whole) = decode_all(&stream, 64);
+            let mut d = Decoder::new(64);
+            let mut events = Vec::new();
+            let mut verdict = Ok(());
+            for chunk in stream.chunks(cut) {
+                verdict = d.feed(chunk, &mut events);
+                if verdict.is_err() || matches!(events.last(), Some(Event::Close(_))) {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(events, whole_events);
+            proptest::prop_assert_eq!(verdict, whole);
+        }
+    }
 }
