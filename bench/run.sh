@@ -20,8 +20,8 @@
 #       # seed's Go hub; installed and built under target/peers on first
 #       # use) and the send() floor (`floor`)
 #
-# Scenarios: rooms10 rooms10half room2000 room2000half idle10k idle19k idle50k
-# storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
+# Scenarios: rooms10 rooms10half room2000 room2000half pairs500 idle10k idle19k
+# idle50k storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
 # (<server>-<scenario>.jsonl for every server but roomhub in MODE's mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -189,6 +189,10 @@ for s in $scenarios; do
       throughput --connections 2000 --rooms 1 --senders 1 --rate 50 --duration 10s ;;
     # Half the load: where a machine is too slow for every server to keep
     # below a full core at the full load.
+    # Sequencing: 500 rooms of 2, every member sending, 20/s each: 20,000
+    # messages/s to number, store and ack (with MODE=durable, the store's).
+    pairs500) run_scenario pairs500 "1000 in 500 rooms of 2, 1000 x 20/s, rate limit off" -- \
+      throughput --connections 1000 --rooms 500 --senders 1000 --rate 20 --duration 10s ;;
     rooms10half) run_scenario rooms10half "1000 in 10 rooms, 10 x 50/s, rate limit off" -- \
       throughput --connections 1000 --rooms 10 --senders 10 --rate 50 --duration 10s ;;
     room2000half) run_scenario room2000half "2000 in 1 room, 1 x 25/s, rate limit off" -- \
