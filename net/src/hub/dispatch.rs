@@ -12,7 +12,8 @@ use crate::conn::shard::Shards;
 use crate::hub::engine::Engine;
 use crate::metrics::Metrics;
 
-/// The outboxes of the connections the hub writes to.
+/// The outboxes of the connections the hub queues frames for, and the
+/// shards that write them.
 pub(crate) struct Connections {
     outboxes: FxHashMap<ConnId, Outbox>,
     metrics: Metrics,

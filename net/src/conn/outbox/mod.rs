@@ -1,9 +1,11 @@
 //! A connection's outgoing side. The hub queues a pass's frames for the
-//! connection and then writes them straight to the socket in one
-//! non-blocking write, with no channel, task wake-up or timer in between.
-//! Only when the socket cannot take everything does a backlog form; the
-//! connection's writer task then drains it, and every frame queued meanwhile
-//! leaves in the same write.
+//! connection; the connection's I/O shard ([`crate::conn::shard`]) then
+//! writes everything queued in one non-blocking write, with no task per
+//! frame and no timer in between. Only when the socket cannot take
+//! everything does a backlog form; the connection's writer task then drains
+//! it, and every frame queued meanwhile leaves in the same write. The state
+//! is behind one lock: the hub queues from its thread while a shard writes
+//! from another.
 //!
 //! The backlog is bounded in bytes: a live frame that would pass the bound
 //! makes the connection a slow consumer (the core closes it with 4000).
