@@ -448,4 +448,27 @@ mod tests {
         assert_eq!(t.rooms, ["a", "b*"]);
         assert_eq!(t.ttl, Duration::from_secs(7200));
     }
+
+    #[test]
+    fn fsync_defaults_to_background_and_io_threads_must_be_positive() {
+        let defaults = parse_cli(["roomhub"]).unwrap();
+        assert_eq!(defaults.server.fsync, Fsync::Background);
+        let args = parse_cli([
+            "roomhub",
+            "--jwt-secret",
+            "s",
+            "--io-threads",
+            "3",
+            "--fsync",
+            "always",
+        ])
+        .unwrap();
+        let config = ServerConfig::from_args(&args.server, 1).unwrap();
+        assert_eq!((config.io_threads, config.fsync), (3, Fsync::Always));
+        assert!(config.hub_thread);
+        let zero = parse_cli(["roomhub", "--jwt-secret", "s", "--io-threads", "0"]).unwrap();
+        let err = ServerConfig::from_args(&zero.server, 1).err().unwrap();
+        assert!(err.contains("--io-threads"), "{err}");
+        assert!(parse_cli(["roomhub", "--fsync", "sometimes"]).is_err());
+    }
 }
