@@ -20,7 +20,11 @@ async fn server() -> Server {
 
 /// Runs the generator and returns its JSON line (the last line of stdout).
 async fn bench(server: &Server, args: &[&str]) -> Value {
-    let url = format!("ws://{}/ws", server.local_addr());
+    bench_at(&format!("ws://{}/ws", server.local_addr()), args).await
+}
+
+async fn bench_at(url: &str, args: &[&str]) -> Value {
+    let url = url.to_string();
     let mut command = Command::new(env!("CARGO_BIN_EXE_roomhub-bench"));
     command
         .args(["--url", &url, "--jwt-secret", SECRET, "--server-pid"])
@@ -76,6 +80,60 @@ async fn a_tiny_throughput_run_delivers_everything() {
     // Read from the server's /metrics: every write carries at least a frame.
     let per_write = report["server_frames_per_write"].as_f64();
     assert!(per_write.is_some_and(|f| f >= 1.0), "{report}");
+    // The server runs in this process, its hub on the `roomhub-hub` thread.
+    let hub_share = report["server_hub_share"].as_f64();
+    assert!(
+        hub_share.is_some_and(|s| (0.0..=1.0).contains(&s)),
+        "{report}"
+    );
+}
+
+/// The cost floor speaks enough of the protocol for the generator (in the
+/// seed's join form too, which the peers also speak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_serves_a_tiny_throughput_run() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_roomhub-floor"))
+        .args(["--listen", &listen])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start roomhub-floor");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the floor never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let report = bench_at(
+        &format!("ws://{listen}/ws"),
+        &[
+            "throughput",
+            "--connections",
+            "6",
+            "--rooms",
+            "2",
+            "--senders",
+            "2",
+            "--rate",
+            "20",
+            "--warmup",
+            "100ms",
+            "--duration",
+            "500ms",
+        ],
+    )
+    .await;
+    let _ = floor.kill();
+    let _ = floor.wait();
+    assert_eq!(report["delivery_ratio"], 1.0, "{report}");
+    assert!(report["sent"].as_u64().unwrap() > 0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
