@@ -52,6 +52,24 @@ const CHECKPOINT_INTERVAL: Duration = journal::SYNC_INTERVAL;
 /// A journal this large is checkpointed at once, whatever the time.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 
+/// Where a stored message goes.
+struct Position<'a> {
+    room: &'a str,
+    epoch: &'a str,
+    offset: u64,
+}
+
+/// A room's epoch and head offset, if the database knows the room.
+fn head_of(
+    rooms: &impl ReadableTable<&'static str, (&'static str, u64)>,
+    room: &str,
+) -> Result<Option<(String, u64)>, StoreError> {
+    Ok(rooms.get(room).map_err(table_failed)?.map(|v| {
+        let (epoch, head) = v.value();
+        (epoch.to_string(), head)
+    }))
+}
+
 /// The embedded database of room history.
 pub struct Store {
     db: Database,
@@ -73,6 +91,8 @@ pub enum StoreError {
     Table(String),
     /// A stored message could not be encoded or decoded.
     Codec(String),
+    /// The journal could not be written or emptied.
+    Journal(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -82,6 +102,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Transaction(e) => write!(f, "store transaction failed: {e}"),
             StoreError::Table(e) => write!(f, "store table access failed: {e}"),
             StoreError::Codec(e) => write!(f, "stored message unreadable: {e}"),
+            StoreError::Journal(e) => write!(f, "store journal failed: {e}"),
         }
     }
 }
@@ -89,7 +110,7 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 fn journal_failed(e: std::io::Error) -> StoreError {
-    StoreError::Transaction(format!("journal: {e}"))
+    StoreError::Journal(e.to_string())
 }
 
 fn txn_failed(e: impl std::fmt::Display) -> StoreError {
@@ -159,29 +180,19 @@ impl Store {
                             let msg: SequencedMessage =
                                 serde_json::from_slice(&json).map_err(codec_failed)?;
                             let name = msg.room.as_str();
-                            let known = rooms.get(name).map_err(table_failed)?.map(|v| {
-                                let (epoch, head) = v.value();
-                                (epoch.to_string(), head)
-                            });
-                            match known {
-                                Some((epoch, head))
-                                    if epoch != msg.epoch.as_str() || msg.offset <= head =>
-                                {
-                                    continue;
-                                }
-                                _ => {}
-                            }
-                            messages
-                                .insert((name, msg.offset), json.as_slice())
-                                .map_err(table_failed)?;
-                            rooms
-                                .insert(name, (msg.epoch.as_str(), msg.offset))
-                                .map_err(table_failed)?;
-                            if let Some(old) =
-                                msg.offset.checked_sub(self.limits.max_messages as u64)
+                            // Already in the database, or of a lineage it
+                            // no longer has.
+                            if let Some((epoch, head)) = head_of(&rooms, name)?
+                                && (epoch != msg.epoch.as_str() || msg.offset <= head)
                             {
-                                messages.remove((name, old)).map_err(table_failed)?;
+                                continue;
                             }
+                            let at = Position {
+                                room: name,
+                                epoch: msg.epoch.as_str(),
+                                offset: msg.offset,
+                            };
+                            self.put(&mut rooms, &mut messages, at, &json)?;
                             replayed += 1;
                         }
                     }
@@ -228,8 +239,31 @@ impl Store {
         Ok(())
     }
 
-    /// Sequences and stores a batch in one durable transaction. All or
-    /// nothing: on error none of them is stored.
+    /// Stores a message at its position: the room's head moves to it, and
+    /// the one that falls out of the retained count goes (the history stays
+    /// contiguous, so that one is exactly `max` behind).
+    fn put(
+        &self,
+        rooms: &mut redb::Table<&'static str, (&'static str, u64)>,
+        messages: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+        at: Position<'_>,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        messages
+            .insert((at.room, at.offset), json)
+            .map_err(table_failed)?;
+        rooms
+            .insert(at.room, (at.epoch, at.offset))
+            .map_err(table_failed)?;
+        if let Some(old) = at.offset.checked_sub(self.limits.max_messages as u64) {
+            messages.remove((at.room, old)).map_err(table_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Sequences and stores a batch in one transaction, stored as
+    /// [`Fsync`] says before this returns. All or nothing: on error none of
+    /// them is stored.
     pub fn append_batch(
         &mut self,
         batch: Vec<AppendRequest>,
@@ -242,29 +276,16 @@ impl Store {
             let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
             for request in batch {
                 let name = request.room.as_str().to_string();
-                let (epoch, head) = match rooms.get(name.as_str()).map_err(table_failed)? {
-                    Some(v) => {
-                        let (epoch, head) = v.value();
-                        (epoch.to_string(), head)
-                    }
-                    None => (new_epoch(), 0),
-                };
+                let (epoch, head) = head_of(&rooms, &name)?.unwrap_or_else(|| (new_epoch(), 0));
                 let offset = head + 1;
                 let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
                 let json = serde_json::to_vec(&msg).map_err(codec_failed)?;
-                messages
-                    .insert((name.as_str(), offset), json.as_slice())
-                    .map_err(table_failed)?;
-                rooms
-                    .insert(name.as_str(), (epoch.as_str(), offset))
-                    .map_err(table_failed)?;
-                // Retention by count: the history stays contiguous, so the
-                // one that falls out is exactly `max` behind.
-                if let Some(old) = offset.checked_sub(self.limits.max_messages as u64) {
-                    messages
-                        .remove((name.as_str(), old))
-                        .map_err(table_failed)?;
-                }
+                let at = Position {
+                    room: &name,
+                    epoch: &epoch,
+                    offset,
+                };
+                self.put(&mut rooms, &mut messages, at, &json)?;
                 stored.push(msg);
                 if self.journal.is_some() {
                     journaled.push(json);
@@ -291,12 +312,7 @@ impl Store {
         let name = room.as_str();
         let known = {
             let txn = self.db.begin_read().map_err(txn_failed)?;
-            let rooms = txn.open_table(ROOMS).map_err(table_failed)?;
-            let found = rooms.get(name).map_err(table_failed)?;
-            found.map(|v| {
-                let (epoch, head) = v.value();
-                (epoch.to_string(), head)
-            })
+            head_of(&txn.open_table(ROOMS).map_err(table_failed)?, name)?
         };
         let Some((epoch, head)) = known else {
             let epoch = new_epoch();
