@@ -51,22 +51,17 @@ pub(crate) async fn run(
         &outbox,
     );
     tokio::pin!(read, writer);
-    // Only which side ended is decided here; what follows runs in a boxed
-    // future, so that the state of an idle connection's task holds the
-    // reader and the writer and nothing of its end.
-    // `biased`: tokio's branch choice is random otherwise, and simulations
-    // must replay exactly from a seed.
-    let ended = tokio::select! {
+    // What follows either end runs in a boxed future, so that the state of
+    // an idle connection's task holds the reader and the writer and nothing
+    // of its end. `biased`: tokio's branch choice is random otherwise, and
+    // simulations must replay exactly from a seed.
+    let reason = tokio::select! {
         biased;
-        end = &mut read => Ok(end),
-        end = &mut writer => Err(end),
-    };
-    let reason = match ended {
-        Ok(end) => {
+        end = &mut read => {
             live.end();
-            Box::pin(after_reading(end, writer, conn, &cx, &outbox)).await
+            Box::pin(after_reading(end, writer.as_mut(), conn, &cx, &outbox)).await
         }
-        Err(end) => Box::pin(after_writing(end, read, conn, &cx)).await,
+        end = &mut writer => Box::pin(after_writing(end, read.as_mut(), conn, &cx)).await,
     };
     live.end();
     info!(%conn, user = %user, reason = %reason, "disconnected");
