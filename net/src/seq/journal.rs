@@ -49,7 +49,7 @@ pub(crate) struct Journal {
     len: u64,
     /// Set by every write, cleared by the sync that covers it.
     unsynced: Arc<AtomicBool>,
-    /// Dropping the sender ends the sync thread.
+    /// Dropping the sender ends the sync thread, if it was started.
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// A write failed and the file could not be cut back to its last whole
     /// record: nothing more may be appended until a checkpoint empties it.
@@ -76,17 +76,23 @@ impl Journal {
             );
             file.set_len(whole as u64)?;
         }
-        let file = Arc::new(file);
-        let unsynced = Arc::new(AtomicBool::new(false));
-        let syncer = spawn_syncer(file.clone(), unsynced.clone())?;
         let journal = Journal {
-            file,
+            file: Arc::new(file),
             len: whole as u64,
-            unsynced,
-            syncer: Some(syncer),
+            unsynced: Arc::new(AtomicBool::new(false)),
+            syncer: None,
             broken: false,
         };
         Ok((journal, entries))
+    }
+
+    /// Starts the thread that syncs what is appended, at most every
+    /// [`SYNC_INTERVAL`] (a journal only read back at start needs none).
+    pub(crate) fn sync_in_background(&mut self) -> io::Result<()> {
+        if self.syncer.is_none() {
+            self.syncer = Some(spawn_syncer(self.file.clone(), self.unsynced.clone())?);
+        }
+        Ok(())
     }
 
     /// Bytes the journal holds.

@@ -153,7 +153,10 @@ impl Store {
         }
         // Durable now: the journal can start over.
         journal.reset().map_err(journal_failed)?;
-        store.journal = (fsync == Fsync::Background).then_some(journal);
+        if fsync == Fsync::Background {
+            journal.sync_in_background().map_err(journal_failed)?;
+            store.journal = Some(journal);
+        }
         Ok(store)
     }
 
