@@ -38,26 +38,20 @@ impl Connections {
         self.outboxes.remove(&conn);
     }
 
-    /// Has each connection in `due` written, with everything queued for
-    /// it, by the shard that owns it.
-    pub(crate) fn flush(&mut self, due: Vec<ConnId>) {
-        for conn in due {
-            if let Some(outbox) = self.outboxes.get(&conn) {
-                self.shards.stage(conn.0, outbox);
-            }
-        }
+    /// Hands each shard the connections staged for it this pass, to write
+    /// each once with everything queued for it.
+    pub(crate) fn flush(&mut self) {
         self.shards.hand_over();
     }
 
-    /// Queues every output for its connection; `due` collects the
-    /// connections to write to (each once, with everything queued for it).
-    /// Overflows found on the way are fed back to the core, whose answers
-    /// are dispatched in turn; answers to API publishes go to `published`.
+    /// Queues every output for its connection and stages, on its shard,
+    /// each connection that has something new to write. Overflows found on
+    /// the way are fed back to the core, whose answers are dispatched in
+    /// turn; answers to API publishes go to `published`.
     pub(crate) fn dispatch<C: Core>(
         &mut self,
         engine: &mut Engine<C>,
         clock: Clock,
-        due: &mut Vec<ConnId>,
         published: &mut Vec<(u64, PublishOutcome)>,
     ) {
         loop {
@@ -72,12 +66,12 @@ impl Connections {
                         if let Some(outbox) = self.outboxes.get(&conn)
                             && outbox.ping()
                         {
-                            due.push(conn);
+                            self.shards.stage(conn.0, outbox);
                         }
                     }
                     Output::Close { conn, code, reason } => {
                         // What the pass gave the connection goes before its close.
-                        self.hand_over(&mut staged, due, &mut overflowed);
+                        self.hand_over(&mut staged, &mut overflowed);
                         if let Some(outbox) = self.outboxes.remove(&conn) {
                             // Over for the protocol now, even if the close
                             // frame has to wait on a dead link.
@@ -96,7 +90,7 @@ impl Connections {
                     _ => {}
                 }
             }
-            self.hand_over(&mut staged, due, &mut overflowed);
+            self.hand_over(&mut staged, &mut overflowed);
             if overflowed.is_empty() {
                 return;
             }
@@ -108,11 +102,11 @@ impl Connections {
     }
 
     /// Queues the staged frames, each connection's in order and under one
-    /// lock; notes the connections to flush and those that overflowed.
+    /// lock; stages the connections to write and notes those that
+    /// overflowed.
     fn hand_over(
-        &self,
+        &mut self,
         staged: &mut Vec<(ConnId, Bytes, FrameKind)>,
-        due: &mut Vec<ConnId>,
         overflowed: &mut Vec<ConnId>,
     ) {
         if staged.is_empty() {
@@ -128,7 +122,7 @@ impl Connections {
             };
             let queued = outbox.push_frames(frames.iter().map(|(_, frame, kind)| (frame, *kind)));
             if queued.flush_due {
-                due.push(conn);
+                self.shards.stage(conn.0, outbox);
             }
             if queued.live_bytes > 0 {
                 self.metrics.queued(queued.live_bytes);

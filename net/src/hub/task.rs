@@ -4,7 +4,7 @@
 //! and hands the I/O shards the connections to write
 //! ([`crate::conn::shard`]). It decides nothing: every rule is the core's.
 
-use roomhub_core::{ConnId, Core, Input, PublishOutcome};
+use roomhub_core::{Core, Input, PublishOutcome};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -118,9 +118,8 @@ impl<C: Core> HubTask<C> {
                     self.engine.handle(Input::Tick, self.clock.now());
                 }
             }
-            let mut due = Vec::new();
-            self.dispatch(&mut outboxes, &mut due);
-            outboxes.flush(due);
+            self.dispatch(&mut outboxes);
+            outboxes.flush();
             let hub = self.engine.hub();
             self.metrics.hub_state(hub.stats().rooms, hub.errors_sent());
         }
@@ -128,9 +127,9 @@ impl<C: Core> HubTask<C> {
 
     /// Hands the core's outputs to the connections, and its answers to API
     /// publishes to their callers.
-    fn dispatch(&mut self, outboxes: &mut Connections, due: &mut Vec<ConnId>) {
+    fn dispatch(&mut self, outboxes: &mut Connections) {
         let mut published = Vec::new();
-        outboxes.dispatch(&mut self.engine, self.clock, due, &mut published);
+        outboxes.dispatch(&mut self.engine, self.clock, &mut published);
         for (ticket, outcome) in published {
             if let Some(reply) = self.publishes.remove(&ticket) {
                 let _ = reply.send(outcome);
