@@ -263,6 +263,51 @@ async fn rejoin(url: &str, offset: u64, epoch: &str) -> Ws {
     ws
 }
 
+/// `--io-threads 2`: the hub on `roomhub-hub`, sockets on `roomhub-io-0`
+/// and `roomhub-io-1`, and no third I/O thread; a client is served.
+#[test]
+fn io_threads_are_named_and_counted_as_asked() {
+    let dir = workdir("threads");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &listen,
+        "--jwt-secret",
+        "t",
+        "--memory",
+        "--io-threads",
+        "2",
+    ];
+    let server = start(&dir, &args);
+    wait_for_port(port);
+    let pid = server.child.id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect();
+    for expected in ["roomhub-hub", "roomhub-io-0", "roomhub-io-1"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert!(!names.iter().any(|n| n == "roomhub-io-2"), "{names:?}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("ws://{listen}/ws?token={}", token_for("t1", "t"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        ws.send(Message::text(r#"{"type":"join_room","room":"g"}"#))
+            .await
+            .unwrap();
+        next_of_type(&mut ws, "room_info").await;
+    });
+    std::fs::remove_dir_all(dir).ok();
+}
+
 fn token_for(user: &str, secret: &str) -> String {
     let out = Command::new(BIN)
         .args(["token", "--user", user, "--jwt-secret", secret])
