@@ -86,11 +86,16 @@ impl Journal {
         Ok((journal, entries))
     }
 
-    /// Starts the thread that syncs what is appended, at most every
-    /// [`SYNC_INTERVAL`] (a journal only read back at start needs none).
-    pub(crate) fn sync_in_background(&mut self) -> io::Result<()> {
+    /// Starts the thread that syncs what is appended, at most `every`
+    /// ([`SYNC_INTERVAL`] in the store; a journal only read back at start
+    /// needs none).
+    pub(crate) fn sync_in_background(&mut self, every: Duration) -> io::Result<()> {
         if self.syncer.is_none() {
-            self.syncer = Some(spawn_syncer(self.file.clone(), self.unsynced.clone())?);
+            self.syncer = Some(spawn_syncer(
+                self.file.clone(),
+                self.unsynced.clone(),
+                every,
+            )?);
         }
         Ok(())
     }
@@ -164,17 +169,18 @@ impl Drop for Journal {
     }
 }
 
-/// Syncs the file every [`SYNC_INTERVAL`] if anything was written since the
-/// last sync; ends when the journal is dropped.
+/// Syncs the file every `every` if anything was written since the last
+/// sync; ends when the journal is dropped.
 fn spawn_syncer(
     file: Arc<File>,
     unsynced: Arc<AtomicBool>,
+    every: Duration,
 ) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("roomhub-fsync".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SYNC_INTERVAL) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 if unsynced.swap(false, Ordering::AcqRel)
                     && let Err(e) = file.sync_data()
                 {
@@ -305,6 +311,22 @@ mod tests {
         std::fs::write(&path, &damaged).unwrap();
         let (_, entries) = Journal::open(&path).unwrap();
         assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn the_sync_thread_syncs_what_was_written() {
+        let path = scratch("sync");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append_room("g", "e1").unwrap();
+        assert!(j.unsynced.load(Ordering::Acquire));
+        j.sync_in_background(Duration::from_millis(5)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while j.unsynced.load(Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Dropping the journal ends the thread (the drop joins it).
+        drop(j);
     }
 
     #[test]

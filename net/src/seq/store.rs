@@ -154,7 +154,9 @@ impl Store {
         // Durable now: the journal can start over.
         journal.reset().map_err(journal_failed)?;
         if fsync == Fsync::Background {
-            journal.sync_in_background().map_err(journal_failed)?;
+            journal
+                .sync_in_background(journal::SYNC_INTERVAL)
+                .map_err(journal_failed)?;
             store.journal = Some(journal);
         }
         Ok(store)
