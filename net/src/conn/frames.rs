@@ -33,9 +33,8 @@ pub(crate) type Violation = (u16, &'static str);
 /// A fragmented message being assembled.
 struct Fragments {
     text: bool,
-    /// Text: the bytes so far. Binary: nothing (its content is never used).
+    /// The bytes so far (at most the message size limit).
     data: Vec<u8>,
-    len: usize,
 }
 
 /// The decoding state between reads.
@@ -155,7 +154,6 @@ impl Decoder {
                         let mut fragments = Fragments {
                             text,
                             data: Vec::new(),
-                            len: 0,
                         };
                         fragments.add(&payload, self.max_message)?;
                         self.fragments = Some(fragments);
@@ -182,14 +180,13 @@ impl Fragments {
     /// checked for invalid UTF-8 as it arrives (a character cut in two by a
     /// fragment boundary is fine).
     fn add(&mut self, fragment: &[u8], max_message: usize) -> Result<(), Violation> {
-        if fragment.len() > max_message - self.len {
+        if fragment.len() > max_message - self.data.len() {
             return Err((close::MESSAGE_TOO_BIG, "message too big"));
         }
-        self.len += fragment.len();
+        self.data.extend_from_slice(fragment);
         if !self.text {
             return Ok(());
         }
-        self.data.extend_from_slice(fragment);
         match std::str::from_utf8(&self.data) {
             Err(e) if e.error_len().is_some() => Err(invalid_utf8()),
             _ => Ok(()),
