@@ -60,14 +60,20 @@ setup_go() {
   sh "$PEERS/go-seed-hub/build.sh" >/dev/null
 }
 
-wait_for_port() {
+# wait_until WHAT CHECK...: retries CHECK for up to 10 s.
+wait_until() {
+  local what=$1
+  shift
   for _ in $(seq 1 200); do
-    if (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+    if "$@" >/dev/null 2>&1; then return; fi
     sleep 0.05
   done
-  echo "$1 did not start" >&2
+  echo "$what did not start" >&2
   exit 1
 }
+port_open() { (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+# roomhub answers /healthz once it serves (for a cluster node, once its broker is up).
+healthy() { curl -fsS "http://127.0.0.1:$PORT/healthz"; }
 
 SERVER_PID=""
 # start_server KIND: roomhub (in MODE's mode), durable, memory, always,
@@ -83,13 +89,13 @@ start_server() {
       # The cost floor (bench/src/bin/roomhub-floor.rs).
       taskset -c "$SERVER_CORE" target/release/roomhub-floor --listen "127.0.0.1:$PORT" 2>/dev/null &
       SERVER_PID=$!
-      wait_for_port floor
+      wait_until floor port_open
       return ;;
     node)
       setup_node
       BENCH_JWT_SECRET="$SECRET" taskset -c "$SERVER_CORE" node "$PEERS/node-ws-hub/server.js" "$PORT" >/dev/null 2>&1 &
       SERVER_PID=$!
-      wait_for_port node
+      wait_until node port_open
       return ;;
     go)
       setup_go
@@ -97,7 +103,7 @@ start_server() {
       GOMAXPROCS=$(taskset -c "$SERVER_CORE" nproc) BENCH_JWT_SECRET="$SECRET" \
         taskset -c "$SERVER_CORE" "$PEERS/go-seed-hub/go-seed-hub" "$PORT" >/dev/null 2>&1 &
       SERVER_PID=$!
-      wait_for_port go
+      wait_until go port_open
       return ;;
   esac
   local mode_args=(--memory)
@@ -112,12 +118,7 @@ start_server() {
     --listen "127.0.0.1:$PORT" --rate-limit-per-second 0 \
     --max-connections 120000 --max-connections-per-user 0 --log warn &
   SERVER_PID=$!
-  for _ in $(seq 1 200); do
-    if curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then return; fi
-    sleep 0.05
-  done
-  echo "server did not start" >&2
-  exit 1
+  wait_until roomhub healthy
 }
 stop_server() {
   if [ -n "$SERVER_PID" ]; then
