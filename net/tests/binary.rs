@@ -169,14 +169,7 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
     rt.block_on(async {
         let mut clients = Vec::new();
         for user in ["a", "b", "c"] {
-            let url = format!("ws://{listen}/ws?token={}", token_for(user, "s3cret"));
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .unwrap();
-            ws.send(Message::text(r#"{"type":"join_room","room":"g"}"#))
-                .await
-                .unwrap();
-            clients.push(ws);
+            clients.push(joining_g(&listen, user, "s3cret").await);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let status = Command::new("kill")
@@ -296,16 +289,22 @@ fn io_threads_are_named_and_counted_as_asked() {
     assert!(!names.iter().any(|n| n == "roomhub-io-2"), "{names:?}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let url = format!("ws://{listen}/ws?token={}", token_for("t1", "t"));
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .unwrap();
-        ws.send(Message::text(r#"{"type":"join_room","room":"g"}"#))
-            .await
-            .unwrap();
+        let mut ws = joining_g(&listen, "t1", "t").await;
         next_of_type(&mut ws, "room_info").await;
     });
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// Connects `user` to the server at `listen` and asks to join room `g`.
+async fn joining_g(listen: &str, user: &str, secret: &str) -> Ws {
+    let url = format!("ws://{listen}/ws?token={}", token_for(user, secret));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"join_room","room":"g"}"#))
+        .await
+        .unwrap();
+    ws
 }
 
 fn token_for(user: &str, secret: &str) -> String {
