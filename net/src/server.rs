@@ -26,11 +26,12 @@ use crate::conn::online::Online;
 use crate::http::accept::accept_loop;
 use crate::http::admission::Admission;
 use crate::http::state::HttpState;
-use crate::hub::engine::Engine;
+use crate::hub::engine::{Engine, Journaled};
 use crate::hub::inbox::{self, Answers};
 use crate::hub::task::HubTask;
 use crate::metrics::Metrics;
-use crate::seq::store::Store;
+use crate::seq::journaled::JournaledStore;
+use crate::seq::store::{Fsync, Store};
 use crate::seq::store_task;
 
 /// The longest a cluster node waits between reconnection attempts.
@@ -254,11 +255,23 @@ fn single_node<C: Core>(
         ))),
         Some(dir) => {
             let limits = HistoryLimits::from_config(&config.core);
-            let store = Store::open(dir, limits, config.fsync).map_err(std::io::Error::other)?;
             info!(dir = %dir.display(), fsync = ?config.fsync, "durable history in the data directory");
-            Engine::Delegated {
-                hub: Box::new(make_core(config.core.clone())),
-                sequencer: store_task::spawn(store, parts.clock, parts.answers, parts.store_closed),
+            let hub = make_core(config.core.clone());
+            match config.fsync {
+                Fsync::Background => {
+                    let closed = Some(parts.store_closed);
+                    let store =
+                        JournaledStore::open(dir, limits, closed).map_err(std::io::Error::other)?;
+                    Engine::Journaled(Box::new(Journaled::new(hub, store)))
+                }
+                Fsync::Always => {
+                    let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
+                    let (clock, answers) = (parts.clock, parts.answers);
+                    Engine::Delegated {
+                        hub: Box::new(hub),
+                        sequencer: store_task::spawn(store, clock, answers, parts.store_closed),
+                    }
+                }
             }
         }
     };

@@ -62,6 +62,6 @@ pub(crate) async fn accept_loop<L>(
             "drain timeout reached with connections still open"
         );
     }
-    // Dropping the hub's engine ends the store thread.
+    // Dropping the hub's engine closes the store (a last checkpoint).
     hub.stop().await;
 }

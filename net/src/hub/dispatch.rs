@@ -55,11 +55,12 @@ impl Connections {
         published: &mut Vec<(u64, PublishOutcome)>,
     ) {
         loop {
+            let now = clock.now();
             let mut overflowed = Vec::new();
             // Frames are gathered first and handed over per connection, one
             // lock each, rather than one lock per frame.
             let mut staged: Vec<(ConnId, Bytes, FrameKind)> = Vec::new();
-            while let Some(out) = engine.poll_output() {
+            while let Some(out) = engine.poll_output(now) {
                 match out {
                     Output::Send { conn, frame, kind } => staged.push((conn, frame, kind)),
                     Output::Ping { conn } => {
@@ -94,7 +95,6 @@ impl Connections {
             if overflowed.is_empty() {
                 return;
             }
-            let now = clock.now();
             for conn in overflowed {
                 engine.handle(Input::QueueOverflow { conn }, now);
             }

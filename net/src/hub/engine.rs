@@ -1,11 +1,17 @@
 //! The engine the hub task drives: the core's [`Hub`], and whoever owns each
 //! room's order. In memory mode the core's own sequencer answers in-process;
-//! otherwise the hub's sequencing outputs (appends, opens, presence, relays,
-//! follows) go to the store thread or the cluster's worker, which answer
-//! through the hub's inbox.
+//! with the default durable store, the journaled store answers on the hub's
+//! thread too, once per pass; otherwise (`--fsync always`, a cluster) the
+//! hub's sequencing outputs (appends, opens, presence, relays, follows) go
+//! to the store thread or the cluster's worker, which answer through the
+//! hub's inbox.
 
-use roomhub_core::{Core, Hub, Input, Output, SingleNode, Timestamp};
+use std::collections::VecDeque;
+
+use roomhub_core::{AppendRequest, Core, Hub, Input, Output, SingleNode, Timestamp};
 use tokio::sync::mpsc;
+
+use crate::seq::journaled::JournaledStore;
 
 /// The queue from the hub to a delegated sequencer. Unbounded because the
 /// hub task must never wait on the store or the broker (it would stop
@@ -19,6 +25,8 @@ pub(crate) type SequencerQueue = mpsc::UnboundedSender<Output>;
 pub(crate) enum Engine<C = Hub> {
     /// In-memory history: the sequencer answers in-process, at once.
     Memory(Box<SingleNode<C>>),
+    /// The journaled store owns the order, on the hub's thread.
+    Journaled(Box<Journaled<C>>),
     /// The store thread or the cluster's broker worker owns the order and
     /// answers through the hub's inbox.
     Delegated {
@@ -27,10 +35,102 @@ pub(crate) enum Engine<C = Hub> {
     },
 }
 
+/// The core and the default store, which answers its appends together
+/// (one journal write) once the pass has nothing else for the
+/// connections, and its opens at once (after the appends before them, so
+/// a snapshot sees them).
+pub(crate) struct Journaled<C> {
+    hub: C,
+    store: JournaledStore,
+    appends: Vec<AppendRequest>,
+    /// The core's outputs for the connections, in order.
+    ready: VecDeque<Output>,
+}
+
+impl<C: Core> Journaled<C> {
+    pub(crate) fn new(hub: C, store: JournaledStore) -> Self {
+        Journaled {
+            hub,
+            store,
+            appends: Vec::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    fn handle(&mut self, input: Input, now: Timestamp) {
+        self.hub.handle(input, now);
+        self.take_outputs(now);
+    }
+
+    /// Moves the core's outputs aside: appends to be stored, the rest
+    /// ready for the connections; an open is answered on the spot.
+    fn take_outputs(&mut self, now: Timestamp) {
+        while let Some(out) = self.hub.poll_output() {
+            match out {
+                Output::Append(request) => self.appends.push(*request),
+                Output::OpenRoom { room, .. } => {
+                    self.store_appends(now);
+                    let answer = match self.store.snapshot(&room, now) {
+                        Ok(snapshot) => Input::RoomOpened(snapshot),
+                        Err(e) => {
+                            tracing::error!(room = %room, "store cannot open room: {e}");
+                            Input::RoomOpenFailed { room }
+                        }
+                    };
+                    self.hub.handle(answer, now);
+                }
+                // Nothing to stop or follow: this store delivers only to
+                // its own node.
+                out if out.is_for_sequencer() => {}
+                out => self.ready.push_back(out),
+            }
+        }
+    }
+
+    /// Stores the appends taken so far in one batch and answers them.
+    fn store_appends(&mut self, now: Timestamp) {
+        if self.appends.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.appends);
+        match self.store.append_batch(batch.clone()) {
+            Ok(stored) => {
+                for msg in stored {
+                    let receipt = msg.receipt();
+                    self.hub.handle(Input::Sequenced(msg), now);
+                    if let Some(receipt) = receipt {
+                        self.hub.handle(Input::Appended(receipt), now);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("store cannot append: {e}");
+                for request in batch {
+                    self.hub.handle(Input::AppendFailed(request), now);
+                }
+            }
+        }
+    }
+
+    fn poll_output(&mut self, now: Timestamp) -> Option<Output> {
+        loop {
+            if let Some(out) = self.ready.pop_front() {
+                return Some(out);
+            }
+            if self.appends.is_empty() {
+                return None;
+            }
+            self.store_appends(now);
+            self.take_outputs(now);
+        }
+    }
+}
+
 impl<C: Core> Engine<C> {
     pub(crate) fn handle(&mut self, input: Input, now: Timestamp) {
         match self {
             Engine::Memory(node) => node.handle(input, now),
+            Engine::Journaled(journaled) => journaled.handle(input, now),
             Engine::Delegated { hub, .. } => hub.handle(input, now),
         }
     }
@@ -38,9 +138,10 @@ impl<C: Core> Engine<C> {
     /// The next output for the hub task; sequencing outputs are forwarded.
     /// A send error means the sequencer is gone (the server is stopping);
     /// the requests then stay unanswered and clients retry.
-    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+    pub(crate) fn poll_output(&mut self, now: Timestamp) -> Option<Output> {
         match self {
             Engine::Memory(node) => node.poll_output(),
+            Engine::Journaled(journaled) => journaled.poll_output(now),
             Engine::Delegated { hub, sequencer } => loop {
                 let out = hub.poll_output()?;
                 if !out.is_for_sequencer() {
@@ -54,6 +155,7 @@ impl<C: Core> Engine<C> {
     pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
         match self {
             Engine::Memory(node) => node.poll_timeout(),
+            Engine::Journaled(journaled) => journaled.hub.poll_timeout(),
             Engine::Delegated { hub, .. } => hub.poll_timeout(),
         }
     }
@@ -61,6 +163,7 @@ impl<C: Core> Engine<C> {
     pub(crate) fn hub(&self) -> &Hub {
         match self {
             Engine::Memory(node) => node.hub.hub(),
+            Engine::Journaled(journaled) => journaled.hub.hub(),
             Engine::Delegated { hub, .. } => hub.hub(),
         }
     }

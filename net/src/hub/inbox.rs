@@ -24,6 +24,10 @@ pub(crate) enum HubEvent {
         outbox: Outbox,
     },
     Input(Input),
+    /// A sequencer's answers to what the hub handed it together (a stored
+    /// batch), taken in one pass: their fan-out shares one write per
+    /// connection, as a memory-mode pass's would.
+    Inputs(Vec<Input>),
     /// `POST /api/publish`: the core sequences it like a member's message
     /// and answers once it is stored.
     Publish {
@@ -119,8 +123,9 @@ impl Answers {
         self.0.send(HubEvent::Input(input)).await.is_ok()
     }
 
-    /// From a thread outside the runtime (the store's).
-    pub(crate) fn blocking_send(&self, input: Input) -> bool {
-        self.0.blocking_send(HubEvent::Input(input)).is_ok()
+    /// Several answers, taken by the hub in one pass, from a thread
+    /// outside the runtime (the store's).
+    pub(crate) fn blocking_send_all(&self, inputs: Vec<Input>) -> bool {
+        inputs.is_empty() || self.0.blocking_send(HubEvent::Inputs(inputs)).is_ok()
     }
 }

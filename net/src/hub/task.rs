@@ -4,7 +4,7 @@
 //! and hands the I/O shards the connections to write
 //! ([`crate::conn::shard`]). It decides nothing: every rule is the core's.
 
-use roomhub_core::{Core, Input, PublishOutcome};
+use roomhub_core::{Core, Input, PublishOutcome, Timestamp};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -148,11 +148,11 @@ impl<C: Core> HubTask<C> {
                 outboxes.insert(conn, outbox);
                 self.engine.handle(Input::Connected { conn, identity }, now);
             }
-            HubEvent::Input(input) => {
-                if let Input::Disconnected { conn } = &input {
-                    outboxes.remove(*conn);
+            HubEvent::Input(input) => self.input(input, now, outboxes),
+            HubEvent::Inputs(inputs) => {
+                for input in inputs {
+                    self.input(input, now, outboxes);
                 }
-                self.engine.handle(input, now);
             }
             HubEvent::Publish { publish, reply } => {
                 self.next_publish += 1;
@@ -166,6 +166,13 @@ impl<C: Core> HubTask<C> {
                 self.engine.handle(Input::Publish { ticket, publish }, now);
             }
         }
+    }
+
+    fn input(&mut self, input: Input, now: Timestamp, outboxes: &mut Connections) {
+        if let Input::Disconnected { conn } = &input {
+            outboxes.remove(*conn);
+        }
+        self.engine.handle(input, now);
     }
 }
 

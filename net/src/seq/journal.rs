@@ -6,10 +6,15 @@
 //! it survives the process being killed (`kill -9`, a panic, an OOM kill),
 //! though not the machine losing power before the next sync. A background
 //! thread (`roomhub-fsync`) syncs the file at most every second, like Redis'
-//! `appendfsync everysec`. The database itself then commits without an
-//! fsync; every second or so the store makes its state durable in one
-//! commit that does sync (a checkpoint) and empties the journal. On open,
-//! whatever the journal holds past the last checkpoint is applied again.
+//! `appendfsync everysec`.
+//!
+//! The journal is the only thing an append writes. About every second the
+//! store starts a checkpoint: the journal's file is renamed aside (the
+//! segment being checkpointed), a new one takes its place, and a background
+//! thread writes the set-aside segment's messages to the database in one
+//! synced commit, then deletes it ([`crate::seq::journaled`]). On open,
+//! whatever the set-aside segment and the journal hold is applied again,
+//! in that order.
 //!
 //! A record is `[body length: u32 LE][CRC-32 of the body: u32 LE][body]`.
 //! The body is one [`Entry`]: a kind byte, then length-prefixed fields. A
@@ -18,7 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -44,13 +49,15 @@ pub(crate) enum Entry {
 
 /// The journal file, and the thread that syncs it.
 pub(crate) struct Journal {
+    path: PathBuf,
     file: Arc<File>,
     /// Bytes of whole records in the file.
     len: u64,
     /// Set by every write, cleared by the sync that covers it.
     unsynced: Arc<AtomicBool>,
-    /// Dropping the sender ends the sync thread, if it was started.
-    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// Hands the sync thread the file after a rotation; dropping the
+    /// sender ends the thread, if it was started.
+    syncer: Option<(mpsc::Sender<Arc<File>>, JoinHandle<()>)>,
     /// A write failed and the file could not be cut back to its last whole
     /// record: nothing more may be appended until a checkpoint empties it.
     broken: bool,
@@ -60,11 +67,7 @@ impl Journal {
     /// Opens (or creates) the journal at `path`; returns it with the
     /// entries it holds, up to the first damaged or incomplete record.
     pub(crate) fn open(path: &Path) -> io::Result<(Journal, Vec<Entry>)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)?;
+        let mut file = open_appending(path)?;
         let mut raw = Vec::new();
         file.read_to_end(&mut raw)?;
         let (entries, whole) = decode_all(&raw);
@@ -77,6 +80,7 @@ impl Journal {
             file.set_len(whole as u64)?;
         }
         let journal = Journal {
+            path: path.to_path_buf(),
             file: Arc::new(file),
             len: whole as u64,
             unsynced: Arc::new(AtomicBool::new(false)),
@@ -125,10 +129,23 @@ impl Journal {
         self.append(&body)
     }
 
-    /// Empties the journal once the database holds everything in it
-    /// durably.
-    pub(crate) fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
+    /// Sets the file aside as `to` and starts a new, empty one in its
+    /// place (what a checkpoint then writes to the database). On error the
+    /// journal is as it was.
+    pub(crate) fn rotate(&mut self, to: &Path) -> io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        let file = match open_appending(&self.path) {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                // Put back: appends go on into the file they went into.
+                std::fs::rename(to, &self.path)?;
+                return Err(e);
+            }
+        };
+        if let Some((files, _)) = &self.syncer {
+            let _ = files.send(file.clone());
+        }
+        self.file = file;
         self.len = 0;
         self.broken = false;
         Ok(())
@@ -169,27 +186,68 @@ impl Drop for Journal {
     }
 }
 
+/// The journal's entries at `path`, if there is such a file (a segment set
+/// aside for a checkpoint that did not finish).
+pub(crate) fn read_segment(path: &Path) -> io::Result<Vec<Entry>> {
+    match std::fs::read(path) {
+        Ok(raw) => Ok(decode_all(&raw).0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a set-aside segment (once the database holds it), if it is
+/// there.
+pub(crate) fn remove_segment(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn open_appending(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+}
+
 /// Syncs the file every `every` if anything was written since the last
-/// sync; ends when the journal is dropped.
+/// sync; follows the journal to each new file (syncing the one set aside,
+/// and the new one, at once); ends when the journal is dropped.
 fn spawn_syncer(
-    file: Arc<File>,
+    mut file: Arc<File>,
     unsynced: Arc<AtomicBool>,
     every: Duration,
-) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
-    let (stop, stopped) = mpsc::channel::<()>();
+) -> io::Result<(mpsc::Sender<Arc<File>>, JoinHandle<()>)> {
+    let (files, rotated) = mpsc::channel::<Arc<File>>();
     let thread = std::thread::Builder::new()
         .name("roomhub-fsync".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                if unsynced.swap(false, Ordering::AcqRel)
-                    && let Err(e) = file.sync_data()
-                {
+            let sync = |file: &File| {
+                if let Err(e) = file.sync_data() {
                     unsynced.store(true, Ordering::Release);
                     tracing::error!("cannot sync the journal: {e}");
                 }
+            };
+            loop {
+                match rotated.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if unsynced.swap(false, Ordering::AcqRel) {
+                            sync(&file);
+                        }
+                    }
+                    Ok(new) => {
+                        let old: Arc<File> = std::mem::replace(&mut file, new);
+                        sync(&old);
+                        sync(&file);
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
             }
         })?;
-    Ok((stop, thread))
+    Ok((files, thread))
 }
 
 fn put_field(body: &mut Vec<u8>, field: &[u8]) {
@@ -251,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_come_back_in_order_and_a_reset_empties_it() {
+    fn entries_come_back_in_order_and_a_rotation_sets_them_aside() {
         let path = scratch("order");
         {
             let (mut j, old) = Journal::open(&path).unwrap();
@@ -272,7 +330,9 @@ mod tests {
                 Entry::Messages(vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]),
             ]
         );
-        j.reset().unwrap();
+        let aside = path.with_extension("aside");
+        j.rotate(&aside).unwrap();
+        assert_eq!(j.len(), 0);
         j.append_room("h", "e2").unwrap();
         drop(j);
         let (_, entries) = Journal::open(&path).unwrap();
@@ -282,6 +342,12 @@ mod tests {
                 room: "h".into(),
                 epoch: "e2".into()
             }]
+        );
+        assert_eq!(read_segment(&aside).unwrap().len(), 2);
+        assert!(
+            read_segment(&path.with_extension("none"))
+                .unwrap()
+                .is_empty()
         );
     }
 

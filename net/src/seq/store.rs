@@ -1,18 +1,13 @@
-//! Durable room history on one node: the embedded store that sequences
-//! messages when roomhub runs with a data directory (the default).
+//! Durable room history on one node: the embedded database both durable
+//! modes keep their history in, and the store of `--fsync always`.
 //!
-//! It answers the hub's [`Output::Append`] and [`Output::OpenRoom`] like the
-//! in-memory sequencer does, but an append is acknowledged only once it is
-//! stored. Appends that arrive together are committed together (group
-//! commit). What "stored" means is [`Fsync`]:
+//! What "stored" means before an append is acknowledged is [`Fsync`]:
 //!
-//! - `background` (the default): the batch is in the journal
-//!   ([`crate::seq::journal`]), written but not synced: it survives the
-//!   process being killed, and reaches the disk within a second. The
-//!   database commits without syncing and is made durable every second
-//!   (a checkpoint), after which the journal starts over.
+//! - `background` (the default): the batch is in the journal, written but
+//!   not synced ([`crate::seq::journaled`]): it survives the process being
+//!   killed, and reaches the disk within a second.
 //! - `always`: the batch's commit is synced before the ack (one fsync per
-//!   batch): it survives a power loss too.
+//!   batch, on the store's own thread): it survives a power loss too.
 //!
 //! Rooms are loaded when first opened, not at start: a room's epoch, head
 //! offset and retained history are read then. A new room gets a random epoch,
@@ -20,20 +15,25 @@
 //! rather than handed offsets from a different history.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use roomhub_core::{
     AppendRequest, Epoch, HistoryLimits, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
 };
 
 use crate::seq::epoch::new_epoch;
-use crate::seq::journal::{self, Entry, Journal};
+use crate::seq::journal::{self, Entry};
 
 /// room → (epoch, head offset).
-const ROOMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("rooms");
+pub(crate) const ROOMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("rooms");
 /// (room, offset) → the sequenced message as JSON.
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+
+/// The journal's file in the data directory.
+pub(crate) const JOURNAL: &str = "roomhub.journal";
+/// Where the journal is set aside while a checkpoint writes it to the
+/// database.
+pub(crate) const SET_ASIDE: &str = "roomhub.journal.checkpoint";
 
 /// When an append counts as stored (`--fsync`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -46,21 +46,15 @@ pub enum Fsync {
     Always,
 }
 
-/// How often, at most, a `background` store makes the database durable and
-/// empties the journal.
-const CHECKPOINT_INTERVAL: Duration = journal::SYNC_INTERVAL;
-/// A journal this large is checkpointed at once, whatever the time.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
-
 /// Where a stored message goes.
-struct Position<'a> {
-    room: &'a str,
-    epoch: &'a str,
-    offset: u64,
+pub(crate) struct Position<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) epoch: &'a str,
+    pub(crate) offset: u64,
 }
 
 /// A room's epoch and head offset, if the database knows the room.
-fn head_of(
+pub(crate) fn head_of(
     rooms: &impl ReadableTable<&'static str, (&'static str, u64)>,
     room: &str,
 ) -> Result<Option<(String, u64)>, StoreError> {
@@ -68,15 +62,6 @@ fn head_of(
         let (epoch, head) = v.value();
         (epoch.to_string(), head)
     }))
-}
-
-/// The embedded database of room history.
-pub struct Store {
-    db: Database,
-    limits: HistoryLimits,
-    /// `Some` with `--fsync background`.
-    journal: Option<Journal>,
-    last_checkpoint: Instant,
 }
 
 /// What went wrong in the store: which step failed, and the database's
@@ -91,7 +76,7 @@ pub enum StoreError {
     Table(String),
     /// A stored message could not be encoded or decoded.
     Codec(String),
-    /// The journal could not be written or emptied.
+    /// The journal could not be written or set aside.
     Journal(String),
 }
 
@@ -109,173 +94,196 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-fn journal_failed(e: std::io::Error) -> StoreError {
+pub(crate) fn journal_failed(e: std::io::Error) -> StoreError {
     StoreError::Journal(e.to_string())
 }
 
-fn txn_failed(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn txn_failed(e: impl std::fmt::Display) -> StoreError {
     StoreError::Transaction(e.to_string())
 }
 
-fn table_failed(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn table_failed(e: impl std::fmt::Display) -> StoreError {
     StoreError::Table(e.to_string())
 }
 
-fn codec_failed(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn codec_failed(e: impl std::fmt::Display) -> StoreError {
     StoreError::Codec(e.to_string())
 }
 
-impl Store {
-    /// Opens (or creates) the store in `dir`, applying what a journal left
-    /// by an earlier run holds past its last checkpoint.
-    pub fn open(dir: &Path, limits: HistoryLimits, fsync: Fsync) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
-        let path = dir.join("roomhub.redb");
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(txn_failed)?;
-        txn.open_table(ROOMS).map_err(table_failed)?;
-        txn.open_table(MESSAGES).map_err(table_failed)?;
-        txn.commit().map_err(txn_failed)?;
-        let path = dir.join("roomhub.journal");
-        let (mut journal, entries) = Journal::open(&path)
-            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        let mut store = Store {
-            db,
-            limits,
-            journal: None,
-            last_checkpoint: Instant::now(),
-        };
-        if !entries.is_empty() {
-            let replayed = store.replay(entries)?;
-            tracing::info!(messages = replayed, "applied the journal of the last run");
-        }
-        // Durable now: the journal can start over.
-        journal.reset().map_err(journal_failed)?;
-        if fsync == Fsync::Background {
-            journal
-                .sync_in_background(journal::SYNC_INTERVAL)
-                .map_err(journal_failed)?;
-            store.journal = Some(journal);
-        }
-        Ok(store)
+/// Opens (or creates) the database in `dir` and applies what an earlier
+/// run journaled past its last checkpoint (the segment set aside, then the
+/// journal), in one synced commit; both are empty afterwards.
+pub(crate) fn open_database(dir: &Path, limits: HistoryLimits) -> Result<Database, StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("roomhub.redb");
+    let db = Database::create(&path)
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    let txn = db.begin_write().map_err(txn_failed)?;
+    txn.open_table(ROOMS).map_err(table_failed)?;
+    txn.open_table(MESSAGES).map_err(table_failed)?;
+    txn.commit().map_err(txn_failed)?;
+    let (aside, current) = (dir.join(SET_ASIDE), dir.join(JOURNAL));
+    let unreadable = |path: &Path, e| StoreError::Open(format!("{}: {e}", path.display()));
+    let mut entries = journal::read_segment(&aside).map_err(|e| unreadable(&aside, e))?;
+    entries.extend(journal::read_segment(&current).map_err(|e| unreadable(&current, e))?);
+    if !entries.is_empty() {
+        let replayed = replay(&db, limits, entries)?;
+        tracing::info!(messages = replayed, "applied the journal of the last run");
     }
+    // Durable now: the journal can start over.
+    journal::remove_segment(&aside).map_err(|e| unreadable(&aside, e))?;
+    if current.exists() {
+        std::fs::File::create(&current).map_err(|e| unreadable(&current, e))?;
+    }
+    Ok(db)
+}
 
-    /// Applies journal entries the database may have lost (its commits
-    /// since the last checkpoint), in one synced commit. Returns how many
-    /// messages were missing.
-    fn replay(&self, entries: Vec<Entry>) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(txn_failed)?;
-        let mut replayed = 0;
-        {
-            let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
-            let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
-            for entry in entries {
-                match entry {
-                    Entry::Room { room, epoch } => {
-                        if rooms.get(room.as_str()).map_err(table_failed)?.is_none() {
-                            rooms
-                                .insert(room.as_str(), (epoch.as_str(), 0))
-                                .map_err(table_failed)?;
-                        }
+/// Applies journal entries the database may have lost, in one synced
+/// commit. Returns how many messages were missing.
+fn replay(db: &Database, limits: HistoryLimits, entries: Vec<Entry>) -> Result<usize, StoreError> {
+    let txn = db.begin_write().map_err(txn_failed)?;
+    let mut replayed = 0;
+    {
+        let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+        for entry in entries {
+            match entry {
+                Entry::Room { room, epoch } => {
+                    if rooms.get(room.as_str()).map_err(table_failed)?.is_none() {
+                        rooms
+                            .insert(room.as_str(), (epoch.as_str(), 0))
+                            .map_err(table_failed)?;
                     }
-                    Entry::Messages(batch) => {
-                        for json in batch {
-                            let msg: SequencedMessage =
-                                serde_json::from_slice(&json).map_err(codec_failed)?;
-                            let name = msg.room.as_str();
-                            // Already in the database, or of a lineage it
-                            // no longer has.
-                            if let Some((epoch, head)) = head_of(&rooms, name)?
-                                && (epoch != msg.epoch.as_str() || msg.offset <= head)
-                            {
-                                continue;
-                            }
-                            let at = Position {
-                                room: name,
-                                epoch: msg.epoch.as_str(),
-                                offset: msg.offset,
-                            };
-                            self.put(&mut rooms, &mut messages, at, &json)?;
-                            replayed += 1;
+                }
+                Entry::Messages(batch) => {
+                    for json in batch {
+                        let msg: SequencedMessage =
+                            serde_json::from_slice(&json).map_err(codec_failed)?;
+                        let name = msg.room.as_str();
+                        // Already in the database, or of a lineage it
+                        // no longer has.
+                        if let Some((epoch, head)) = head_of(&rooms, name)?
+                            && (epoch != msg.epoch.as_str() || msg.offset <= head)
+                        {
+                            continue;
                         }
+                        let at = Position {
+                            room: name,
+                            epoch: msg.epoch.as_str(),
+                            offset: msg.offset,
+                        };
+                        put(&mut rooms, &mut messages, limits, at, &json)?;
+                        replayed += 1;
                     }
                 }
             }
         }
-        txn.commit().map_err(txn_failed)?;
-        Ok(replayed)
+    }
+    txn.commit().map_err(txn_failed)?;
+    Ok(replayed)
+}
+
+/// Stores a message at its position: the room's head moves to it, and the
+/// one that falls out of the retained count goes (the history stays
+/// contiguous, so that one is exactly `max` behind).
+fn put(
+    rooms: &mut redb::Table<&'static str, (&'static str, u64)>,
+    messages: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    limits: HistoryLimits,
+    at: Position<'_>,
+    json: &[u8],
+) -> Result<(), StoreError> {
+    messages
+        .insert((at.room, at.offset), json)
+        .map_err(table_failed)?;
+    rooms
+        .insert(at.room, (at.epoch, at.offset))
+        .map_err(table_failed)?;
+    if let Some(old) = at.offset.checked_sub(limits.max_messages as u64) {
+        messages.remove((at.room, old)).map_err(table_failed)?;
+    }
+    Ok(())
+}
+
+/// The database's messages of `room` from `first` to `head`, oldest first.
+pub(crate) fn stored_history(
+    db: &Database,
+    room: &str,
+    first: u64,
+    head: u64,
+) -> Result<Vec<SequencedMessage>, StoreError> {
+    let txn = db.begin_read().map_err(txn_failed)?;
+    let table = txn.open_table(MESSAGES).map_err(table_failed)?;
+    let mut messages = Vec::new();
+    for entry in table
+        .range((room, first)..=(room, head))
+        .map_err(table_failed)?
+    {
+        let (_, value) = entry.map_err(table_failed)?;
+        messages.push(serde_json::from_slice(value.value()).map_err(codec_failed)?);
+    }
+    Ok(messages)
+}
+
+/// A room's epoch and head in the database, if it knows the room.
+pub(crate) fn stored_head(db: &Database, room: &str) -> Result<Option<(String, u64)>, StoreError> {
+    let txn = db.begin_read().map_err(txn_failed)?;
+    head_of(&txn.open_table(ROOMS).map_err(table_failed)?, room)
+}
+
+/// The first offset a room with this head retains by count.
+pub(crate) fn first_retained(head: u64, limits: HistoryLimits) -> u64 {
+    head.saturating_sub(limits.max_messages as u64) + 1
+}
+
+/// A snapshot of a room's retained history: what is too old by age is not
+/// offered for recovery. Holes (a clock that stepped back across a restart)
+/// are fine: the hub keeps only the contiguous run that ends at the head.
+pub(crate) fn snapshot_of(
+    room: &RoomName,
+    epoch: &str,
+    head: u64,
+    mut messages: Vec<SequencedMessage>,
+    now: Timestamp,
+    limits: HistoryLimits,
+) -> RoomSnapshot {
+    messages.retain(|msg| now.ms_since(msg.timestamp) <= limits.max_age_ms);
+    RoomSnapshot {
+        room: room.clone(),
+        epoch: Epoch::new(epoch),
+        head,
+        messages,
+        presence: Vec::new(),
+    }
+}
+
+/// The store of `--fsync always`: every batch is one commit, synced before
+/// it is acknowledged. It runs on its own thread
+/// ([`crate::seq::store_task`]), so the hub goes on while the disk syncs.
+pub struct Store {
+    db: Database,
+    limits: HistoryLimits,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, applying what a journal left
+    /// by an earlier run in the default mode holds.
+    pub fn open(dir: &Path, limits: HistoryLimits) -> Result<Store, StoreError> {
+        Ok(Store {
+            db: open_database(dir, limits)?,
+            limits,
+        })
     }
 
-    /// A write transaction: synced on commit with `--fsync always`, not
-    /// with `background` (the journal holds what it stores until the next
-    /// checkpoint).
-    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(txn_failed)?;
-        if self.journal.is_some() {
-            txn.set_durability(Durability::None).map_err(txn_failed)?;
-        }
-        Ok(txn)
-    }
-
-    /// With a journal: makes every commit so far durable and empties the
-    /// journal, if the last checkpoint is old enough or the journal large.
-    fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
-        let Some(journal) = &self.journal else {
-            return Ok(());
-        };
-        if self.last_checkpoint.elapsed() < CHECKPOINT_INTERVAL && journal.len() < CHECKPOINT_BYTES
-        {
-            return Ok(());
-        }
-        self.checkpoint()
-    }
-
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let Some(journal) = &mut self.journal else {
-            return Ok(());
-        };
-        // A synced commit makes the unsynced ones before it durable too.
-        let txn = self.db.begin_write().map_err(txn_failed)?;
-        txn.commit().map_err(txn_failed)?;
-        journal.reset().map_err(journal_failed)?;
-        self.last_checkpoint = Instant::now();
-        Ok(())
-    }
-
-    /// Stores a message at its position: the room's head moves to it, and
-    /// the one that falls out of the retained count goes (the history stays
-    /// contiguous, so that one is exactly `max` behind).
-    fn put(
-        &self,
-        rooms: &mut redb::Table<&'static str, (&'static str, u64)>,
-        messages: &mut redb::Table<(&'static str, u64), &'static [u8]>,
-        at: Position<'_>,
-        json: &[u8],
-    ) -> Result<(), StoreError> {
-        messages
-            .insert((at.room, at.offset), json)
-            .map_err(table_failed)?;
-        rooms
-            .insert(at.room, (at.epoch, at.offset))
-            .map_err(table_failed)?;
-        if let Some(old) = at.offset.checked_sub(self.limits.max_messages as u64) {
-            messages.remove((at.room, old)).map_err(table_failed)?;
-        }
-        Ok(())
-    }
-
-    /// Sequences and stores a batch in one transaction, stored as
-    /// [`Fsync`] says before this returns. All or nothing: on error none of
-    /// them is stored.
+    /// Sequences and stores a batch in one synced commit before this
+    /// returns. All or nothing: on error none of them is stored.
     pub fn append_batch(
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<SequencedMessage>, StoreError> {
-        let txn = self.begin_write()?;
+        let txn = self.db.begin_write().map_err(txn_failed)?;
         let mut stored = Vec::with_capacity(batch.len());
-        let mut journaled = Vec::new();
         {
             let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
             let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
@@ -290,20 +298,11 @@ impl Store {
                     epoch: &epoch,
                     offset,
                 };
-                self.put(&mut rooms, &mut messages, at, &json)?;
+                put(&mut rooms, &mut messages, self.limits, at, &json)?;
                 stored.push(msg);
-                if self.journal.is_some() {
-                    journaled.push(json);
-                }
             }
         }
         txn.commit().map_err(txn_failed)?;
-        if let Some(journal) = &mut self.journal {
-            journal
-                .append_messages(journaled.iter().map(Vec::as_slice))
-                .map_err(journal_failed)?;
-        }
-        self.checkpoint_if_due()?;
         Ok(stored)
     }
 
@@ -315,13 +314,9 @@ impl Store {
         now: Timestamp,
     ) -> Result<RoomSnapshot, StoreError> {
         let name = room.as_str();
-        let known = {
-            let txn = self.db.begin_read().map_err(txn_failed)?;
-            head_of(&txn.open_table(ROOMS).map_err(table_failed)?, name)?
-        };
-        let Some((epoch, head)) = known else {
+        let Some((epoch, head)) = stored_head(&self.db, name)? else {
             let epoch = new_epoch();
-            let txn = self.begin_write()?;
+            let txn = self.db.begin_write().map_err(txn_failed)?;
             {
                 let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
                 rooms
@@ -329,61 +324,21 @@ impl Store {
                     .map_err(table_failed)?;
             }
             txn.commit().map_err(txn_failed)?;
-            if let Some(journal) = &mut self.journal {
-                journal.append_room(name, &epoch).map_err(journal_failed)?;
-            }
-            self.checkpoint_if_due()?;
-            return Ok(RoomSnapshot {
-                room: room.clone(),
-                epoch: Epoch::new(&epoch),
-                head: 0,
-                messages: Vec::new(),
-                presence: Vec::new(),
-            });
+            return Ok(snapshot_of(room, &epoch, 0, Vec::new(), now, self.limits));
         };
-        let txn = self.db.begin_read().map_err(txn_failed)?;
-        let table = txn.open_table(MESSAGES).map_err(table_failed)?;
-        let first = head.saturating_sub(self.limits.max_messages as u64) + 1;
-        let mut messages = Vec::new();
-        for entry in table
-            .range((name, first)..=(name, head))
-            .map_err(table_failed)?
-        {
-            let (_, value) = entry.map_err(table_failed)?;
-            let msg: SequencedMessage =
-                serde_json::from_slice(value.value()).map_err(codec_failed)?;
-            // Retention by age: what is too old is not offered for recovery.
-            if now.ms_since(msg.timestamp) <= self.limits.max_age_ms {
-                messages.push(msg);
-            }
-        }
-        // Holes (a clock that stepped back across a restart) are fine: the
-        // hub keeps only the contiguous run that ends at the head.
-        Ok(RoomSnapshot {
-            room: room.clone(),
-            epoch: Epoch::new(&epoch),
-            head,
-            messages,
-            presence: Vec::new(),
-        })
-    }
-}
-
-impl Drop for Store {
-    /// A clean close leaves the database durable and the journal empty.
-    fn drop(&mut self) {
-        if let Err(e) = self.checkpoint() {
-            tracing::error!("store cannot checkpoint on close: {e}");
-        }
+        let history = stored_history(&self.db, name, first_retained(head, self.limits), head)?;
+        Ok(snapshot_of(room, &epoch, head, history, now, self.limits))
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::seq::journal::Journal;
+    use crate::seq::journaled::JournaledStore;
     use roomhub_core::testkit::append_request;
 
-    fn limits(max_messages: usize) -> HistoryLimits {
+    pub(crate) fn limits(max_messages: usize) -> HistoryLimits {
         HistoryLimits {
             max_messages,
             max_age_ms: 60_000,
@@ -391,13 +346,18 @@ mod tests {
         }
     }
 
+    pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("roomhub-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn appends_survive_reopening_with_count_and_age_retention() {
-        let dir = std::env::temp_dir().join(format!("roomhub-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("reopen");
         let room = RoomName::parse("g", 64).unwrap();
         let epoch = {
-            let mut store = Store::open(&dir, limits(3), Fsync::Always).unwrap();
+            let mut store = Store::open(&dir, limits(3)).unwrap();
             let stored = store
                 .append_batch((1..=5).map(|t| append_request("g", t * 1000)).collect())
                 .unwrap();
@@ -407,7 +367,8 @@ mod tests {
             );
             stored[0].epoch.clone()
         };
-        let mut store = Store::open(&dir, limits(3), Fsync::Background).unwrap();
+        // The other mode reads what this one stored.
+        let mut store = JournaledStore::open(&dir, limits(3), None).unwrap();
         let snap = store.snapshot(&room, Timestamp(5_000)).unwrap();
         assert_eq!((snap.epoch.clone(), snap.head), (epoch.clone(), 5));
         assert_eq!(
@@ -428,66 +389,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    /// A copy of the data directory taken while the store runs is what a
-    /// `kill -9` leaves: the database as of its last checkpoint, and the
-    /// journal written since.
-    fn crash_image(dir: &Path, to: &Path) {
-        let _ = std::fs::remove_dir_all(to);
-        std::fs::create_dir_all(to).unwrap();
-        for file in ["roomhub.redb", "roomhub.journal"] {
-            std::fs::copy(dir.join(file), to.join(file)).unwrap();
-        }
-    }
-
+    /// A crash in the middle of a checkpoint leaves a set-aside segment and
+    /// the journal after it: both are applied, in that order, and both are
+    /// empty afterwards.
     #[test]
-    fn background_acks_survive_a_crash_through_the_journal() {
-        let base = std::env::temp_dir().join(format!("roomhub-store-bg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let (dir, crashed, no_journal) =
-            (base.join("live"), base.join("crashed"), base.join("bare"));
-        let room = RoomName::parse("g", 64).unwrap();
-        let mut store = Store::open(&dir, limits(100), Fsync::Background).unwrap();
-        let fresh = store
-            .snapshot(&RoomName::parse("quiet", 64).unwrap(), Timestamp(0))
+    fn opening_applies_the_set_aside_segment_then_the_journal() {
+        let dir = scratch("segments");
+        std::fs::create_dir_all(&dir).unwrap();
+        let msgs: Vec<SequencedMessage> = (1..=4)
+            .map(|o| SequencedMessage::new(append_request("g", o * 1000), Epoch::new("e1"), o))
+            .collect();
+        let json = |m: &SequencedMessage| serde_json::to_vec(m).unwrap();
+        {
+            let (mut aside, _) = Journal::open(&dir.join(SET_ASIDE)).unwrap();
+            aside.append_room("g", "e1").unwrap();
+            aside
+                .append_messages([json(&msgs[0]).as_slice(), &json(&msgs[1])])
+                .unwrap();
+            let (mut current, _) = Journal::open(&dir.join(JOURNAL)).unwrap();
+            current
+                .append_messages([json(&msgs[2]).as_slice(), &json(&msgs[3])])
+                .unwrap();
+        }
+        let mut store = Store::open(&dir, limits(3)).unwrap();
+        let snap = store
+            .snapshot(&RoomName::parse("g", 64).unwrap(), Timestamp(4_000))
             .unwrap();
-        let stored = store
-            .append_batch((1..=5).map(|t| append_request("g", t * 1000)).collect())
-            .unwrap();
-        // Within the second, before any checkpoint: the "crash".
-        crash_image(&dir, &crashed);
-        crash_image(&dir, &no_journal);
-        std::fs::remove_file(no_journal.join("roomhub.journal")).unwrap();
-        drop(store);
-
-        let mut recovered = Store::open(&crashed, limits(100), Fsync::Background).unwrap();
-        let snap = recovered.snapshot(&room, Timestamp(5_000)).unwrap();
-        assert_eq!(
-            (snap.epoch.clone(), snap.head),
-            (stored[0].epoch.clone(), 5)
-        );
-        assert_eq!(snap.messages, stored);
-        // A room opened without messages keeps its lineage too.
-        let quiet = recovered
-            .snapshot(&RoomName::parse("quiet", 64).unwrap(), Timestamp(0))
-            .unwrap();
-        assert_eq!(quiet.epoch, fresh.epoch);
-        // The journal is what kept them: the database alone had none.
-        let mut bare = Store::open(&no_journal, limits(100), Fsync::Background).unwrap();
-        assert_eq!(bare.snapshot(&room, Timestamp(5_000)).unwrap().head, 0);
-        // Applied once, the journal starts over; a clean close checkpoints.
-        let next = recovered
-            .append_batch(vec![append_request("g", 6000)])
-            .unwrap();
-        assert_eq!(next[0].offset, 6);
-        drop(recovered);
-        assert_eq!(
-            std::fs::metadata(crashed.join("roomhub.journal"))
-                .unwrap()
-                .len(),
-            0
-        );
-        let mut reopened = Store::open(&crashed, limits(100), Fsync::Always).unwrap();
-        assert_eq!(reopened.snapshot(&room, Timestamp(6_000)).unwrap().head, 6);
-        std::fs::remove_dir_all(&base).ok();
+        assert_eq!((snap.epoch.as_str(), snap.head), ("e1", 4));
+        assert_eq!(snap.messages, msgs[1..]);
+        assert!(!dir.join(SET_ASIDE).exists());
+        assert_eq!(std::fs::metadata(dir.join(JOURNAL)).unwrap().len(), 0);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

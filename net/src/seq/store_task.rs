@@ -32,13 +32,14 @@ pub(crate) fn spawn(
             // (`store` is dropped first: it was moved in after `closed`).
             let _closed = closed;
             let mut store = store;
-            let answer = |input: Input| answers.blocking_send(input);
             while let Some(first) = rx.blocking_recv() {
+                // Everything taken together is answered together, in order.
+                let mut replies = Vec::new();
                 for step in steps(take_ready(first, &mut rx, MAX_BATCH)) {
-                    let served = match step {
-                        Step::Appends(batch) => commit(&mut store, batch, &answer),
+                    match step {
+                        Step::Appends(batch) => commit(&mut store, batch, &mut replies),
                         Step::Other(Output::OpenRoom { room, .. }) => {
-                            answer(match store.snapshot(&room, clock.now()) {
+                            replies.push(match store.snapshot(&room, clock.now()) {
                                 Ok(snapshot) => Input::RoomOpened(snapshot),
                                 Err(e) => {
                                     tracing::error!(room = %room, "store cannot open room: {e}");
@@ -48,11 +49,11 @@ pub(crate) fn spawn(
                         }
                         // Nothing to stop or follow: this store delivers
                         // only to its own node.
-                        Step::Other(_) => true,
-                    };
-                    if !served {
-                        return;
+                        Step::Other(_) => {}
                     }
+                }
+                if !answers.blocking_send_all(replies) {
+                    return;
                 }
             }
         })
@@ -60,30 +61,21 @@ pub(crate) fn spawn(
     tx
 }
 
-/// Commits a batch and answers each append; false if the hub is gone.
-fn commit(store: &mut Store, batch: Vec<AppendRequest>, answer: &impl Fn(Input) -> bool) -> bool {
+/// Commits a batch; its answers go to `replies`.
+fn commit(store: &mut Store, batch: Vec<AppendRequest>, replies: &mut Vec<Input>) {
     match store.append_batch(batch.clone()) {
         Ok(stored) => {
             for msg in stored {
                 let receipt = msg.receipt();
-                if !answer(Input::Sequenced(msg)) {
-                    return false;
-                }
-                if let Some(receipt) = receipt
-                    && !answer(Input::Appended(receipt))
-                {
-                    return false;
+                replies.push(Input::Sequenced(msg));
+                if let Some(receipt) = receipt {
+                    replies.push(Input::Appended(receipt));
                 }
             }
         }
         Err(e) => {
             tracing::error!("store cannot append: {e}");
-            for request in batch {
-                if !answer(Input::AppendFailed(request)) {
-                    return false;
-                }
-            }
+            replies.extend(batch.into_iter().map(Input::AppendFailed));
         }
     }
-    true
 }

@@ -1,0 +1,467 @@
+//! The default durable store (`--fsync background`): an append is
+//! acknowledged once it is in the journal, and the journal is all an append
+//! writes. It runs on the hub's own thread (one `write` per pass, no hop to
+//! another thread and back), like Redis writing its AOF in its main loop.
+//!
+//! What the journal holds since the last checkpoint is also kept here, per
+//! room ([`Tail`]: its lineage, head and latest messages), so that offsets
+//! and room snapshots never wait for the database. About every second (or
+//! every [`CHECKPOINT_BYTES`] of journal) a checkpoint sets the journal's
+//! file aside and hands what it held to the `roomhub-checkpoint` thread,
+//! which writes it to the database in one synced commit and then deletes
+//! the set-aside file. Until that thread reports back, its rooms' tails
+//! stay readable here; a checkpoint that fails is retried, and whatever
+//! was not written when the process stops is applied again on the next
+//! start ([`crate::seq::store::open_database`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::Database;
+use roomhub_core::{
+    AppendRequest, Epoch, HistoryLimits, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
+};
+use rustc_hash::FxHashMap;
+
+use crate::seq::epoch::new_epoch;
+use crate::seq::journal::{self, Journal};
+use crate::seq::store::{
+    JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained, head_of,
+    journal_failed, open_database, snapshot_of, stored_head, stored_history, table_failed,
+    txn_failed,
+};
+
+/// How often, at most, the journal is checkpointed into the database.
+const CHECKPOINT_INTERVAL: Duration = journal::SYNC_INTERVAL;
+/// A journal this large is checkpointed at once, whatever the time.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// How long a stopping store waits for a checkpoint in progress.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// What one journal segment holds for a room.
+#[derive(Debug)]
+struct Tail {
+    epoch: String,
+    head: u64,
+    /// The first offset the segment holds (1 for a room it created with no
+    /// message yet).
+    first: u64,
+    /// Its latest messages, at most the retained count: offset and the
+    /// stored JSON.
+    messages: VecDeque<(u64, Vec<u8>)>,
+}
+
+/// What a segment holds, per room.
+type Tails = FxHashMap<String, Tail>;
+
+/// The default store; see the module's documentation.
+pub struct JournaledStore {
+    db: Arc<Database>,
+    limits: HistoryLimits,
+    journal: Journal,
+    aside: PathBuf,
+    /// What the journal's current file holds.
+    pending: Tails,
+    /// The set-aside segment, until the checkpoint thread has written it.
+    in_flight: Option<Arc<Tails>>,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+    checkpointer: Option<Checkpointer>,
+    /// Dropped last, once the database is closed (a restart in the same
+    /// process can then open it again).
+    _closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl JournaledStore {
+    /// Opens (or creates) the store in `dir`, applying what an earlier run
+    /// left in its journal. `closed` is dropped once the database is
+    /// closed.
+    pub fn open(
+        dir: &Path,
+        limits: HistoryLimits,
+        closed: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<JournaledStore, StoreError> {
+        let db = Arc::new(open_database(dir, limits)?);
+        let path = dir.join(JOURNAL);
+        let (mut journal, _) = Journal::open(&path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        journal
+            .sync_in_background(journal::SYNC_INTERVAL)
+            .map_err(journal_failed)?;
+        let aside = dir.join(SET_ASIDE);
+        let checkpointer = Checkpointer::spawn(db.clone(), limits, aside.clone())
+            .map_err(|e| StoreError::Open(format!("the checkpoint thread: {e}")))?;
+        Ok(JournaledStore {
+            db,
+            limits,
+            journal,
+            aside,
+            pending: Tails::default(),
+            in_flight: None,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: CHECKPOINT_INTERVAL,
+            checkpointer: Some(checkpointer),
+            _closed: closed,
+        })
+    }
+
+    /// Sequences a batch and journals it with one write before this
+    /// returns. All or nothing: on error none of them is stored.
+    pub fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<SequencedMessage>, StoreError> {
+        self.note_checkpoint_done();
+        // Heads as this batch moves them; nothing is kept until the journal
+        // has the batch.
+        let mut heads: FxHashMap<String, (String, u64)> = FxHashMap::default();
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut jsons = Vec::with_capacity(batch.len());
+        for request in batch {
+            let name = request.room.as_str();
+            let (epoch, head) = match heads.get(name) {
+                Some(known) => known.clone(),
+                None => self.head(name)?.unwrap_or_else(|| (new_epoch(), 0)),
+            };
+            let offset = head + 1;
+            let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
+            jsons.push(serde_json::to_vec(&msg).map_err(codec_failed)?);
+            heads.insert(msg.room.as_str().to_string(), (epoch, offset));
+            stored.push(msg);
+        }
+        self.journal
+            .append_messages(jsons.iter().map(Vec::as_slice))
+            .map_err(journal_failed)?;
+        let max = self.limits.max_messages;
+        for (msg, json) in stored.iter().zip(jsons) {
+            let tail = self
+                .pending
+                .entry(msg.room.as_str().to_string())
+                .or_insert_with(|| Tail {
+                    epoch: msg.epoch.as_str().to_string(),
+                    head: msg.offset - 1,
+                    first: msg.offset,
+                    messages: VecDeque::new(),
+                });
+            tail.head = msg.offset;
+            tail.messages.push_back((msg.offset, json));
+            if tail.messages.len() > max {
+                tail.messages.pop_front();
+            }
+        }
+        self.checkpoint_if_due()?;
+        Ok(stored)
+    }
+
+    /// A room's epoch, head and retained history (young enough to recover);
+    /// a room never seen gets a new lineage.
+    pub fn snapshot(
+        &mut self,
+        room: &RoomName,
+        now: Timestamp,
+    ) -> Result<RoomSnapshot, StoreError> {
+        self.note_checkpoint_done();
+        let name = room.as_str();
+        let Some((epoch, head)) = self.head(name)? else {
+            let epoch = new_epoch();
+            self.journal
+                .append_room(name, &epoch)
+                .map_err(journal_failed)?;
+            let tail = Tail {
+                epoch: epoch.clone(),
+                head: 0,
+                first: 1,
+                messages: VecDeque::new(),
+            };
+            self.pending.insert(name.to_string(), tail);
+            self.checkpoint_if_due()?;
+            return Ok(snapshot_of(room, &epoch, 0, Vec::new(), now, self.limits));
+        };
+        let first = first_retained(head, self.limits);
+        // The database's part (it may already hold some of the tails'),
+        // then the tails', oldest segment first.
+        let mut history: BTreeMap<u64, SequencedMessage> = BTreeMap::new();
+        if let Some((stored_epoch, stored_head)) = stored_head(&self.db, name)?
+            && stored_epoch == epoch
+        {
+            for msg in stored_history(&self.db, name, first, stored_head)? {
+                history.insert(msg.offset, msg);
+            }
+        }
+        let tails = self.in_flight.iter().map(|t| &**t).chain([&self.pending]);
+        for tail in tails.filter_map(|tails| tails.get(name)) {
+            for (offset, json) in tail.messages.iter().filter(|(o, _)| *o >= first) {
+                let msg = serde_json::from_slice(json).map_err(codec_failed)?;
+                history.insert(*offset, msg);
+            }
+        }
+        let history = history.into_values().collect();
+        Ok(snapshot_of(room, &epoch, head, history, now, self.limits))
+    }
+
+    /// A room's epoch and head: the newest segment that holds the room,
+    /// else the database.
+    fn head(&self, room: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let tails = [Some(&self.pending), self.in_flight.as_deref()];
+        if let Some(tail) = tails.into_iter().flatten().find_map(|t| t.get(room)) {
+            return Ok(Some((tail.epoch.clone(), tail.head)));
+        }
+        stored_head(&self.db, room)
+    }
+
+    /// Forgets the set-aside segment once the database has it.
+    fn note_checkpoint_done(&mut self) {
+        if let Some(checkpointer) = &self.checkpointer
+            && checkpointer.done.try_recv().is_ok()
+        {
+            self.in_flight = None;
+        }
+    }
+
+    /// Starts a checkpoint if the last one is done and this one is due.
+    fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
+        let due = self.last_checkpoint.elapsed() >= self.checkpoint_every
+            || self.journal.len() >= CHECKPOINT_BYTES;
+        if !due || self.in_flight.is_some() || self.pending.is_empty() {
+            return Ok(());
+        }
+        self.journal.rotate(&self.aside).map_err(journal_failed)?;
+        let segment = Arc::new(std::mem::take(&mut self.pending));
+        self.in_flight = Some(segment.clone());
+        self.last_checkpoint = Instant::now();
+        if let Some(checkpointer) = &self.checkpointer {
+            let _ = checkpointer.jobs.send(segment);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for JournaledStore {
+    /// A clean close leaves the database durable and the journal empty;
+    /// what a failing disk keeps from that stays journaled for the next
+    /// start.
+    fn drop(&mut self) {
+        let Some(checkpointer) = self.checkpointer.take() else {
+            return;
+        };
+        if self.in_flight.is_some() && checkpointer.done.recv_timeout(CLOSE_WAIT).is_err() {
+            tracing::error!("the last checkpoint did not finish: the journal keeps it");
+            return;
+        }
+        checkpointer.stop();
+        if self.pending.is_empty() {
+            return;
+        }
+        let written = self
+            .journal
+            .rotate(&self.aside)
+            .map_err(journal_failed)
+            .and_then(|()| apply(&self.db, self.limits, &self.pending))
+            .and_then(|()| journal::remove_segment(&self.aside).map_err(journal_failed));
+        if let Err(e) = written {
+            tracing::error!("store cannot checkpoint on close (the journal keeps it): {e}");
+        }
+    }
+}
+
+/// The `roomhub-checkpoint` thread: writes each set-aside segment to the
+/// database, deletes its file, and reports back.
+struct Checkpointer {
+    jobs: mpsc::Sender<Arc<Tails>>,
+    done: mpsc::Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn spawn(db: Arc<Database>, limits: HistoryLimits, aside: PathBuf) -> std::io::Result<Self> {
+        let (jobs, queued) = mpsc::channel::<Arc<Tails>>();
+        let (report, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("roomhub-checkpoint".into())
+            .spawn(move || {
+                while let Ok(segment) = queued.recv() {
+                    loop {
+                        let written = apply(&db, limits, &segment)
+                            .and_then(|()| journal::remove_segment(&aside).map_err(journal_failed));
+                        match written {
+                            Ok(()) => break,
+                            Err(e) => tracing::error!("checkpoint failed, retrying: {e}"),
+                        }
+                        // Retried a second later; a store that stops
+                        // meanwhile leaves it to the journal.
+                        if let Err(mpsc::RecvTimeoutError::Disconnected) =
+                            queued.recv_timeout(CHECKPOINT_INTERVAL)
+                        {
+                            return;
+                        }
+                    }
+                    if report.send(()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Checkpointer { jobs, done, thread })
+    }
+
+    /// Ends the thread once it has nothing in progress.
+    fn stop(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
+    }
+}
+
+/// Writes a segment to the database in one synced commit: each room's new
+/// messages and head, and what falls out of its retained count.
+fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(txn_failed)?;
+    {
+        let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+        let max = limits.max_messages as u64;
+        for (room, tail) in segment {
+            let room = room.as_str();
+            if tail.messages.is_empty() && tail.head == 0 {
+                // A room created with no message yet: its lineage.
+                if head_of(&rooms, room)?.is_none() {
+                    rooms
+                        .insert(room, (tail.epoch.as_str(), 0))
+                        .map_err(table_failed)?;
+                }
+                continue;
+            }
+            for (offset, json) in &tail.messages {
+                messages
+                    .insert((room, *offset), json.as_slice())
+                    .map_err(table_failed)?;
+            }
+            rooms
+                .insert(room, (tail.epoch.as_str(), tail.head))
+                .map_err(table_failed)?;
+            // The database held up to `first - 1`; what of that is now more
+            // than `max` behind the head goes (the segment's own older
+            // messages were never written).
+            let old_end = tail.head.saturating_sub(max).min(tail.first - 1);
+            for offset in tail.first.saturating_sub(max).max(1)..=old_end {
+                messages.remove((room, offset)).map_err(table_failed)?;
+            }
+        }
+    }
+    txn.commit().map_err(txn_failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seq::store::tests::{limits, scratch};
+    use crate::seq::store::{Store, stored_history};
+    use roomhub_core::testkit::append_request;
+
+    fn open(dir: &Path, max: usize, every: Duration) -> JournaledStore {
+        let mut store = JournaledStore::open(dir, limits(max), None).unwrap();
+        store.checkpoint_every = every;
+        store
+    }
+
+    fn offsets(messages: &[SequencedMessage]) -> Vec<u64> {
+        messages.iter().map(|m| m.offset).collect()
+    }
+
+    /// A copy of the data directory taken while the store runs is what a
+    /// `kill -9` leaves: the database as of its last checkpoint, and the
+    /// journal written since.
+    fn crash_image(dir: &Path, to: &Path) {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        for file in ["roomhub.redb", JOURNAL, SET_ASIDE] {
+            if dir.join(file).exists() {
+                std::fs::copy(dir.join(file), to.join(file)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn acks_survive_a_crash_through_the_journal() {
+        let base = scratch("bg");
+        let (dir, crashed, no_journal) =
+            (base.join("live"), base.join("crashed"), base.join("bare"));
+        let room = RoomName::parse("g", 64).unwrap();
+        let hour = Duration::from_secs(3600);
+        let mut store = open(&dir, 100, hour);
+        let fresh = store
+            .snapshot(&RoomName::parse("quiet", 64).unwrap(), Timestamp(0))
+            .unwrap();
+        let stored = store
+            .append_batch((1..=5).map(|t| append_request("g", t * 1000)).collect())
+            .unwrap();
+        // Before any checkpoint: the "crash".
+        crash_image(&dir, &crashed);
+        crash_image(&dir, &no_journal);
+        std::fs::remove_file(no_journal.join(JOURNAL)).unwrap();
+        drop(store);
+
+        let mut recovered = open(&crashed, 100, hour);
+        let snap = recovered.snapshot(&room, Timestamp(5_000)).unwrap();
+        assert_eq!(
+            (snap.epoch.clone(), snap.head),
+            (stored[0].epoch.clone(), 5)
+        );
+        assert_eq!(snap.messages, stored);
+        // A room opened without messages keeps its lineage too.
+        let quiet = recovered
+            .snapshot(&RoomName::parse("quiet", 64).unwrap(), Timestamp(0))
+            .unwrap();
+        assert_eq!(quiet.epoch, fresh.epoch);
+        // The journal is what kept them: the database alone had none.
+        let mut bare = open(&no_journal, 100, hour);
+        assert_eq!(bare.snapshot(&room, Timestamp(5_000)).unwrap().head, 0);
+        // Applied once, the journal starts over; a clean close checkpoints.
+        let next = recovered
+            .append_batch(vec![append_request("g", 6000)])
+            .unwrap();
+        assert_eq!(next[0].offset, 6);
+        drop(recovered);
+        assert_eq!(std::fs::metadata(crashed.join(JOURNAL)).unwrap().len(), 0);
+        assert!(!crashed.join(SET_ASIDE).exists());
+        let mut reopened = Store::open(&crashed, limits(100)).unwrap();
+        assert_eq!(reopened.snapshot(&room, Timestamp(6_000)).unwrap().head, 6);
+        std::fs::remove_dir_all(&base).ok();
+    }
+
+    /// With a checkpoint due at every append, history is spread over the
+    /// database, the segment being written and the journal: a snapshot
+    /// sees all of it, in order, and the database keeps the retained count.
+    #[test]
+    fn checkpoints_move_history_into_the_database_and_snapshots_see_every_part() {
+        let dir = scratch("checkpoints");
+        let room = RoomName::parse("g", 64).unwrap();
+        let mut store = open(&dir, 3, Duration::ZERO);
+        let epoch = store.snapshot(&room, Timestamp(0)).unwrap().epoch;
+        for n in 1..=20u64 {
+            let stored = store.append_batch(vec![append_request("g", n)]).unwrap();
+            assert_eq!((stored[0].offset, &stored[0].epoch), (n, &epoch));
+            let snap = store.snapshot(&room, Timestamp(n)).unwrap();
+            assert_eq!(snap.head, n);
+            let want: Vec<u64> = (n.saturating_sub(3) + 1..=n).collect();
+            assert_eq!(offsets(&snap.messages), want, "after {n}");
+        }
+        drop(store);
+        let db = open_database(&dir, limits(3)).unwrap();
+        // Nothing older than the retained count is left behind.
+        assert_eq!(
+            offsets(&stored_history(&db, "g", 1, 20).unwrap()),
+            [18, 19, 20]
+        );
+        drop(db);
+        let mut reopened = open(&dir, 3, Duration::ZERO);
+        let next = reopened
+            .append_batch(vec![append_request("g", 21)])
+            .unwrap();
+        assert_eq!((next[0].offset, &next[0].epoch), (21, &epoch));
+        drop(reopened);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
