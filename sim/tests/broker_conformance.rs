@@ -135,6 +135,30 @@ async fn appends_are_ordered_published_and_capped(b: &impl Broker) {
     assert_ne!(other[0].epoch, all[0].epoch);
 }
 
+/// One batch over several rooms: each room keeps its own order and its
+/// own new epoch, and everything is published in batch order.
+async fn a_batch_over_rooms_keeps_each_rooms_order(b: &impl Broker) {
+    let mut sub = subscribed(b, &[channel::room("b1"), channel::room("b2")]).await;
+    let batch = [request("b1", "x"), request("b2", "y"), request("b1", "z")];
+    let stored = b.append(&batch).await.unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|m| (m.room.as_str(), m.offset))
+            .collect::<Vec<_>>(),
+        [("b1", 1), ("b2", 1), ("b1", 2)]
+    );
+    assert_eq!(stored[0].epoch, stored[2].epoch);
+    assert_ne!(stored[0].epoch, stored[1].epoch);
+    for expected in &stored {
+        match next_event(&mut sub).await {
+            Event::Message(m) => assert_eq!(&m, expected),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert!(b.append(&[]).await.unwrap().is_empty());
+}
+
 /// A room never seen gets an epoch on open, and keeps it.
 async fn open_gives_new_rooms_a_stable_epoch(b: &impl Broker) {
     let now = Clock::system().now();
@@ -280,12 +304,13 @@ async fn confirmations_come_after_earlier_publications(b: &impl Broker) {
 /// The history age limit of the expiry case.
 const SHORT_AGE_MS: u64 = 400;
 
-async fn suite(b: impl Broker) {
-    appends_are_ordered_published_and_capped(&b).await;
-    open_gives_new_rooms_a_stable_epoch(&b).await;
-    presence_follows_live_nodes(&b).await;
-    relays_count_receivers_and_unsubscribe_stops_delivery(&b).await;
-    confirmations_come_after_earlier_publications(&b).await;
+async fn suite(b: &impl Broker) {
+    appends_are_ordered_published_and_capped(b).await;
+    a_batch_over_rooms_keeps_each_rooms_order(b).await;
+    open_gives_new_rooms_a_stable_epoch(b).await;
+    presence_follows_live_nodes(b).await;
+    relays_count_receivers_and_unsubscribe_stops_delivery(b).await;
+    confirmations_come_after_earlier_publications(b).await;
 }
 
 #[tokio::test]
@@ -298,7 +323,13 @@ async fn the_redis_broker_keeps_the_contract() {
         max_age_ms: MAX_AGE_MS,
         max_rooms: 1000,
     };
-    suite(RedisBroker::new(&redis.url(), limits, TTL).unwrap()).await;
+    let broker = RedisBroker::new(&redis.url(), limits, TTL).unwrap();
+    suite(&broker).await;
+    // Scripts run by hash; a Redis that forgot them (a restart, SCRIPT
+    // FLUSH) answers NOSCRIPT and they are loaded again.
+    assert_eq!(redis.command("SCRIPT FLUSH"), "+OK");
+    let next = broker.append(&[request("r1", "again")]).await.unwrap();
+    assert_eq!(next[0].offset, 7);
     let short = HistoryLimits {
         max_age_ms: SHORT_AGE_MS,
         ..limits
@@ -317,7 +348,7 @@ async fn the_simulated_broker_keeps_the_contract() {
         node_ttl_ms: TTL.as_millis() as u64,
     };
     let server = tokio::spawn(serve(listener, config));
-    suite(SimBroker::new(tcp_connector(addr), MAX_AGE_MS)).await;
+    suite(&SimBroker::new(tcp_connector(addr), MAX_AGE_MS)).await;
     server.abort();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

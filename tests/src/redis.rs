@@ -107,6 +107,23 @@ impl RedisServer {
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
+    /// Sends one inline command (`SCRIPT FLUSH`) and returns the first
+    /// line of the reply (`+OK`).
+    pub fn command(&self, line: &str) -> String {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("redis up");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        s.write_all(format!("{line}\r\n").as_bytes())
+            .expect("command sent");
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
     /// SIGKILL: no shutdown, no final save.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -17,6 +17,9 @@ use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::cluster::wire::Event;
 use crate::hub::inbox::Answers;
 
+/// Publications handed to the hub in one event at most.
+const HAND_ON_BATCH: usize = 256;
+
 /// Keeps one subscription session up, with every channel the node needs,
 /// and turns what is published into hub inputs. A lost session is
 /// re-established with backoff; the hub is then told, and resyncs its rooms
@@ -78,7 +81,7 @@ pub(crate) async fn subscriber<B: Broker>(
                 },
                 msg = messages.recv() => match msg {
                     Some(delivery) => {
-                        if !hand_on(delivery, node, &view, &answers).await {
+                        if !hand_on(delivery, &mut messages, node, &view, &answers).await {
                             return;
                         }
                     }
@@ -116,7 +119,7 @@ async fn subscribe_all(
                     break;
                 }
                 delivery = session.messages.recv() => {
-                    if !hand_on(delivery?, node, view, answers).await {
+                    if !hand_on(delivery?, &mut session.messages, node, view, answers).await {
                         return None;
                     }
                 }
@@ -126,25 +129,44 @@ async fn subscribe_all(
     Some(session)
 }
 
-/// Hands a publication to the hub (noting this node's own beats), or
-/// answers a subscription's confirmation; false when the hub is gone.
-async fn hand_on(delivery: Delivery, node: NodeId, view: &ClusterView, answers: &Answers) -> bool {
-    match delivery {
-        Delivery::Message(payload) => {
-            let event = Event::decode(&payload);
-            if event == Some(Event::Beat(node)) {
-                view.beats_heard.fetch_add(1, Ordering::Relaxed);
+/// Hands `first` and whatever else the session has ready to the hub, the
+/// publications together (one hub event, so their fan-out shares a pass),
+/// noting this node's own beats; a subscription's confirmation is answered
+/// once what came before it is with the hub. False when the hub is gone.
+async fn hand_on(
+    first: Delivery,
+    messages: &mut mpsc::Receiver<Delivery>,
+    node: NodeId,
+    view: &ClusterView,
+    answers: &Answers,
+) -> bool {
+    let mut inputs = Vec::new();
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(delivery) = next {
+        match delivery {
+            Delivery::Message(payload) => {
+                let event = Event::decode(&payload);
+                if event == Some(Event::Beat(node)) {
+                    view.beats_heard.fetch_add(1, Ordering::Relaxed);
+                }
+                inputs.extend(event.and_then(Event::into_input));
             }
-            match event.and_then(Event::into_input) {
-                Some(input) => answers.send(input).await,
-                None => true,
+            Delivery::Subscribed(done) => {
+                if !answers.send_all(std::mem::take(&mut inputs)).await {
+                    return false;
+                }
+                let _ = done.send(Ok(()));
             }
         }
-        Delivery::Subscribed(done) => {
-            let _ = done.send(Ok(()));
-            true
-        }
+        taken += 1;
+        next = if taken < HAND_ON_BATCH {
+            messages.try_recv().ok()
+        } else {
+            None
+        };
     }
+    answers.send_all(inputs).await
 }
 
 /// Waits `backoff` while the broker is away, answering subscription

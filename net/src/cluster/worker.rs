@@ -108,27 +108,18 @@ impl<B: Broker> Worker<B> {
         } else {
             Err(BrokerError::Unreachable("no session".into()))
         };
-        match result {
-            Ok(stored) => {
-                for msg in stored {
-                    if let Some(receipt) = msg.receipt()
-                        && !self.answers.send(Input::Appended(receipt)).await
-                    {
-                        return false;
-                    }
-                }
-            }
+        let answers = match result {
+            Ok(stored) => stored
+                .iter()
+                .filter_map(|msg| msg.receipt().map(Input::Appended))
+                .collect(),
             Err(e) => {
                 warn!(count = batch.len(), "appends failed: {e}");
                 self.view.broker_failed();
-                for request in batch {
-                    if !self.answers.send(Input::AppendFailed(request)).await {
-                        return false;
-                    }
-                }
+                batch.into_iter().map(Input::AppendFailed).collect()
             }
-        }
-        true
+        };
+        self.answers.send_all(answers).await
     }
 
     /// Subscribes to the room's channel, then reads its snapshot, so

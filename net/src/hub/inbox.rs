@@ -123,6 +123,12 @@ impl Answers {
         self.0.send(HubEvent::Input(input)).await.is_ok()
     }
 
+    /// Several answers, taken by the hub in one pass. False when the hub is
+    /// gone.
+    pub(crate) async fn send_all(&self, inputs: Vec<Input>) -> bool {
+        inputs.is_empty() || self.0.send(HubEvent::Inputs(inputs)).await.is_ok()
+    }
+
     /// Several answers, taken by the hub in one pass, from a thread
     /// outside the runtime (the store's).
     pub(crate) fn blocking_send_all(&self, inputs: Vec<Input>) -> bool {

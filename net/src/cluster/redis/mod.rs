@@ -21,6 +21,7 @@ use roomhub_core::{
     AppendRequest, DirectMessage, HistoryLimits, NodeId, RemoteMember, RoomName, RoomSnapshot,
     SequencedMessage, Timestamp, UserRef,
 };
+use rustc_hash::FxHashMap;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::cluster::broker::{
@@ -52,6 +53,7 @@ pub struct RedisBroker {
     conn: Mutex<Option<ConnectionManager>>,
     limits: HistoryLimits,
     node_ttl: Duration,
+    append: Script,
     open: Script,
     presence: Script,
     heartbeat: Script,
@@ -68,6 +70,7 @@ impl RedisBroker {
             conn: Mutex::new(None),
             limits,
             node_ttl,
+            append: Script::new(APPEND),
             open: Script::new(OPEN),
             presence: Script::new(PRESENCE),
             heartbeat: Script::new(HEARTBEAT),
@@ -130,38 +133,57 @@ fn array(v: &Value) -> Option<&[Value]> {
 }
 
 impl Broker for RedisBroker {
+    /// One script call for the whole batch, by hash (`EVALSHA`; the
+    /// script is loaded again when a restarted Redis answers `NOSCRIPT`).
     async fn append(&self, batch: &[AppendRequest]) -> Result<Vec<SequencedMessage>, BrokerError> {
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        let jsons: Vec<String> = batch.iter().map(request_json).collect();
-        for (request, json) in batch.iter().zip(&jsons) {
-            let room = request.room.as_str();
-            // EVAL, not EVALSHA: a pipeline cannot reload a script that a
-            // restarted Redis forgot, and order matters here.
-            pipe.cmd("EVAL")
-                .arg(APPEND)
-                .arg(2)
-                .arg(keys::room_meta(room))
-                .arg(keys::room_log(room))
-                .arg(new_epoch())
-                .arg(self.limits.max_messages.max(1))
-                .arg(self.ttl_ms())
-                .arg(json)
-                .arg(channel::room(room));
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-        if replies.len() != batch.len() {
+        let mut conn = self.conn().await?;
+        // Each room once, numbered from 1 in order of first appearance.
+        let mut rooms: Vec<&str> = Vec::new();
+        let mut number: FxHashMap<&str, usize> = FxHashMap::default();
+        let numbers: Vec<usize> = batch
+            .iter()
+            .map(|request| {
+                let room = request.room.as_str();
+                *number.entry(room).or_insert_with(|| {
+                    rooms.push(room);
+                    rooms.len()
+                })
+            })
+            .collect();
+        let mut call = self.append.prepare_invoke();
+        for room in &rooms {
+            call.key(keys::room_meta(room)).key(keys::room_log(room));
+        }
+        call.arg(self.limits.max_messages.max(1)).arg(self.ttl_ms());
+        for room in &rooms {
+            call.arg(channel::room(room)).arg(new_epoch());
+        }
+        for (request, n) in batch.iter().zip(&numbers) {
+            call.arg(*n).arg(request_json(request));
+        }
+        let reply: Value = call.invoke_async(&mut conn).await?;
+        let parts = array(&reply).ok_or_else(|| bad("append"))?;
+        let epochs: Vec<String> = parts
+            .first()
+            .and_then(array)
+            .ok_or_else(|| bad("append epochs"))?
+            .iter()
+            .map(|e| text(e).ok_or_else(|| bad("append epoch")))
+            .collect::<Result<_, _>>()?;
+        let offsets = parts
+            .get(1)
+            .and_then(array)
+            .ok_or_else(|| bad("append offsets"))?;
+        if epochs.len() != rooms.len() || offsets.len() != batch.len() {
             return Err(bad("append batch length"));
         }
         let mut out = Vec::with_capacity(batch.len());
-        for (request, reply) in batch.iter().zip(&replies) {
-            let parts = array(reply).ok_or_else(|| bad("append"))?;
-            let (Some(epoch), Some(offset)) =
-                (parts.first().and_then(text), parts.get(1).and_then(int))
-            else {
-                return Err(bad("append fields"));
-            };
-            out.push(sequenced(request.clone(), &epoch, offset));
+        for ((request, n), offset) in batch.iter().zip(numbers).zip(offsets) {
+            let offset = int(offset).ok_or_else(|| bad("append offset"))?;
+            out.push(sequenced(request.clone(), &epochs[n - 1], offset));
         }
         Ok(out)
     }

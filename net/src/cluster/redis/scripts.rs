@@ -2,20 +2,44 @@
 //! Redis. They build no key names of their own: keys and prefixes come in
 //! as arguments, from [`crate::cluster::keys`].
 
+/// A batch of appends in one call: each room's epoch and head are read
+/// once, every message is numbered, kept and published in batch order, and
+/// each room's head and expiry are written once. The stream is trimmed
+/// approximately (`MAXLEN ~`, whole macro nodes): a room may keep somewhat
+/// more than the history length, never less; `OPEN` reads at most that
+/// length back.
 pub(crate) const APPEND: &str = r"
--- KEYS: meta, log. ARGV: epoch if new, max length, ttl ms, request JSON, channel
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+-- KEYS: meta and log of each room in the batch. ARGV: max length, ttl ms,
+-- each room's channel and epoch if it has none, then per message its
+-- room's number (from 1) and its request JSON.
+local rooms = #KEYS / 2
+local epochs, heads = {}, {}
+for r = 1, rooms do
+  local meta = redis.call('HMGET', KEYS[2 * r - 1], 'epoch', 'head')
+  if meta[1] then
+    epochs[r] = meta[1]
+    heads[r] = tonumber(meta[2])
+  else
+    redis.call('DEL', KEYS[2 * r])
+    epochs[r] = ARGV[2 + 2 * r]
+    heads[r] = 0
+  end
 end
-local head = redis.call('HINCRBY', KEYS[1], 'head', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], head .. '-1', 'm', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[5], 'm ' .. head .. ' ' .. epoch .. ' ' .. ARGV[4])
-return {epoch, head}
+local offsets = {}
+for i = 3 + 2 * rooms, #ARGV, 2 do
+  local r = tonumber(ARGV[i])
+  local head = heads[r] + 1
+  heads[r] = head
+  redis.call('XADD', KEYS[2 * r], 'MAXLEN', '~', ARGV[1], head .. '-1', 'm', ARGV[i + 1])
+  redis.call('PUBLISH', ARGV[1 + 2 * r], 'm ' .. head .. ' ' .. epochs[r] .. ' ' .. ARGV[i + 1])
+  offsets[#offsets + 1] = head
+end
+for r = 1, rooms do
+  redis.call('HSET', KEYS[2 * r - 1], 'epoch', epochs[r], 'head', heads[r])
+  redis.call('PEXPIRE', KEYS[2 * r - 1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2 * r], ARGV[2])
+end
+return {epochs, offsets}
 ";
 
 pub(crate) const OPEN: &str = r"
