@@ -19,8 +19,13 @@
 #       # peers in ../shared/peers (`node`: the Node.js ws hub, `go`: the
 #       # seed's Go hub; installed and built under target/peers on first
 #       # use) and the send() floor (`floor`)
+#   SERVERS="memory durable cluster" bench/run.sh pairs500
+#       # `cluster`: one cluster node on a fresh redis-server of its own
+#       # (AOF off; REDIS_AOF=always: `appendfsync always`), both pinned to
+#       # SERVER_CORE; the report adds Redis's CPU (`broker_cpu`,
+#       # `broker_us_per_message`)
 #
-# Scenarios: rooms10 rooms10half room2000 room2000half pairs500 idle10k idle19k
+# Scenarios: rooms10 rooms10half room2000 room2000half pairs500 pairsmax idle10k idle19k
 # idle50k storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
 # (<server>-<scenario>.jsonl for every server but roomhub in MODE's mode).
 set -euo pipefail
@@ -76,6 +81,19 @@ port_open() { (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 healthy() { curl -fsS "http://127.0.0.1:$PORT/healthz"; }
 
 SERVER_PID=""
+REDIS_PIDS=()
+# start_redis PORT: a fresh redis-server with nothing on disk but what
+# REDIS_AOF asks for.
+start_redis() {
+  local port=$1 dir="$OUT/redis-$1"
+  rm -rf "$dir"; mkdir -p "$dir"
+  local aof=(--appendonly no)
+  if [ "${REDIS_AOF:-off}" = "always" ]; then aof=(--appendonly yes --appendfsync always); fi
+  taskset -c "$SERVER_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+    --dir "$dir" "${aof[@]}" >/dev/null 2>&1 &
+  REDIS_PIDS+=($!)
+  wait_until redis redis-cli -p "$port" ping
+}
 # start_server KIND: roomhub (in MODE's mode), durable, memory, always,
 # floor, node or go.
 start_server() {
@@ -108,6 +126,7 @@ start_server() {
   esac
   local mode_args=(--memory)
   case $kind in
+    cluster) start_redis $((PORT + 1)); mode_args=(--redis "redis://127.0.0.1:$((PORT + 1))") ;;
     durable) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync "${FSYNC:-background}") ;;
     always) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync always) ;;
   esac
@@ -126,12 +145,19 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   fi
+  for pid in "${REDIS_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  REDIS_PIDS=()
 }
 trap stop_server EXIT
 
 gen() {
+  local brokers=()
+  for pid in "${REDIS_PIDS[@]}"; do brokers+=(--broker-pid "$pid"); done
   taskset -c "$GEN_CORE" "$GEN" --url "ws://127.0.0.1:$PORT/ws" --jwt-secret "$SECRET" \
-    --server-pid "$SERVER_PID" --source-addrs 8 "$@"
+    --server-pid "$SERVER_PID" "${brokers[@]}" --source-addrs 8 "$@"
 }
 
 # run_scenario NAME LABEL -- generator arguments
@@ -192,6 +218,12 @@ for s in $scenarios; do
     # below a full core at the full load.
     # Sequencing: 500 rooms of 2, every member sending, 20/s each: 20,000
     # messages/s to number, store and ack (with MODE=durable, the store's).
+    # The same at rising rates (RATES per member, default 10 20 30 40:
+    # 10,000 to 40,000 messages/s), one file per rate.
+    pairsmax) for rate in ${RATES:-10 20 30 40}; do
+        run_scenario "pairs500r$rate" "1000 in 500 rooms of 2, 1000 x $rate/s, rate limit off" -- \
+          throughput --connections 1000 --rooms 500 --senders 1000 --rate "$rate" --duration 10s
+      done ;;
     pairs500) run_scenario pairs500 "1000 in 500 rooms of 2, 1000 x 20/s, rate limit off" -- \
       throughput --connections 1000 --rooms 500 --senders 1000 --rate 20 --duration 10s ;;
     rooms10half) run_scenario rooms10half "1000 in 10 rooms, 10 x 50/s, rate limit off" -- \

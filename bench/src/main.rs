@@ -55,6 +55,10 @@ struct Common {
     /// The server's process id: reports its CPU time and resident memory.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// A broker's process id (a Redis shard; repeat for each): the
+    /// throughput report gives each one's CPU and their CPU per message.
+    #[arg(long, global = true)]
+    broker_pid: Vec<u32>,
     /// WebSocket handshakes in flight at most.
     #[arg(long, global = true, default_value_t = 512)]
     concurrency: usize,
@@ -168,7 +172,7 @@ fn main() -> ExitCode {
                     drain: *drain,
                     concurrency: c.concurrency,
                 };
-                throughput::run(&target, &opts, c.server_pid, label)
+                throughput::run(&target, &opts, c.server_pid, &c.broker_pid, label)
                     .await
                     .map(|r| emit(r.table(), &r))
             }

@@ -56,6 +56,13 @@ pub struct Report {
     pub connect_failures: usize,
     pub server_cpu: Option<f64>,
     pub server_us_per_delivery: Option<f64>,
+    /// Server CPU per message sent in the window (what sequencing costs,
+    /// where deliveries per message are few).
+    pub server_us_per_message: Option<f64>,
+    /// Each broker process's CPU (share of a core), in `--broker-pid` order.
+    pub broker_cpu: Vec<f64>,
+    /// All brokers' CPU per message sent in the window.
+    pub broker_us_per_message: Option<f64>,
     pub server_rss_mb: Option<f64>,
     pub generator_cpu: Option<f64>,
     /// Frames per socket write on the server during the window (from its
@@ -159,6 +166,7 @@ pub async fn run(
     target: &Target,
     opts: &Opts,
     server_pid: Option<u32>,
+    broker_pids: &[u32],
     label: String,
 ) -> Result<Report, String> {
     let rooms = opts.rooms.max(1);
@@ -263,10 +271,12 @@ pub async fn run(
             let writes_before = fleet::write_counters(target).await;
             let server_before = server_pid.and_then(procstat::sample);
             let hub_before = server_pid.and_then(|p| procstat::thread_cpu(p, HUB_THREAD));
+            let brokers_before: Vec<_> = broker_pids.iter().map(|p| procstat::sample(*p)).collect();
             let own_before = procstat::own();
             tokio::time::sleep_until(window_end.into()).await;
             let server_after = server_pid.and_then(procstat::sample);
             let hub_after = server_pid.and_then(|p| procstat::thread_cpu(p, HUB_THREAD));
+            let brokers_after: Vec<_> = broker_pids.iter().map(|p| procstat::sample(*p)).collect();
             let own_after = procstat::own();
             let writes_after = fleet::write_counters(target).await;
             // Let the last messages land.
@@ -285,6 +295,11 @@ pub async fn run(
                 (Some(b), Some(a)) => Some(a.saturating_sub(b)),
                 _ => None,
             };
+            let brokers: Vec<_> = brokers_before
+                .into_iter()
+                .zip(brokers_after)
+                .map(|(b, a)| procstat::cpu_between(b, a))
+                .collect();
             (
                 server_before,
                 server_after,
@@ -292,14 +307,18 @@ pub async fn run(
                 own_after,
                 per_write,
                 hub,
+                brokers,
             )
         })
         .await;
-    let (server_before, server_after, own_before, own_after, per_write, hub_cpu) = stats;
+    let (server_before, server_after, own_before, own_after, per_write, hub_cpu, brokers) = stats;
     let wall = opts.duration;
     let delivered = shared.delivered.get();
     let expected = shared.expected.get();
     let server_cpu_time = procstat::cpu_between(server_before, server_after);
+    let sent = measured_sent(&senders_done);
+    let per_message = |cpu: Duration| (sent > 0).then(|| cpu.as_secs_f64() * 1e6 / sent as f64);
+    let broker_total: Option<Duration> = brokers.iter().copied().sum();
     Ok(Report {
         mode: "throughput",
         label,
@@ -311,7 +330,7 @@ pub async fn run(
         duration_secs: wall.as_secs_f64(),
         connect_secs: opened.took.as_secs_f64(),
         join_secs,
-        sent: measured_sent(&senders_done),
+        sent,
         acks: shared.acks.get(),
         errors: shared.errors.borrow().clone(),
         expected,
@@ -330,6 +349,14 @@ pub async fn run(
         server_us_per_delivery: server_cpu_time
             .filter(|_| delivered > 0)
             .map(|t| t.as_secs_f64() * 1e6 / delivered as f64),
+        server_us_per_message: server_cpu_time.and_then(per_message),
+        broker_cpu: brokers
+            .iter()
+            .map(|b| b.map_or(0.0, |t| t.as_secs_f64() / wall.as_secs_f64()))
+            .collect(),
+        broker_us_per_message: broker_total
+            .filter(|_| !brokers.is_empty())
+            .and_then(per_message),
         server_rss_mb: server_after.map(|s| s.rss_bytes as f64 / (1 << 20) as f64),
         generator_cpu: procstat::cpu_share(own_before, own_after, wall),
         server_frames_per_write: per_write,
@@ -456,6 +483,11 @@ impl Report {
         t.opt_num("generator CPU (share of a core)", self.generator_cpu, 3);
         t.opt_num("server frames per write", self.server_frames_per_write, 2);
         t.opt_num("hub thread's share of server CPU", self.server_hub_share, 3);
+        t.opt_num("server CPU per message (us)", self.server_us_per_message, 2);
+        for (i, cpu) in self.broker_cpu.iter().enumerate() {
+            t.opt_num(&format!("broker {i} CPU (share of a core)"), Some(*cpu), 3);
+        }
+        t.opt_num("broker CPU per message (us)", self.broker_us_per_message, 2);
         t
     }
 }
