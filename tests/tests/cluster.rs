@@ -487,3 +487,45 @@ async fn a_node_listens_to_a_room_only_while_it_has_members_there() {
     })
     .await;
 }
+
+/// With the default liveness TTL (10 s, so a heartbeat period of 2.5 s if
+/// it were a quarter of it), `/ws/online` on the other node follows each
+/// change within about a second: counts are reported and read at least
+/// every 400 ms. Three changes, each within 1.5 s: a 2.5 s period would
+/// miss at least one of them.
+#[tokio::test]
+async fn online_counts_agree_across_nodes_within_a_second() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let node = || async {
+        TestServer::start_with(|c| {
+            c.redis = Some(redis.url());
+            c.node_ttl = Duration::from_secs(10);
+        })
+        .await
+        .ready()
+        .await
+    };
+    let (a, b) = (node().await, node().await);
+    eventually("both nodes count nobody", || async {
+        online(&a).await == 0 && online(&b).await == 0
+    })
+    .await;
+    let mut clients = Vec::new();
+    for n in 1..=3u64 {
+        clients.push(a.client(&format!("u{n}")).await);
+        let changed = tokio::time::Instant::now();
+        loop {
+            if online(&b).await == n {
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_millis(1500),
+                "node b still counts {} of {n} after 1.5 s",
+                online(&b).await
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}

@@ -12,9 +12,6 @@ use crate::cluster::broker::{Broker, Heartbeat};
 use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::conn::online::Online;
 
-/// Beats a healthy session may miss hearing before it is restarted.
-const SILENT_BEATS_MAX: u32 = 3;
-
 pub(crate) async fn heartbeat<B: Broker>(
     broker: Arc<B>,
     node: NodeId,
@@ -48,7 +45,7 @@ pub(crate) async fn heartbeat<B: Broker>(
                     silent_rounds = 0;
                 }
                 heard = now_heard;
-                if silent_rounds >= SILENT_BEATS_MAX {
+                if silent_rounds >= timing.silent_beats_max() {
                     warn!("not hearing this node's own beats; restarting the broker session");
                     silent_rounds = 0;
                     view.broker_failed();

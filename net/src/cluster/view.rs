@@ -14,9 +14,25 @@ pub struct ClusterTiming {
     pub max_backoff: Duration,
 }
 
+/// How stale another node's online count may be, at most, when read
+/// (`/ws/online`): each node reports its count and reads the others' at
+/// least this often, so counts agree within twice this.
+const COUNTS_EVERY: Duration = Duration::from_millis(400);
+
 impl ClusterTiming {
+    /// A quarter of the liveness TTL, and at most [`COUNTS_EVERY`].
     pub(crate) fn heartbeat_every(&self) -> Duration {
-        self.node_ttl / 4
+        (self.node_ttl / 4).min(COUNTS_EVERY)
+    }
+
+    /// Heartbeats after which a healthy session that has not heard this
+    /// node's own beats is restarted: three quarters of the TTL.
+    pub(crate) fn silent_beats_max(&self) -> u32 {
+        let every = self.heartbeat_every().as_millis().max(1);
+        let patience = (self.node_ttl * 3 / 4).as_millis();
+        u32::try_from(patience.div_ceil(every))
+            .unwrap_or(u32::MAX)
+            .max(3)
     }
 }
 
