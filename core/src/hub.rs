@@ -1268,12 +1268,13 @@ impl Hub {
             RoomState::Open(log) => {
                 log.resyncing = false;
                 if snapshot.epoch != log.epoch {
-                    return self.evict_members(&name, "room history was reset; rejoin");
+                    self.reconcile_presence(&name, &snapshot);
+                    return self.reset_room(&name, snapshot);
                 }
                 self.reconcile_presence(&name, &snapshot);
-                for msg in snapshot.messages {
+                for msg in &snapshot.messages {
                     if self.open_head(&name) == Some(msg.offset.wrapping_sub(1)) {
-                        self.deliver(&name, &msg);
+                        self.deliver(&name, msg);
                     }
                 }
                 self.deliver_ahead(&name);
@@ -1284,7 +1285,7 @@ impl Hub {
                 if !caught_up {
                     // Messages were trimmed before we could fetch them: the
                     // members cannot be given a gap-free stream any more.
-                    self.evict_members(&name, "missed messages are gone; rejoin with since");
+                    self.reset_room(&name, snapshot);
                 }
             }
         }
@@ -1418,19 +1419,36 @@ impl Hub {
         }
     }
 
-    /// Closes every local member of a room whose stream can no longer be
-    /// continued without a gap. They rejoin with `since` and are told
-    /// honestly whether recovery worked.
-    fn evict_members(&mut self, name: &RoomName, reason: &'static str) {
-        let members: Vec<ConnId> = self
-            .rooms
-            .get(name)
-            .map(|r| r.members.iter().copied().collect())
-            .unwrap_or_default();
+    /// A room whose stream can no longer be continued without a gap (a new
+    /// epoch: the broker's history was lost; or missed messages already
+    /// trimmed) continues from the snapshot, and every local member is told
+    /// so in-band: a `room_reset` with the room's new position and
+    /// `recovered: false`. Nobody is disconnected; what was missed is not
+    /// delivered, and the client knows it. Messages that came ahead of the
+    /// snapshot in its lineage follow the reset.
+    fn reset_room(&mut self, name: &RoomName, snapshot: RoomSnapshot) {
         // Stored all the same: their senders (if still here) get the acks.
         self.release_acks(name);
+        let now = self.now;
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let RoomState::Open(old) = &mut room.state else {
+            return;
+        };
+        let ahead = std::mem::take(&mut old.ahead);
+        let reannounce = old.reannounce;
+        let mut log = log_from(&self.config, now, snapshot);
+        log.reannounce = reannounce;
+        let frame = wire::room_reset(name, &log.epoch, log.head, now);
+        let epoch = log.epoch.clone();
+        room.state = RoomState::Open(log);
+        let members: Vec<ConnId> = room.members.iter().copied().collect();
         for conn in members {
-            self.close(conn, close::RESYNC, reason);
+            self.send(conn, frame.clone(), FrameKind::Live);
+        }
+        for msg in ahead.into_values().filter(|m| m.epoch == epoch) {
+            self.accept(name, msg);
         }
     }
 

@@ -880,7 +880,7 @@ fn gaps_are_held_back_and_filled_before_delivery() {
 }
 
 #[test]
-fn an_unfillable_gap_closes_members_so_they_recover_honestly() {
+fn an_unfillable_gap_resets_the_room_in_band_and_keeps_members() {
     let mut m = Manual::new();
     m.input(Input::Connected {
         conn: ConnId(1),
@@ -889,15 +889,25 @@ fn an_unfillable_gap_closes_members_so_they_recover_honestly() {
     m.text(1, r#"{"type":"join_room","room":"g"}"#);
     m.input(Input::RoomOpened(snapshot("g", "E", 2, 1)));
     m.input(Input::Sequenced(msg("g", "E", 9)));
-    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 9, 6)));
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::Close {
-            code: close::RESYNC,
-            ..
-        }
-    )));
-    assert!(!m.hub.is_connected(ConnId(1)));
+    m.input(Input::Sequenced(msg("g", "E", 11)));
+    // The resync finds 3..=5 trimmed: 6..=10 is what is left.
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 10, 6)));
+    assert!(!outs.iter().any(|o| matches!(o, Output::Close { .. })));
+    let frames = sends_to(&outs, 1);
+    assert_eq!(frames[0]["type"], "room_reset", "{frames:?}");
+    assert_eq!(
+        frames[0]["payload"],
+        json!({"room_id": "g", "offset": 10, "epoch": "E", "recovered": false})
+    );
+    // What came ahead of the snapshot follows the reset, in order.
+    let offsets: Vec<u64> = frames[1..]
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [11]);
+    assert!(m.hub.is_connected(ConnId(1)));
+    let next = m.input(Input::Sequenced(msg("g", "E", 12)));
+    assert_eq!(sends_to(&next, 1)[0]["offset"], 12);
     m.hub.check_invariants().unwrap();
 }
 
@@ -2040,19 +2050,17 @@ fn an_ack_waiting_for_its_delivery_goes_out_when_the_room_restarts() {
     // The receipt for offset 2 waits for the delivery of 1 and 2...
     assert!(sends_to(&m.input(Input::Appended(mine.receipt().unwrap())), 1).is_empty());
     // ...but the room's history restarts (a new epoch): the message is
-    // stored all the same, so alice is acked before she is sent away.
+    // stored all the same, so alice is acked before she is told.
     m.input(Input::BrokerReconnected);
     let outs = m.input(Input::RoomOpened(snapshot("g", "F", 0, 1)));
     let frames = sends_to(&outs, 1);
-    assert_eq!(frames[0]["type"], "ack", "{frames:?}");
-    assert_eq!(frames[0]["id"], "s1");
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::Close {
-            code: close::RESYNC,
-            ..
-        }
-    )));
+    // The new history shows nobody on other nodes: bob left. Then the ack,
+    // then the reset, in-band: alice stays connected, now in lineage F.
+    assert_eq!(types(&outs, 1), ["user_left", "ack", "room_reset"]);
+    assert_eq!(frames[1]["id"], "s1");
+    assert_eq!(frames[2]["payload"]["epoch"], "F");
+    assert_eq!(frames[2]["payload"]["offset"], 0);
+    assert!(!outs.iter().any(|o| matches!(o, Output::Close { .. })));
 }
 
 #[test]

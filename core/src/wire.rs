@@ -137,6 +137,30 @@ pub fn room_info(info: &RoomInfo<'_>, now: Timestamp) -> Bytes {
     .encode()
 }
 
+#[derive(Serialize)]
+struct RoomResetPayload<'a> {
+    room_id: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    recovered: bool,
+}
+
+/// A room's history could not be continued without a gap: the member's
+/// position is now `epoch`/`offset`, and what it missed is not delivered.
+pub fn room_reset(room: &RoomName, epoch: &Epoch, offset: u64, now: Timestamp) -> Bytes {
+    Frame {
+        room: Some(room.as_str()),
+        payload: Some(RoomResetPayload {
+            room_id: room.as_str(),
+            offset,
+            epoch: epoch.as_str(),
+            recovered: false,
+        }),
+        ..Frame::new("room_reset", now)
+    }
+    .encode()
+}
+
 pub fn online_users(room: &RoomName, users: &[&UserRef], now: Timestamp) -> Bytes {
     Frame {
         room: Some(room.as_str()),

@@ -4,7 +4,8 @@
 // It reconnects on its own (exponential backoff with full jitter), rejoins
 // every room with `since` from the last offset and epoch it saw, drops
 // duplicates by offset, and raises "reset" when a room could not be
-// recovered, so the app reloads that room's history from its backend.
+// recovered (a rejoin told `recovered: false`, or an in-band `room_reset`),
+// so the app reloads that room's history from its backend.
 
 const AUTH_CLOSE_CODES = new Set([1008, 4401, 4403]);
 
@@ -244,6 +245,19 @@ export class RoomhubClient {
         this.lastInfo = info;
         this.emit("room_info", info);
         if (reset) this.emit("reset", { room: info.room_id, epoch: info.epoch, offset: info.offset });
+        return;
+      }
+      case "room_reset": {
+        // The room's history could not be continued (its broker came back
+        // empty, or what this connection missed was trimmed): the room goes
+        // on from a new position, on this same connection.
+        const reset = frame.payload;
+        const state = this.rooms.get(reset.room_id);
+        if (state) {
+          state.epoch = reset.epoch;
+          state.offset = reset.offset;
+        }
+        this.emit("reset", { room: reset.room_id, epoch: reset.epoch, offset: reset.offset });
         return;
       }
       case "online_users":

@@ -6,9 +6,10 @@
 //!    typing indicator for a room one is not in is refused);
 //! 2. per connection and room, offsets go up one at a time, and everyone
 //!    agrees on the content and sender at each (room, epoch, offset);
-//! 3. no gaps while connected; a rejoin with `since` replays exactly what was
-//!    missed, and `recovered` is true exactly when the epoch is unchanged
-//!    (history is never trimmed within a world);
+//! 3. no gaps while connected (a `room_reset`, which moves a member to a new
+//!    epoch in-band, only with a new epoch); a rejoin with `since` replays
+//!    exactly what was missed, and `recovered` is true exactly when the
+//!    epoch is unchanged (history is never trimmed within a world);
 //! 4. every request with an `id` gets at most one answer, and exactly one if
 //!    the connection lasted to the end;
 //! 5. once the world is quiet, `online_users` equals the users whose live
@@ -233,6 +234,7 @@ impl Checker {
         }
         match kind.as_str() {
             "room_info" => self.room_info(r, &room, frame),
+            "room_reset" => self.room_reset(r, &room, frame),
             "new_message" => self.new_message(r, &room, frame),
             "user_joined" | "user_left" | "user_typing" => {
                 let Some(s) = self.sessions.get(&r.session) else {
@@ -385,6 +387,33 @@ impl Checker {
         }
         for p in problems {
             self.violation(r, p);
+        }
+    }
+
+    /// The room's history could not be continued: the member's position
+    /// moves to the new epoch and offset, told in-band. History is never
+    /// trimmed within a world, so only a new epoch may cause one.
+    fn room_reset(&mut self, r: &Record, room: &str, frame: &Value) {
+        let p = &frame["payload"];
+        let epoch = p["epoch"].as_str().unwrap_or("").to_string();
+        let offset = p["offset"].as_u64().unwrap_or(0);
+        let Some(s) = self.sessions.get_mut(&r.session) else {
+            return;
+        };
+        let Some(view) = s.rooms.get_mut(room).filter(|v| v.member) else {
+            return self.violation(r, format!("room_reset for {room}, not a member"));
+        };
+        let problem = if p["recovered"] != Value::Bool(false) {
+            Some(format!("room_reset in {room} without recovered:false"))
+        } else if epoch == view.epoch {
+            Some(format!("room_reset in {room} within epoch {epoch}"))
+        } else {
+            None
+        };
+        view.epoch = epoch;
+        view.last = offset;
+        if let Some(problem) = problem {
+            self.violation(r, problem);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Where a client stands in each room's history, as the frames it received
-//! say: the epoch and offset of `room_info`, raised by every `new_message`
-//! and by the acks of its own messages. What it asks for with `since` after
+//! say: the epoch and offset of `room_info` (or of an in-band
+//! `room_reset`), raised by every `new_message` and by the acks of its own
+//! messages. What it asks for with `since` after
 //! a reconnect. Both the turmoil clients and the in-memory cluster's
 //! clients keep one.
 
@@ -19,7 +20,7 @@ impl Positions {
     pub fn observe(&mut self, frame: &Value) {
         let room = frame["room"].as_str().unwrap_or("").to_string();
         let offset = match frame["type"].as_str() {
-            Some("room_info") => {
+            Some("room_info" | "room_reset") => {
                 let epoch = frame["payload"]["epoch"].as_str().unwrap_or("").to_string();
                 let offset = frame["payload"]["offset"].as_u64().unwrap_or(0);
                 self.rooms.insert(room, (epoch, offset));

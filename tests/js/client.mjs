@@ -85,6 +85,19 @@ late.connect();
 await new Promise((r) => setTimeout(r, 300));
 if (late.state !== "auth_required" || sockets !== 0) fail(`expired: ${late.state}, ${sockets} sockets`);
 
+// An in-band reset (what a cluster node sends when its Redis came back
+// empty: tests/tests/cluster.rs shows the server side) moves the room to
+// its new position and raises "reset"; messages of the new epoch follow.
+const resets = [];
+bob.on("reset", (r) => resets.push(r));
+bob.receive({ type: "room_reset", room: "g", payload: { room_id: "g", epoch: "NEW", offset: 0, recovered: false } });
+const g = bob.rooms.get("g");
+if (resets.length !== 1 || resets[0].epoch !== "NEW" || g.epoch !== "NEW" || g.offset !== 0) {
+  fail(`reset: ${JSON.stringify(resets)} ${JSON.stringify(g)}`);
+}
+bob.receive({ type: "new_message", room: "g", offset: 1, payload: { content: "fresh" } });
+if (seen.at(-1)[1] !== "fresh") fail(`after the reset bob saw ${JSON.stringify(seen.at(-1))}`);
+
 alice.close();
 bob.close();
 console.log("ok");

@@ -132,6 +132,15 @@ impl RedisServer {
         }
     }
 
+    /// Kills it and starts it again on the same port with nothing on disk:
+    /// a Redis that lost its data.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("redis dir");
+        self.spawn(&binary().expect("redis-server"));
+    }
+
     /// Starts it again on the same port and directory (after [`kill`]).
     pub fn restart(&mut self) {
         self.kill();

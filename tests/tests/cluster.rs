@@ -529,3 +529,66 @@ async fn online_counts_agree_across_nodes_within_a_second() {
         }
     }
 }
+
+/// Redis comes back empty: no member is disconnected. Each learns its
+/// room's new epoch in-band (`room_reset`, `recovered: false`) within a
+/// second of Redis being back, and the room goes on in the new epoch on
+/// the same connections.
+#[tokio::test]
+async fn an_empty_redis_restart_resets_rooms_in_band_without_disconnects() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = nodes[0].member("alice", "g").await;
+    let mut bob = nodes[1].client("bob").await;
+    let old = bob.join("g").await["payload"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    say(&mut alice, "g", "before", "b").await;
+    alice.recv_type("ack").await;
+    assert_eq!(
+        bob.recv_type("new_message").await["payload"]["content"],
+        "before"
+    );
+
+    redis.restart_empty();
+    let back = tokio::time::Instant::now();
+    let mut epochs = Vec::new();
+    for client in [&mut alice, &mut bob] {
+        let reset = client.recv_type("room_reset").await;
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "reset only after {:?}",
+            back.elapsed()
+        );
+        let p = &reset["payload"];
+        assert_eq!(
+            (p["room_id"].as_str(), p["recovered"].as_bool()),
+            (Some("g"), Some(false))
+        );
+        assert_ne!(p["epoch"].as_str().unwrap(), old);
+        epochs.push(p["epoch"].as_str().unwrap().to_string());
+    }
+    assert_eq!(epochs[0], epochs[1], "both nodes agree on the new epoch");
+    // The same connections go on, in the new epoch.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        say(&mut alice, "g", "after", "a").await;
+        let v = loop {
+            let v = alice.recv().await;
+            if v["type"] == "ack" || v["type"] == "error" {
+                break v;
+            }
+        };
+        if v["type"] == "ack" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never acked: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = bob.recv_type("new_message").await;
+    assert_eq!(got["payload"]["content"], "after");
+    assert_eq!(got["offset"], 1, "the new epoch's first message: {got}");
+}
