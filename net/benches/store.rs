@@ -9,7 +9,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use roomhub_core::testkit::append_request;
 use roomhub_core::{AppendRequest, HistoryLimits, RoomName, Timestamp};
 use roomhub_net::seq::journaled::JournaledStore;
-use roomhub_net::seq::store::Store;
+use roomhub_net::seq::store::{History, Store};
 
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("roomhub-bench-{name}-{}", std::process::id()));
@@ -38,42 +38,40 @@ fn batch(size: u64, t: &mut u64) -> Vec<AppendRequest> {
         .collect()
 }
 
+/// Appends of 1 and 32 messages to `store` (its rooms opened first).
+fn bench_appends(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    mode: &str,
+    open: impl Fn(&PathBuf) -> Box<dyn History>,
+) {
+    for size in [1u64, 32] {
+        group.throughput(Throughput::Elements(size));
+        let path = dir(mode);
+        let mut store = open(&path);
+        rooms().for_each(|r| drop(store.snapshot(&r, Timestamp(0)).unwrap()));
+        let mut t = 0;
+        group.bench_function(format!("{mode}/batch{size}"), |b| {
+            b.iter_batched(
+                || batch(size, &mut t),
+                |batch| store.append_batch(batch).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        drop(store);
+        std::fs::remove_dir_all(&path).ok();
+    }
+}
+
 fn appends(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_append");
-    for size in [1u64, 32] {
-        group.throughput(Throughput::Elements(size));
-        let path = dir("background");
-        let mut store = JournaledStore::open(&path, limits(), None).unwrap();
-        rooms().for_each(|r| drop(store.snapshot(&r, Timestamp(0)).unwrap()));
-        let mut t = 0;
-        group.bench_function(format!("background/batch{size}"), |b| {
-            b.iter_batched(
-                || batch(size, &mut t),
-                |batch| store.append_batch(batch).unwrap(),
-                BatchSize::SmallInput,
-            )
-        });
-        drop(store);
-        std::fs::remove_dir_all(&path).ok();
-    }
+    bench_appends(&mut group, "background", |path| {
+        Box::new(JournaledStore::open(path, limits(), None).unwrap())
+    });
     // One fsync per batch: fewer samples.
     group.sample_size(10);
-    for size in [1u64, 32] {
-        group.throughput(Throughput::Elements(size));
-        let path = dir("always");
-        let mut store = Store::open(&path, limits()).unwrap();
-        rooms().for_each(|r| drop(store.snapshot(&r, Timestamp(0)).unwrap()));
-        let mut t = 0;
-        group.bench_function(format!("always/batch{size}"), |b| {
-            b.iter_batched(
-                || batch(size, &mut t),
-                |batch| store.append_batch(batch).unwrap(),
-                BatchSize::SmallInput,
-            )
-        });
-        drop(store);
-        std::fs::remove_dir_all(&path).ok();
-    }
+    bench_appends(&mut group, "always", |path| {
+        Box::new(Store::open(path, limits()).unwrap())
+    });
     group.finish();
 }
 

@@ -12,6 +12,7 @@ use roomhub_core::{AppendRequest, Core, Hub, Input, Output, SingleNode, Timestam
 use tokio::sync::mpsc;
 
 use crate::seq::journaled::JournaledStore;
+use crate::seq::store::History;
 
 /// The queue from the hub to a delegated sequencer. Unbounded because the
 /// hub task must never wait on the store or the broker (it would stop

@@ -30,8 +30,8 @@ use rustc_hash::FxHashMap;
 use crate::seq::epoch::new_epoch;
 use crate::seq::journal::{self, Journal};
 use crate::seq::store::{
-    JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained, head_of,
-    journal_failed, open_database, snapshot_of, stored_head, stored_history, table_failed,
+    History, JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained,
+    head_of, journal_failed, open_database, snapshot_of, stored_head, stored_history, table_failed,
     txn_failed,
 };
 
@@ -108,10 +108,11 @@ impl JournaledStore {
             _closed: closed,
         })
     }
+}
 
-    /// Sequences a batch and journals it with one write before this
-    /// returns. All or nothing: on error none of them is stored.
-    pub fn append_batch(
+impl History for JournaledStore {
+    /// One journal write.
+    fn append_batch(
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<SequencedMessage>, StoreError> {
@@ -157,13 +158,7 @@ impl JournaledStore {
         Ok(stored)
     }
 
-    /// A room's epoch, head and retained history (young enough to recover);
-    /// a room never seen gets a new lineage.
-    pub fn snapshot(
-        &mut self,
-        room: &RoomName,
-        now: Timestamp,
-    ) -> Result<RoomSnapshot, StoreError> {
+    fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError> {
         self.note_checkpoint_done();
         let name = room.as_str();
         let Some((epoch, head)) = self.head(name)? else {
@@ -202,7 +197,9 @@ impl JournaledStore {
         let history = history.into_values().collect();
         Ok(snapshot_of(room, &epoch, head, history, now, self.limits))
     }
+}
 
+impl JournaledStore {
     /// A room's epoch and head: the newest segment that holds the room,
     /// else the database.
     fn head(&self, room: &str) -> Result<Option<(String, u64)>, StoreError> {

@@ -258,6 +258,21 @@ pub(crate) fn snapshot_of(
     }
 }
 
+/// What both durable stores answer for the hub: its appends and its room
+/// opens.
+pub trait History {
+    /// Sequences and stores a batch, stored as [`Fsync`] says before this
+    /// returns. All or nothing: on error none of them is stored.
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<SequencedMessage>, StoreError>;
+
+    /// A room's epoch, head and retained history (young enough to
+    /// recover); a room never seen gets a new lineage.
+    fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError>;
+}
+
 /// The store of `--fsync always`: every batch is one commit, synced before
 /// it is acknowledged. It runs on its own thread
 /// ([`crate::seq::store_task`]), so the hub goes on while the disk syncs.
@@ -275,10 +290,11 @@ impl Store {
             limits,
         })
     }
+}
 
-    /// Sequences and stores a batch in one synced commit before this
-    /// returns. All or nothing: on error none of them is stored.
-    pub fn append_batch(
+impl History for Store {
+    /// One synced commit.
+    fn append_batch(
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<SequencedMessage>, StoreError> {
@@ -306,13 +322,7 @@ impl Store {
         Ok(stored)
     }
 
-    /// A room's epoch, head and retained history (young enough to recover);
-    /// a room never seen gets a new lineage.
-    pub fn snapshot(
-        &mut self,
-        room: &RoomName,
-        now: Timestamp,
-    ) -> Result<RoomSnapshot, StoreError> {
+    fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError> {
         let name = room.as_str();
         let Some((epoch, head)) = stored_head(&self.db, name)? else {
             let epoch = new_epoch();

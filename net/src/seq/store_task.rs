@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::hub::engine::SequencerQueue;
 use crate::hub::inbox::Answers;
 use crate::seq::batch::{Step, steps, take_ready};
-use crate::seq::store::Store;
+use crate::seq::store::{History, Store};
 
 /// Appends taken into one transaction at most.
 const MAX_BATCH: usize = 512;
