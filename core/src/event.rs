@@ -226,8 +226,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// No pong or other traffic within the pong wait.
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
-    /// The room's history moved on without this connection (a gap the
-    /// sequencer could no longer fill, or a new epoch); rejoin with `since`.
+    /// The room's history moved on without this connection. In the
+    /// protocol's list; roomhub no longer sends it: such a room is reset
+    /// in-band (`room_reset`) and its members stay connected.
     pub const RESYNC: u16 = 4002;
 }
 

@@ -282,8 +282,7 @@ async fn the_publish_api_goes_through_the_cluster_order() {
 }
 
 /// Receives new messages for `room` until `want` distinct offsets are held,
-/// rejoining with `since` whenever the server closes the connection (4002
-/// after a gap it could not fill, or any other close).
+/// rejoining with `since` whenever the connection closes.
 async fn collect_through_outages(
     node: &TestServer,
     user: &str,
