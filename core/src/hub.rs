@@ -1267,11 +1267,11 @@ impl Hub {
             }
             RoomState::Open(log) => {
                 log.resyncing = false;
-                if snapshot.epoch != log.epoch {
-                    self.reconcile_presence(&name, &snapshot);
+                let new_epoch = snapshot.epoch != log.epoch;
+                self.reconcile_presence(&name, &snapshot);
+                if new_epoch {
                     return self.reset_room(&name, snapshot);
                 }
-                self.reconcile_presence(&name, &snapshot);
                 for msg in &snapshot.messages {
                     if self.open_head(&name) == Some(msg.offset.wrapping_sub(1)) {
                         self.deliver(&name, msg);

@@ -71,13 +71,7 @@ impl<C: Core> Journaled<C> {
                 Output::Append(request) => self.appends.push(*request),
                 Output::OpenRoom { room, .. } => {
                     self.store_appends(now);
-                    let answer = match self.store.snapshot(&room, now) {
-                        Ok(snapshot) => Input::RoomOpened(snapshot),
-                        Err(e) => {
-                            tracing::error!(room = %room, "store cannot open room: {e}");
-                            Input::RoomOpenFailed { room }
-                        }
-                    };
+                    let answer = self.store.answer_open(room, now);
                     self.hub.handle(answer, now);
                 }
                 // Nothing to stop or follow: this store delivers only to
@@ -94,22 +88,8 @@ impl<C: Core> Journaled<C> {
             return;
         }
         let batch = std::mem::take(&mut self.appends);
-        match self.store.append_batch(batch.clone()) {
-            Ok(stored) => {
-                for msg in stored {
-                    let receipt = msg.receipt();
-                    self.hub.handle(Input::Sequenced(msg), now);
-                    if let Some(receipt) = receipt {
-                        self.hub.handle(Input::Appended(receipt), now);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!("store cannot append: {e}");
-                for request in batch {
-                    self.hub.handle(Input::AppendFailed(request), now);
-                }
-            }
+        for answer in self.store.answer_appends(batch) {
+            self.hub.handle(answer, now);
         }
     }
 

@@ -59,7 +59,8 @@ pub(crate) struct Journal {
     /// sender ends the thread, if it was started.
     syncer: Option<(mpsc::Sender<Arc<File>>, JoinHandle<()>)>,
     /// A write failed and the file could not be cut back to its last whole
-    /// record: nothing more may be appended until a checkpoint empties it.
+    /// record: nothing more may be appended until a rotation starts a new
+    /// file.
     broken: bool,
 }
 

@@ -46,13 +46,22 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Tail {
     epoch: String,
-    head: u64,
     /// The first offset the segment holds (1 for a room it created with no
     /// message yet).
     first: u64,
     /// Its latest messages, at most the retained count: offset and the
     /// stored JSON.
     messages: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl Tail {
+    /// The room's head: its newest message, or (none yet) the offset
+    /// before the first.
+    fn head(&self) -> u64 {
+        self.messages
+            .back()
+            .map_or(self.first - 1, |(offset, _)| *offset)
+    }
 }
 
 /// What a segment holds, per room.
@@ -144,11 +153,9 @@ impl History for JournaledStore {
                 .entry(msg.room.as_str().to_string())
                 .or_insert_with(|| Tail {
                     epoch: msg.epoch.as_str().to_string(),
-                    head: msg.offset - 1,
                     first: msg.offset,
                     messages: VecDeque::new(),
                 });
-            tail.head = msg.offset;
             tail.messages.push_back((msg.offset, json));
             if tail.messages.len() > max {
                 tail.messages.pop_front();
@@ -168,7 +175,6 @@ impl History for JournaledStore {
                 .map_err(journal_failed)?;
             let tail = Tail {
                 epoch: epoch.clone(),
-                head: 0,
                 first: 1,
                 messages: VecDeque::new(),
             };
@@ -205,7 +211,7 @@ impl JournaledStore {
     fn head(&self, room: &str) -> Result<Option<(String, u64)>, StoreError> {
         let tails = [Some(&self.pending), self.in_flight.as_deref()];
         if let Some(tail) = tails.into_iter().flatten().find_map(|t| t.get(room)) {
-            return Ok(Some((tail.epoch.clone(), tail.head)));
+            return Ok(Some((tail.epoch.clone(), tail.head())));
         }
         stored_head(&self.db, room)
     }
@@ -321,7 +327,7 @@ fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), St
         let max = limits.max_messages as u64;
         for (room, tail) in segment {
             let room = room.as_str();
-            if tail.messages.is_empty() && tail.head == 0 {
+            if tail.messages.is_empty() {
                 // A room created with no message yet: its lineage.
                 if head_of(&rooms, room)?.is_none() {
                     rooms
@@ -336,12 +342,12 @@ fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), St
                     .map_err(table_failed)?;
             }
             rooms
-                .insert(room, (tail.epoch.as_str(), tail.head))
+                .insert(room, (tail.epoch.as_str(), tail.head()))
                 .map_err(table_failed)?;
             // The database held up to `first - 1`; what of that is now more
             // than `max` behind the head goes (the segment's own older
             // messages were never written).
-            let old_end = tail.head.saturating_sub(max).min(tail.first - 1);
+            let old_end = tail.head().saturating_sub(max).min(tail.first - 1);
             for offset in tail.first.saturating_sub(max).max(1)..=old_end {
                 messages.remove((room, offset)).map_err(table_failed)?;
             }

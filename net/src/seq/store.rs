@@ -18,7 +18,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use roomhub_core::{
-    AppendRequest, Epoch, HistoryLimits, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
+    AppendRequest, Epoch, HistoryLimits, Input, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
 };
 
 use crate::seq::epoch::new_epoch;
@@ -271,6 +271,37 @@ pub trait History {
     /// A room's epoch, head and retained history (young enough to
     /// recover); a room never seen gets a new lineage.
     fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError>;
+
+    /// Stores a batch; the hub's answers: each message and its sender's
+    /// receipt, or a failure for each.
+    fn answer_appends(&mut self, batch: Vec<AppendRequest>) -> Vec<Input> {
+        let mut answers = Vec::with_capacity(batch.len() * 2);
+        match self.append_batch(batch.clone()) {
+            Ok(stored) => {
+                for msg in stored {
+                    let receipt = msg.receipt();
+                    answers.push(Input::Sequenced(msg));
+                    answers.extend(receipt.map(Input::Appended));
+                }
+            }
+            Err(e) => {
+                tracing::error!("store cannot append: {e}");
+                answers.extend(batch.into_iter().map(Input::AppendFailed));
+            }
+        }
+        answers
+    }
+
+    /// Opens a room; the hub's answer.
+    fn answer_open(&mut self, room: RoomName, now: Timestamp) -> Input {
+        match self.snapshot(&room, now) {
+            Ok(snapshot) => Input::RoomOpened(snapshot),
+            Err(e) => {
+                tracing::error!(room = %room, "store cannot open room: {e}");
+                Input::RoomOpenFailed { room }
+            }
+        }
+    }
 }
 
 /// The store of `--fsync always`: every batch is one commit, synced before

@@ -2,7 +2,7 @@
 //! they were emitted (consecutive appends share one commit) and answers
 //! through the hub's inbox.
 
-use roomhub_core::{AppendRequest, Input, Output};
+use roomhub_core::Output;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
@@ -37,15 +37,9 @@ pub(crate) fn spawn(
                 let mut replies = Vec::new();
                 for step in steps(take_ready(first, &mut rx, MAX_BATCH)) {
                     match step {
-                        Step::Appends(batch) => commit(&mut store, batch, &mut replies),
+                        Step::Appends(batch) => replies.extend(store.answer_appends(batch)),
                         Step::Other(Output::OpenRoom { room, .. }) => {
-                            replies.push(match store.snapshot(&room, clock.now()) {
-                                Ok(snapshot) => Input::RoomOpened(snapshot),
-                                Err(e) => {
-                                    tracing::error!(room = %room, "store cannot open room: {e}");
-                                    Input::RoomOpenFailed { room }
-                                }
-                            })
+                            replies.push(store.answer_open(room, clock.now()));
                         }
                         // Nothing to stop or follow: this store delivers
                         // only to its own node.
@@ -59,23 +53,4 @@ pub(crate) fn spawn(
         })
         .expect("spawning the store thread");
     tx
-}
-
-/// Commits a batch; its answers go to `replies`.
-fn commit(store: &mut Store, batch: Vec<AppendRequest>, replies: &mut Vec<Input>) {
-    match store.append_batch(batch.clone()) {
-        Ok(stored) => {
-            for msg in stored {
-                let receipt = msg.receipt();
-                replies.push(Input::Sequenced(msg));
-                if let Some(receipt) = receipt {
-                    replies.push(Input::Appended(receipt));
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!("store cannot append: {e}");
-            replies.extend(batch.into_iter().map(Input::AppendFailed));
-        }
-    }
 }
