@@ -150,8 +150,10 @@ pub struct ServerArgs {
           default_missing_value = "true", action = ArgAction::Set)]
     pub memory: bool,
     /// Cluster mode: share rooms with other nodes through this Redis
-    /// (e.g. redis://127.0.0.1:6379). History then lives in Redis, not in
-    /// the data directory.
+    /// (e.g. redis://127.0.0.1:6379), or through several, comma-separated,
+    /// with rooms spread over them by name (every node must list the same
+    /// ones in the same order). History then lives in Redis, not in the
+    /// data directory.
     #[arg(long, env = "ROOMHUB_REDIS")]
     pub redis: Option<String>,
     /// Cluster mode: a node that stops refreshing its liveness for this long
@@ -278,8 +280,8 @@ pub struct ServerConfig {
     /// time is simulated and every task must run on the simulator's
     /// runtime.
     pub hub_thread: bool,
-    /// Cluster mode's Redis URL.
-    pub redis: Option<String>,
+    /// Cluster mode's Redis URLs, one per shard (empty: not clustered).
+    pub redis: Vec<String>,
     pub node_ttl: Duration,
     /// The key `POST /api/publish` requires; `None` disables it.
     pub api_key: Option<String>,
@@ -319,6 +321,22 @@ impl ServerConfig {
         if args.pong_wait_ms <= args.ping_interval_ms {
             return Err("--pong-wait-ms must be longer than --ping-interval-ms".into());
         }
+        let redis: Vec<String> = match &args.redis {
+            None => Vec::new(),
+            Some(list) => {
+                let urls: Vec<String> = list.split(',').map(|u| u.trim().to_string()).collect();
+                if urls.iter().any(String::is_empty) {
+                    return Err("--redis: an empty URL in the list".into());
+                }
+                let mut unique = urls.clone();
+                unique.sort();
+                unique.dedup();
+                if unique.len() != urls.len() {
+                    return Err("--redis: a URL is listed twice".into());
+                }
+                urls
+            }
+        };
         let core = CoreConfig {
             // Unique per process start: stored messages name their sender by
             // (node, connection), and connection numbers restart at 1.
@@ -333,7 +351,7 @@ impl ServerConfig {
             pong_wait_ms: args.pong_wait_ms,
             rate_limit_per_second: args.rate_limit_per_second,
             rate_limit_burst: args.rate_limit_burst,
-            clustered: args.redis.is_some(),
+            clustered: !redis.is_empty(),
             ..CoreConfig::default()
         };
         Ok(ServerConfig {
@@ -359,7 +377,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-            data_dir: (!args.memory && args.redis.is_none()).then(|| args.data_dir.clone()),
+            data_dir: (!args.memory && redis.is_empty()).then(|| args.data_dir.clone()),
             fsync: args.fsync,
             io_threads: match args.io_threads {
                 Some(0) => return Err("--io-threads must be at least 1".into()),
@@ -367,7 +385,7 @@ impl ServerConfig {
                 None => std::thread::available_parallelism().map_or(1, usize::from),
             },
             hub_thread: true,
-            redis: args.redis.clone(),
+            redis,
             node_ttl: Duration::from_millis(args.node_ttl_ms),
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             demo: args.demo.unwrap_or(false),
@@ -470,5 +488,20 @@ mod tests {
         let err = ServerConfig::from_args(&zero.server, 1).err().unwrap();
         assert!(err.contains("--io-threads"), "{err}");
         assert!(parse_cli(["roomhub", "--fsync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn redis_takes_a_list_of_shards() {
+        let config = |list: &str| {
+            let args = parse_cli(["roomhub", "--jwt-secret", "s", "--redis", list]).unwrap();
+            ServerConfig::from_args(&args.server, 1)
+        };
+        let two = config("redis://a:1, redis://b:2").unwrap();
+        assert_eq!(two.redis, ["redis://a:1", "redis://b:2"]);
+        assert!(two.core.clustered && two.data_dir.is_none());
+        let err = config("redis://a:1,,redis://b:2").err().unwrap();
+        assert!(err.contains("empty URL"), "{err}");
+        let err = config("redis://a:1,redis://a:1").err().unwrap();
+        assert!(err.contains("twice"), "{err}");
     }
 }

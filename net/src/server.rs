@@ -19,6 +19,7 @@ use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::cluster::broker::Broker;
 use crate::cluster::redis::RedisBroker;
+use crate::cluster::sharded::ShardedBroker;
 use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::config::ServerConfig;
 use crate::conn::context::ConnContext;
@@ -59,7 +60,7 @@ type Built<C> = (Engine<C>, Option<Arc<ClusterView>>);
 
 impl Server {
     /// Starts serving on `listener`; returns once accepting.
-    /// With `config.redis`, the node joins that Redis cluster.
+    /// With `config.redis`, the node joins the cluster on those Redis shards.
     pub fn start<L>(listener: L, config: ServerConfig, clock: Clock) -> std::io::Result<Server>
     where
         L: Listener<Addr = SocketAddr>,
@@ -80,23 +81,27 @@ impl Server {
         C: Core + Send + 'static,
         M: FnOnce(CoreConfig) -> C,
     {
-        match &config.redis {
-            Some(url) => {
-                let limits = HistoryLimits::from_config(&config.core);
-                let broker = RedisBroker::new(url, limits, config.node_ttl)
-                    .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?;
-                info!(redis = %url, node = config.core.node_id.0, "cluster mode");
-                Server::start_clustered_with_core(
-                    listener,
-                    config,
-                    clock,
-                    Arc::new(broker),
-                    make_core,
-                )
-            }
-            None => Server::launch(listener, config, clock, move |parts| {
+        if config.redis.is_empty() {
+            return Server::launch(listener, config, clock, move |parts| {
                 single_node(parts, make_core)
-            }),
+            });
+        }
+        let limits = HistoryLimits::from_config(&config.core);
+        let mut shards = config
+            .redis
+            .iter()
+            .map(|url| {
+                RedisBroker::new(url, limits, config.node_ttl)
+                    .map_err(|e| std::io::Error::other(format!("--redis {url}: {e}")))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        info!(redis = %config.redis.join(","), node = config.core.node_id.0, "cluster mode");
+        if shards.len() == 1 {
+            let broker = Arc::new(shards.remove(0));
+            Server::start_clustered_with_core(listener, config, clock, broker, make_core)
+        } else {
+            let broker = Arc::new(ShardedBroker::new(shards));
+            Server::start_clustered_with_core(listener, config, clock, broker, make_core)
         }
     }
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::broker::{BrokerStream, Connector, SimBroker, SimBrokerConfig, serve};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use roomhub_net::cluster::broker::Broker;
+use roomhub_net::cluster::sharded::ShardedBroker;
 use roomhub_net::{Clock, Server, ServerConfig};
 
 use crate::check::{CheckContext, Report, check};
@@ -135,6 +137,10 @@ pub struct WorldConfig {
     /// 0: one server host. 2 or more: that many nodes sharing rooms through
     /// a simulated broker host.
     pub nodes: usize,
+    /// Cluster worlds: the broker hosts rooms are sharded over (1: one
+    /// broker, `broker`; more: `broker0`, `broker1`, …, each node on all of
+    /// them through a sharded broker).
+    pub brokers: usize,
 }
 
 impl WorldConfig {
@@ -161,6 +167,7 @@ impl WorldConfig {
             send_queue_bytes: 256 * 1024,
             tick_ms: 10,
             nodes: 0,
+            brokers: 1,
         }
     }
 
@@ -171,6 +178,24 @@ impl WorldConfig {
             nodes: 2,
             faults: FaultKind::CLUSTER.to_vec(),
             ..WorldConfig::standard(seed)
+        }
+    }
+
+    /// Two nodes on two broker shards: rooms and users spread over both,
+    /// and a broker partition cuts a node from one shard only.
+    pub fn sharded(seed: u64) -> Self {
+        WorldConfig {
+            brokers: 2,
+            ..WorldConfig::cluster(seed)
+        }
+    }
+
+    /// The broker hosts of a cluster world.
+    pub fn broker_hosts(&self) -> Vec<String> {
+        if self.brokers < 2 {
+            vec![BROKER.to_string()]
+        } else {
+            (0..self.brokers).map(|i| format!("{BROKER}{i}")).collect()
         }
     }
 
@@ -197,6 +222,7 @@ impl WorldConfig {
             send_queue_bytes: 2 * 1024,
             tick_ms: 1,
             nodes: 0,
+            brokers: 1,
         }
     }
 }
@@ -207,6 +233,8 @@ pub struct Outcome {
     pub seed: u64,
     /// The world's node count (0: one server).
     pub nodes: usize,
+    /// Its broker shards (cluster worlds).
+    pub brokers: usize,
     pub report: Report,
     pub faults: BTreeMap<FaultKind, u32>,
     pub trace_hash: u64,
@@ -228,9 +256,9 @@ enum NetAction {
     Release(String),
     /// Restart a server host.
     Bounce(String),
-    /// Cut / restore a node's link to the broker.
-    CutBroker(String),
-    HealBroker(String),
+    /// Cut / restore a node's link to a broker host: (broker, node).
+    CutBroker(String, String),
+    HealBroker(String, String),
     LatencySpike(u64),
     LatencyNormal(u64),
 }
@@ -341,10 +369,14 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
             FaultKind::Bounce => actions.push((at, NetAction::Bounce(SERVER.to_string()))),
             FaultKind::BrokerPartition => {
                 let node = format!("node{}", rng.next_u64() as usize % world.nodes.max(1));
-                actions.push((at, NetAction::CutBroker(node.clone())));
+                // With shards, one of them (by time, so that one-broker
+                // worlds draw exactly what they always drew).
+                let brokers = world.broker_hosts();
+                let broker = brokers[at as usize % brokers.len()].clone();
+                actions.push((at, NetAction::CutBroker(broker.clone(), node.clone())));
                 actions.push((
                     at + 300 + rng.next_u64() % 3_000,
-                    NetAction::HealBroker(node),
+                    NetAction::HealBroker(broker, node),
                 ));
             }
             FaultKind::NodeCrash => {
@@ -458,8 +490,8 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                     .iter()
                     .for_each(|s| sim.release(s.as_str(), h.as_str())),
                 NetAction::Bounce(h) => sim.bounce(h.as_str()),
-                NetAction::CutBroker(h) => sim.partition(BROKER, h.as_str()),
-                NetAction::HealBroker(h) => sim.repair(BROKER, h.as_str()),
+                NetAction::CutBroker(b, h) => sim.partition(b.as_str(), h.as_str()),
+                NetAction::HealBroker(b, h) => sim.repair(b.as_str(), h.as_str()),
                 NetAction::LatencySpike(ms) | NetAction::LatencyNormal(ms) => {
                     sim.set_max_message_latency(Duration::from_millis(*ms));
                 }
@@ -483,6 +515,7 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
     let outcome = Outcome {
         seed: world.seed,
         nodes: world.nodes,
+        brokers: world.brokers,
         report,
         faults,
         trace_hash: trace.hash(),
@@ -500,20 +533,25 @@ const NODE_TTL_MS: u64 = 2_000;
 /// The broker host and one host per node, each node on the simulated broker
 /// over turmoil TCP.
 fn cluster_hosts(sim: &mut turmoil::Sim<'_>, world: &WorldConfig) {
-    let broker_config = SimBrokerConfig {
-        seed: world.seed,
-        max_messages: 1000,
-        max_age_ms: 24 * 3_600_000,
-        node_ttl_ms: NODE_TTL_MS,
-    };
-    sim.host(BROKER, move || async move {
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BROKER_PORT);
-        serve(SimListener::bind(addr).await?, broker_config).await;
-        Ok(())
-    });
+    let brokers = world.broker_hosts();
+    for (b, host) in brokers.iter().enumerate() {
+        let broker_config = SimBrokerConfig {
+            // One broker keeps the seed its worlds always had.
+            seed: world.seed ^ ((b as u64) << 32),
+            max_messages: 1000,
+            max_age_ms: 24 * 3_600_000,
+            node_ttl_ms: NODE_TTL_MS,
+        };
+        sim.host(host.as_str(), move || async move {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BROKER_PORT);
+            serve(SimListener::bind(addr).await?, broker_config).await;
+            Ok(())
+        });
+    }
     for (i, host) in world.server_hosts().into_iter().enumerate() {
         let boots = Arc::new(AtomicU64::new(0));
         let host_world = world.clone();
+        let brokers = brokers.clone();
         sim.host(host, move || {
             let boot = boots.fetch_add(1, Ordering::Relaxed);
             let mut config = server_config(&host_world, boot);
@@ -523,31 +561,55 @@ fn cluster_hosts(sim: &mut turmoil::Sim<'_>, world: &WorldConfig) {
             );
             config.core.seed ^= (i as u64) << 48;
             config.node_ttl = Duration::from_millis(NODE_TTL_MS);
+            let plant = host_world.plant;
+            let brokers = brokers.clone();
             async move {
-                let connect: Connector = Arc::new(|| {
-                    Box::pin(async {
-                        let s = turmoil::net::TcpStream::connect((BROKER, BROKER_PORT)).await?;
-                        Ok(Box::new(s) as Box<dyn BrokerStream>)
-                    })
-                });
-                let broker = Arc::new(SimBroker::new(connect, config.core.history_max_age_ms));
+                let max_age_ms = config.core.history_max_age_ms;
+                let mut shards: Vec<SimBroker> = brokers
+                    .into_iter()
+                    .map(|host| SimBroker::new(connector(host), max_age_ms))
+                    .collect();
                 let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT);
                 let listener = SimListener::bind(addr).await?;
                 let clock = Clock::new(START_MS + now_ms());
-                let server = match host_world.plant {
-                    Some(bug) => Server::start_clustered_with_core(
-                        listener,
-                        config,
-                        clock,
-                        broker,
-                        |core| Planted::new(bug, core),
-                    )?,
-                    None => Server::start_clustered(listener, config, clock, broker)?,
+                let server = if shards.len() == 1 {
+                    let broker = Arc::new(shards.remove(0));
+                    start_node(listener, config, clock, broker, plant)?
+                } else {
+                    let broker = Arc::new(ShardedBroker::new(shards));
+                    start_node(listener, config, clock, broker, plant)?
                 };
                 server.wait().await;
                 Ok(())
             }
         });
+    }
+}
+
+/// Connects to a broker host over turmoil TCP.
+fn connector(host: String) -> Connector {
+    Arc::new(move || {
+        let host = host.clone();
+        Box::pin(async move {
+            let s = turmoil::net::TcpStream::connect((host.as_str(), BROKER_PORT)).await?;
+            Ok(Box::new(s) as Box<dyn BrokerStream>)
+        })
+    })
+}
+
+/// A cluster node on `broker`, around a planted bug when there is one.
+fn start_node<B: Broker>(
+    listener: SimListener,
+    config: ServerConfig,
+    clock: Clock,
+    broker: Arc<B>,
+    plant: Option<PlantedBug>,
+) -> std::io::Result<Server> {
+    match plant {
+        Some(bug) => Server::start_clustered_with_core(listener, config, clock, broker, |core| {
+            Planted::new(bug, core)
+        }),
+        None => Server::start_clustered(listener, config, clock, broker),
     }
 }
 

@@ -1,6 +1,7 @@
-//! One contract, two brokers: every case runs against the Redis adapter (on a
-//! real `redis-server` started here) and against the simulated broker that
-//! turmoil worlds use, so the two cannot drift apart.
+//! One contract, every topology: each case runs against the Redis adapter (on
+//! a real `redis-server` started here), against the simulated broker that
+//! turmoil worlds use, and against both sharded over two brokers, so none
+//! can drift apart.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use roomhub_net::clock::Clock;
 use roomhub_net::cluster::broker::{Broker, Delivery, SubRequest, Subscription};
 use roomhub_net::cluster::keys::channel;
 use roomhub_net::cluster::redis::RedisBroker;
+use roomhub_net::cluster::sharded::{ShardedBroker, shard_of};
 use roomhub_net::cluster::wire::{Event, PresenceEvent};
 use roomhub_sim::broker::{SimBroker, SimBrokerConfig, serve, tcp_connector};
 use roomhub_tests::redis::RedisServer;
@@ -311,6 +313,81 @@ async fn suite(b: &impl Broker) {
     presence_follows_live_nodes(b).await;
     relays_count_receivers_and_unsubscribe_stops_delivery(b).await;
     confirmations_come_after_earlier_publications(b).await;
+}
+
+/// Each room lives on its shard alone, and rooms spread over every shard;
+/// a direct message finds its user on the user's shard.
+async fn rooms_live_on_their_shard<B: Broker>(b: &ShardedBroker<B>) {
+    let names: Vec<String> = (0..16).map(|i| format!("spread{i}")).collect();
+    let batch: Vec<AppendRequest> = names.iter().map(|n| request(n, "x")).collect();
+    b.append(&batch).await.unwrap();
+    let shards = b.shards();
+    let mut used = vec![0; shards.len()];
+    let now = Clock::system().now();
+    for name in &names {
+        let home = shard_of(name, shards.len());
+        used[home] += 1;
+        for (i, shard) in shards.iter().enumerate() {
+            let head = shard.open(&room(name), None, now).await.unwrap().head;
+            assert_eq!(head, u64::from(i == home), "{name} on shard {i}");
+        }
+    }
+    assert!(used.iter().all(|&n| n > 0), "rooms per shard: {used:?}");
+}
+
+/// A sharded session is one session per shard: when any of them ends, the
+/// merged one ends too (the node then resyncs every room).
+async fn a_lost_shard_ends_the_session(sub: &mut Subscription) {
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if sub.messages.recv().await.is_none() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the merged session outlived a shard's");
+}
+
+#[tokio::test]
+async fn two_redis_shards_keep_the_contract() {
+    let (Some(r1), Some(mut r2)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    let limits = HistoryLimits {
+        max_messages: MAX_MESSAGES,
+        max_age_ms: MAX_AGE_MS,
+        max_rooms: 1000,
+    };
+    let shard = |r: &RedisServer| RedisBroker::new(&r.url(), limits, TTL).unwrap();
+    let broker = ShardedBroker::new(vec![shard(&r1), shard(&r2)]);
+    suite(&broker).await;
+    rooms_live_on_their_shard(&broker).await;
+    let mut sub = subscribed(&broker, &[channel::NODES.to_string()]).await;
+    r2.kill();
+    a_lost_shard_ends_the_session(&mut sub).await;
+}
+
+#[tokio::test]
+async fn two_simulated_shards_keep_the_contract() {
+    let config = SimBrokerConfig {
+        seed: 7,
+        max_messages: MAX_MESSAGES,
+        max_age_ms: MAX_AGE_MS,
+        node_ttl_ms: TTL.as_millis() as u64,
+    };
+    let mut servers = Vec::new();
+    let mut shards = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        servers.push(tokio::spawn(serve(listener, config)));
+        shards.push(SimBroker::new(tcp_connector(addr), MAX_AGE_MS));
+    }
+    let broker = ShardedBroker::new(shards);
+    suite(&broker).await;
+    rooms_live_on_their_shard(&broker).await;
+    servers.iter().for_each(|s| s.abort());
 }
 
 #[tokio::test]

@@ -21,7 +21,12 @@ fn env_seed(name: &str) -> Option<u64> {
 }
 
 fn describe(o: &Outcome) -> String {
-    let nodes = if o.nodes >= 2 {
+    let nodes = if o.nodes >= 2 && o.brokers >= 2 {
+        format!(
+            "ROOMHUB_SIM_NODES={} ROOMHUB_SIM_BROKERS={} ",
+            o.nodes, o.brokers
+        )
+    } else if o.nodes >= 2 {
         format!("ROOMHUB_SIM_NODES={} ", o.nodes)
     } else {
         String::new()
@@ -45,11 +50,13 @@ fn assert_passes(world: &WorldConfig) -> Outcome {
 }
 
 /// The world for `seed`: a cluster of `ROOMHUB_SIM_NODES` nodes when that
-/// is 2 or more, else the standard single-server world.
+/// is 2 or more (on `ROOMHUB_SIM_BROKERS` broker shards, 1 by default),
+/// else the standard single-server world.
 fn world_from_env(seed: u64) -> WorldConfig {
     match env_seed("ROOMHUB_SIM_NODES") {
         Some(n) if n >= 2 => WorldConfig {
             nodes: n as usize,
+            brokers: env_seed("ROOMHUB_SIM_BROKERS").unwrap_or(1).max(1) as usize,
             ..WorldConfig::cluster(seed)
         },
         _ => WorldConfig::standard(seed),
@@ -253,6 +260,33 @@ fn three_node_worlds_hold_every_invariant() {
     }
 }
 
+/// Rooms sharded over two broker hosts (and three over three): a broker
+/// partition cuts a node from one shard while the other keeps working.
+#[test]
+fn sharded_broker_worlds_hold_every_invariant() {
+    let mut injected: BTreeMap<FaultKind, u32> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let worlds = (0..12)
+        .map(WorldConfig::sharded)
+        .chain((200..203).map(|seed| WorldConfig {
+            nodes: 3,
+            brokers: 3,
+            ..WorldConfig::cluster(seed)
+        }));
+    for world in worlds {
+        let outcome = run_world(&world);
+        for (kind, n) in &outcome.faults {
+            *injected.entry(*kind).or_default() += n;
+        }
+        if !outcome.passed() {
+            failures.push(describe(&outcome));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let cuts = injected.get(&FaultKind::BrokerPartition).copied();
+    assert!(cuts.unwrap_or(0) >= 4, "broker partitions: {cuts:?}");
+}
+
 /// Without host crashes: when turmoil crashes a host, the order in which
 /// its peers see their connections reset can vary with the machine's load
 /// (the single-server bounce shows the same), so crash worlds are checked
@@ -267,6 +301,13 @@ fn cluster_worlds_are_deterministic() {
         ..WorldConfig::cluster(5)
     };
     let (first, second) = (run_world(&world), run_world(&world));
+    assert_eq!(first.trace_hash, second.trace_hash);
+    assert_eq!(first.events, second.events);
+    let sharded = WorldConfig {
+        brokers: 2,
+        ..world
+    };
+    let (first, second) = (run_world(&sharded), run_world(&sharded));
     assert_eq!(first.trace_hash, second.trace_hash);
     assert_eq!(first.events, second.events);
 }

@@ -76,11 +76,11 @@ impl TestServer {
         }
     }
 
-    /// A cluster node on `redis_url`, with a short node TTL (1.5 s) and no
-    /// rate limit.
+    /// A cluster node on `redis_url` (several, comma-separated: rooms
+    /// sharded over them), with a short node TTL (1.5 s) and no rate limit.
     pub async fn node(redis_url: &str) -> TestServer {
         TestServer::start_with(|c| {
-            c.redis = Some(redis_url.to_string());
+            c.redis = redis_url.split(',').map(str::to_string).collect();
             c.node_ttl = Duration::from_millis(1500);
             c.core.rate_limit_per_second = 0;
         })

@@ -1,20 +1,51 @@
 //! Cluster mode against real `redis-server` processes started by the tests:
 //! several roomhub nodes in this process, real WebSocket clients on each.
+//! The cases that hold for any topology run on one Redis and on rooms
+//! sharded over two or three (`--redis url1,url2`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use roomhub_net::cluster::sharded::shard_of;
 use roomhub_tests::proxy::Proxy;
 use roomhub_tests::redis::RedisServer;
 use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+/// The Redis shards of one test's cluster, each a `redis-server` of its
+/// own (`appendfsync always`).
+struct Shards(Vec<RedisServer>);
+
+impl Shards {
+    fn start(n: usize) -> Option<Shards> {
+        (0..n)
+            .map(|_| RedisServer::start())
+            .collect::<Option<Vec<_>>>()
+            .map(Shards)
+    }
+
+    /// What `--redis` is given.
+    fn url(&self) -> String {
+        self.0
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The shard that keeps a room (or a user's channel).
+    fn holding(&mut self, name: &str) -> &mut RedisServer {
+        let n = self.0.len();
+        &mut self.0[shard_of(name, n)]
+    }
+}
+
+async fn nodes(shards: &Shards, n: usize) -> Vec<TestServer> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(TestServer::node(&redis.url()).await);
+        out.push(TestServer::node(&shards.url()).await);
     }
     out
 }
@@ -52,8 +83,8 @@ async fn online(node: &TestServer) -> u64 {
 /// Every client sees one order per room: with one client per node sending
 /// concurrently, each client's view (its own acked messages plus what it
 /// received) is offsets 1..=total with the same content at each offset.
-async fn one_order(node_count: usize) {
-    let Some(redis) = RedisServer::start() else {
+async fn one_order(node_count: usize, shards: usize) {
+    let Some(redis) = Shards::start(shards) else {
         return;
     };
     let nodes = nodes(&redis, node_count).await;
@@ -120,17 +151,31 @@ async fn one_order(node_count: usize) {
 
 #[tokio::test]
 async fn two_nodes_agree_on_one_order_per_room() {
-    one_order(2).await;
+    one_order(2, 1).await;
 }
 
 #[tokio::test]
 async fn three_nodes_agree_on_one_order_per_room() {
-    one_order(3).await;
+    one_order(3, 1).await;
+}
+
+#[tokio::test]
+async fn three_nodes_on_three_shards_agree_on_one_order_per_room() {
+    one_order(3, 3).await;
 }
 
 #[tokio::test]
 async fn presence_spans_nodes_once_per_user() {
-    let Some(redis) = RedisServer::start() else {
+    presence_once_per_user(1).await;
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_once_per_user_on_two_shards() {
+    presence_once_per_user(2).await;
+}
+
+async fn presence_once_per_user(shards: usize) {
+    let Some(redis) = Shards::start(shards) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -171,7 +216,16 @@ async fn presence_spans_nodes_once_per_user() {
 
 #[tokio::test]
 async fn recovery_works_on_a_different_node() {
-    let Some(redis) = RedisServer::start() else {
+    recovery_on_another_node(1).await;
+}
+
+#[tokio::test]
+async fn recovery_works_on_a_different_node_on_two_shards() {
+    recovery_on_another_node(2).await;
+}
+
+async fn recovery_on_another_node(shards: usize) {
+    let Some(redis) = Shards::start(shards) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -204,32 +258,88 @@ async fn recovery_works_on_a_different_node() {
     assert_eq!(contents, [json!("m0"), json!("m1"), json!("m2")]);
 }
 
-#[tokio::test]
-async fn direct_messages_cross_nodes() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let nodes = nodes(&redis, 2).await;
-    let mut alice = nodes[0].client("alice").await;
-    let mut bob = nodes[1].client("bob").await;
-    // Bob's node subscribes to bob's channel as he connects; give it a beat.
+/// Sends a direct message until the recipient's node is reachable (it
+/// subscribes to the user's channel as the user connects), and checks it
+/// arrives.
+async fn direct(from: &mut Client, from_id: &str, to: &mut Client, to_id: &str, content: &str) {
     let mut tries = 0;
     loop {
-        alice
-            .send_json(json!({"type": "send_direct", "id": "d", "payload": {"to": "bob", "content": "hi"}}))
-            .await;
-        let v = alice.recv().await;
+        from.send_json(
+            json!({"type": "send_direct", "id": "d", "payload": {"to": to_id, "content": content}}),
+        )
+        .await;
+        let v = from.recv().await;
         if v["type"] == "ack" {
             break;
         }
         assert_eq!(v["payload"]["code"], "RECIPIENT_OFFLINE", "{v}");
         tries += 1;
-        assert!(tries < 50, "bob never became reachable");
+        assert!(tries < 50, "{to_id} never became reachable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dm = bob.recv_type("direct_message").await;
-    assert_eq!(dm["payload"]["content"], "hi");
-    assert_eq!(dm["sender"]["id"], "alice");
+    let dm = to.recv_type("direct_message").await;
+    assert_eq!(dm["payload"]["content"], content);
+    assert_eq!(dm["sender"]["id"], from_id);
+}
+
+/// The first names `prefix0`, `prefix1`, … that land on each of `n`
+/// shards, one per shard.
+fn one_per_shard(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|shard| {
+            (0..)
+                .map(|k| format!("{prefix}{k}"))
+                .find(|name| shard_of(name, n) == shard)
+                .expect("some name lands on every shard")
+        })
+        .collect()
+}
+
+/// Rooms on each shard and users whose channels are on different shards:
+/// presence, messages and direct messages all cross nodes.
+#[tokio::test]
+async fn rooms_and_users_on_every_shard_work_across_nodes() {
+    let Some(redis) = Shards::start(2) else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let rooms = one_per_shard("room", 2);
+    let users = one_per_shard("user", 2);
+    let mut a = nodes[0].client(&users[0]).await;
+    let mut b = nodes[1].client(&users[1]).await;
+    for room in &rooms {
+        a.join(room).await;
+        let info = b.join(room).await;
+        let present: Vec<&str> = info["payload"]["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u["id"].as_str())
+            .collect();
+        assert!(present.contains(&users[0].as_str()), "{room}: {info}");
+        let joined = a.recv_type("user_joined").await;
+        assert_eq!(joined["payload"]["id"], users[1].as_str());
+    }
+    for room in &rooms {
+        say(&mut a, room, &format!("hello {room}"), "m").await;
+        a.recv_type("ack").await;
+        let got = b.recv_type("new_message").await;
+        assert_eq!(got["payload"]["content"], format!("hello {room}"));
+        assert_eq!(got["offset"], 1);
+    }
+    direct(&mut a, &users[0], &mut b, &users[1], "to shard 1").await;
+    direct(&mut b, &users[1], &mut a, &users[0], "to shard 0").await;
+}
+
+#[tokio::test]
+async fn direct_messages_cross_nodes() {
+    let Some(redis) = Shards::start(1) else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = nodes[0].client("alice").await;
+    let mut bob = nodes[1].client("bob").await;
+    direct(&mut alice, "alice", &mut bob, "bob", "hi").await;
     alice
         .send_json(
             json!({"type": "send_direct", "id": "x", "payload": {"to": "nobody", "content": "hi"}}),
@@ -245,7 +355,7 @@ async fn the_publish_api_goes_through_the_cluster_order() {
         return;
     };
     let node = TestServer::start_with(|c| {
-        c.redis = Some(redis.url());
+        c.redis = vec![redis.url()];
         c.api_key = Some("k3y".into());
     })
     .await
@@ -326,10 +436,21 @@ async fn collect_through_outages(
 
 #[tokio::test]
 async fn a_redis_restart_mid_traffic_loses_nothing_acked() {
-    let Some(mut redis) = RedisServer::start() else {
+    restart_mid_traffic(1).await;
+}
+
+/// The shard that keeps the room is killed with SIGKILL and restarted.
+#[tokio::test]
+async fn a_shard_restart_mid_traffic_loses_nothing_acked() {
+    restart_mid_traffic(2).await;
+}
+
+async fn restart_mid_traffic(shards: usize) {
+    let Some(mut shards) = Shards::start(shards) else {
         return;
     };
-    let nodes = nodes(&redis, 2).await;
+    let nodes = nodes(&shards, 2).await;
+    let redis = shards.holding("g");
     let mut receiver = nodes[1].client("bob").await;
     let info = receiver.join("g").await;
     let epoch = info["payload"]["epoch"].as_str().unwrap().to_string();
@@ -499,7 +620,7 @@ async fn online_counts_agree_across_nodes_within_a_second() {
     };
     let node = || async {
         TestServer::start_with(|c| {
-            c.redis = Some(redis.url());
+            c.redis = vec![redis.url()];
             c.node_ttl = Duration::from_secs(10);
         })
         .await
@@ -535,10 +656,20 @@ async fn online_counts_agree_across_nodes_within_a_second() {
 /// the same connections.
 #[tokio::test]
 async fn an_empty_redis_restart_resets_rooms_in_band_without_disconnects() {
-    let Some(mut redis) = RedisServer::start() else {
+    empty_restart_resets_in_band(1).await;
+}
+
+#[tokio::test]
+async fn an_empty_shard_restart_resets_its_rooms_in_band_without_disconnects() {
+    empty_restart_resets_in_band(2).await;
+}
+
+async fn empty_restart_resets_in_band(shards: usize) {
+    let Some(mut shards) = Shards::start(shards) else {
         return;
     };
-    let nodes = nodes(&redis, 2).await;
+    let nodes = nodes(&shards, 2).await;
+    let redis = shards.holding("g");
     let mut alice = nodes[0].member("alice", "g").await;
     let mut bob = nodes[1].client("bob").await;
     let old = bob.join("g").await["payload"]["epoch"]

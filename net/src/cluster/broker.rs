@@ -158,6 +158,12 @@ pub trait Broker: Send + Sync + 'static {
         online: u64,
     ) -> impl Future<Output = Result<Heartbeat, BrokerError>> + Send;
 
+    /// How many of this node's own beats each heartbeat publishes back to
+    /// it (one per broker a sharded broker is made of).
+    fn beats_per_heartbeat(&self) -> u64 {
+        1
+    }
+
     fn relay(
         &self,
         message: &DirectMessage,

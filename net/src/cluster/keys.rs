@@ -65,4 +65,27 @@ pub mod channel {
     pub fn user(user: &str) -> String {
         format!("rh:user:{user}")
     }
+
+    const ROOM_PREFIX: &str = "rh:room:";
+    const USER_PREFIX: &str = "rh:user:";
+
+    /// Where a channel lives when rooms are spread over several brokers.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Home<'a> {
+        /// On every broker ([`NODES`]).
+        Everywhere,
+        /// With the room or user it is named after.
+        Named(&'a str),
+    }
+
+    /// The home of one of the channels above.
+    pub fn home(channel: &str) -> Home<'_> {
+        match channel
+            .strip_prefix(ROOM_PREFIX)
+            .or_else(|| channel.strip_prefix(USER_PREFIX))
+        {
+            Some(name) => Home::Named(name),
+            None => Home::Everywhere,
+        }
+    }
 }

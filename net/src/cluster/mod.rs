@@ -8,6 +8,7 @@ pub(crate) mod heartbeat;
 pub mod keys;
 pub(crate) mod node;
 pub mod redis;
+pub mod sharded;
 pub(crate) mod subscriber;
 pub mod view;
 pub mod wire;

@@ -34,6 +34,9 @@ struct Args {
     /// node-crash instead of bounce.
     #[arg(long, default_value_t = 0)]
     nodes: usize,
+    /// Cluster worlds: broker hosts the rooms are sharded over.
+    #[arg(long, default_value_t = 1)]
+    brokers: usize,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         let base = if cluster {
             WorldConfig {
                 nodes: args.nodes,
+                brokers: args.brokers.max(1),
                 ..WorldConfig::cluster(seed)
             }
         } else {

@@ -1,0 +1,276 @@
+//! Rooms spread over several brokers (`--redis url1,url2,…`): one
+//! [`Broker`] made of shards, each a whole broker of its own.
+//!
+//! Where things live (every node computes the same, from the shard list
+//! alone, in its order):
+//! - a room (its epoch, head, history, presence and channel) lives on shard
+//!   [`shard_of`]`(room)`: CRC-32 (IEEE) of the room name's UTF-8 bytes,
+//!   modulo the number of shards;
+//! - a user's direct-message channel lives on shard `shard_of(user id)`;
+//! - node liveness is kept on every shard (each shard removes a dead node's
+//!   presence in its own rooms and announces its departure on its own
+//!   nodes channel); the online counts are read from shard 0.
+//!
+//! One room's order is one shard's order, so every guarantee of a single
+//! broker holds per room. A batch of appends is split by shard and the
+//! parts run at the same time. A node's subscription session is one
+//! session per shard, merged; it ends when any of them ends (the node then
+//! resyncs every room, as after any broker loss).
+//!
+//! Changing the shard list moves rooms to shards that do not know them:
+//! such a room starts a new epoch, and its members are told
+//! `recovered: false` (a `room_reset`, or the answer to a rejoin with
+//! `since`), never a silent gap.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::stream::select_all;
+use roomhub_core::{
+    AppendRequest, DirectMessage, NodeId, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
+    UserRef,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::broker::{
+    Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
+    SUBSCRIPTION_QUEUE_EVENTS, SubRequest, Subscription,
+};
+use crate::cluster::keys::channel::{self, Home};
+
+/// The shard that keeps `name` (a room name or a user id) among `shards`.
+pub fn shard_of(name: &str, shards: usize) -> usize {
+    (crc32fast::hash(name.as_bytes()) as usize) % shards.max(1)
+}
+
+/// Several brokers acting as one, rooms spread over them by name.
+pub struct ShardedBroker<B> {
+    shards: Vec<Arc<B>>,
+}
+
+impl<B: Broker> ShardedBroker<B> {
+    /// At least one shard; their order decides where each room lives.
+    pub fn new(shards: Vec<B>) -> Self {
+        assert!(!shards.is_empty(), "a sharded broker needs a shard");
+        ShardedBroker {
+            shards: shards.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The shard that keeps `name` (a room name or a user id).
+    pub fn shard(&self, name: &str) -> &B {
+        &self.shards[shard_of(name, self.shards.len())]
+    }
+
+    /// Every shard, in the order given.
+    pub fn shards(&self) -> &[Arc<B>] {
+        &self.shards
+    }
+}
+
+/// Confirms one subscription of the merged session once every shard it
+/// went to confirmed its part. The merge answers a shard's confirmation
+/// only after handing on what that shard published before it, so the one
+/// confirmation queued here comes after all of that, as the contract says;
+/// a refusal is answered at once.
+async fn confirm_all(
+    parts: Vec<oneshot::Receiver<Result<(), BrokerError>>>,
+    done: oneshot::Sender<Result<(), BrokerError>>,
+    deliver: mpsc::Sender<Delivery>,
+) {
+    for part in parts {
+        let answer = part
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Reply("subscription session ended".into())));
+        if answer.is_err() {
+            let _ = done.send(answer);
+            return;
+        }
+    }
+    let _ = deliver.send(Delivery::Subscribed(done)).await;
+}
+
+/// Routes one session's requests to the shards' sessions, and hands on what
+/// each shard publishes, each shard's in its order. Returns when any shard's
+/// session ends, or the node drops its side.
+async fn merge(
+    controls: Vec<mpsc::Sender<SubRequest>>,
+    streams: Vec<mpsc::Receiver<Delivery>>,
+    mut requests: mpsc::Receiver<SubRequest>,
+    deliver: mpsc::Sender<Delivery>,
+) {
+    let n = controls.len();
+    // Each stream yields `None` once (its session ended), then stops.
+    let mut published = select_all(streams.into_iter().map(|rx| {
+        Box::pin(futures_util::stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(d) => Some((Some(d), Some(rx))),
+                None => Some((None, None)),
+            }
+        }))
+    }));
+    loop {
+        tokio::select! {
+            biased;
+            req = requests.recv() => match req {
+                Some(SubRequest::Subscribe(ch, done)) => {
+                    let mut parts = Vec::new();
+                    for &i in &homes(&ch, n) {
+                        let (tx, rx) = oneshot::channel();
+                        if controls[i].send(SubRequest::Subscribe(ch.clone(), tx)).await.is_err() {
+                            return;
+                        }
+                        parts.push(rx);
+                    }
+                    tokio::spawn(confirm_all(parts, done, deliver.clone()));
+                }
+                Some(SubRequest::Unsubscribe(ch)) => {
+                    for &i in &homes(&ch, n) {
+                        if controls[i].send(SubRequest::Unsubscribe(ch.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                None => return,
+            },
+            delivery = published.next() => match delivery {
+                // Everything this shard published before is handed on.
+                Some(Some(Delivery::Subscribed(part))) => {
+                    let _ = part.send(Ok(()));
+                }
+                Some(Some(message)) => {
+                    if deliver.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                // A shard's session ended: so does this one.
+                _ => return,
+            },
+        }
+    }
+}
+
+/// The shards a channel lives on.
+fn homes(ch: &str, n: usize) -> Vec<usize> {
+    match channel::home(ch) {
+        Home::Everywhere => (0..n).collect(),
+        Home::Named(name) => vec![shard_of(name, n)],
+    }
+}
+
+impl<B: Broker> Broker for ShardedBroker<B> {
+    async fn append(&self, batch: &[AppendRequest]) -> Result<Vec<SequencedMessage>, BrokerError> {
+        let n = self.shards.len();
+        let homes: Vec<usize> = batch.iter().map(|r| shard_of(r.room.as_str(), n)).collect();
+        if homes.windows(2).all(|w| w[0] == w[1]) {
+            let Some(&home) = homes.first() else {
+                return Ok(Vec::new());
+            };
+            return self.shards[home].append(batch).await;
+        }
+        let mut parts: Vec<Vec<AppendRequest>> = vec![Vec::new(); n];
+        for (request, &home) in batch.iter().zip(&homes) {
+            parts[home].push(request.clone());
+        }
+        let busy: Vec<usize> = (0..n).filter(|&i| !parts[i].is_empty()).collect();
+        let answers = join_all(busy.iter().map(|&i| self.shards[i].append(&parts[i]))).await;
+        // Back into batch order: each shard answered its part in order.
+        let mut stored: Vec<std::vec::IntoIter<SequencedMessage>> =
+            (0..n).map(|_| Vec::new().into_iter()).collect();
+        for (&i, answer) in busy.iter().zip(answers) {
+            let answer = answer?;
+            if answer.len() != parts[i].len() {
+                return Err(BrokerError::Reply(
+                    "a shard answered part of a batch".into(),
+                ));
+            }
+            stored[i] = answer.into_iter();
+        }
+        Ok(homes
+            .iter()
+            .map(|&home| stored[home].next().expect("counted above"))
+            .collect())
+    }
+
+    async fn open(
+        &self,
+        room: &RoomName,
+        after: Option<u64>,
+        now: Timestamp,
+    ) -> Result<RoomSnapshot, BrokerError> {
+        self.shard(room.as_str()).open(room, after, now).await
+    }
+
+    async fn presence(
+        &self,
+        node: NodeId,
+        room: &RoomName,
+        user: &UserRef,
+        present: bool,
+    ) -> Result<(), BrokerError> {
+        self.shard(room.as_str())
+            .presence(node, room, user, present)
+            .await
+    }
+
+    /// Every shard keeps the node alive (each cleans up its own rooms'
+    /// presence); the online counts come from shard 0.
+    async fn heartbeat(&self, node: NodeId, online: u64) -> Result<Heartbeat, BrokerError> {
+        let beats = join_all(self.shards.iter().map(|s| s.heartbeat(node, online))).await;
+        let mut merged: Option<Heartbeat> = None;
+        for beat in beats {
+            let beat = beat?;
+            match &mut merged {
+                None => merged = Some(beat),
+                Some(m) => m.was_gone |= beat.was_gone,
+            }
+        }
+        Ok(merged.expect("at least one shard"))
+    }
+
+    fn beats_per_heartbeat(&self) -> u64 {
+        self.shards.len() as u64
+    }
+
+    async fn relay(&self, message: &DirectMessage) -> Result<usize, BrokerError> {
+        self.shard(&message.to).relay(message).await
+    }
+
+    async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+        let sessions = join_all(self.shards.iter().map(|s| s.subscribe())).await;
+        let mut controls = Vec::with_capacity(sessions.len());
+        let mut streams = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            let Subscription { control, messages } = session?;
+            controls.push(control);
+            streams.push(messages);
+        }
+        let (control, requests) = mpsc::channel(SUBSCRIPTION_CONTROL_REQUESTS);
+        let (deliver, messages) = mpsc::channel(SUBSCRIPTION_QUEUE_EVENTS);
+        tokio::spawn(merge(controls, streams, requests, deliver));
+        Ok(Subscription { control, messages })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented hash: CRC-32 (IEEE) of the name, modulo the shards,
+    /// so any client of the same Redis can find a room's shard.
+    #[test]
+    fn a_name_lives_on_its_crc32_modulo_the_shards() {
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        assert_eq!(shard_of("123456789", 7), 0xCBF4_3926 % 7);
+        assert_eq!(shard_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn channels_live_with_their_room_or_user_or_everywhere() {
+        assert_eq!(homes(&channel::room("a:b"), 3), [shard_of("a:b", 3)]);
+        assert_eq!(homes(&channel::user("bob"), 3), [shard_of("bob", 3)]);
+        assert_eq!(homes(channel::NODES, 3), [0, 1, 2]);
+    }
+}
