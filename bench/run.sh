@@ -24,6 +24,9 @@
 #       # (AOF off; REDIS_AOF=always: `appendfsync always`), both pinned to
 #       # SERVER_CORE; the report adds Redis's CPU (`broker_cpu`,
 #       # `broker_us_per_message`)
+#   SERVERS="cluster cluster2" bench/run.sh pairsmax
+#       # `cluster2`: the same node on two fresh redis-servers, rooms sharded
+#       # over them (`--redis url1,url2`); `broker_cpu` has one entry per shard
 #
 # Scenarios: rooms10 rooms10half room2000 room2000half pairs500 pairsmax idle10k idle19k
 # idle50k storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
@@ -95,7 +98,7 @@ start_redis() {
   wait_until redis redis-cli -p "$port" ping
 }
 # start_server KIND: roomhub (in MODE's mode), durable, memory, always,
-# floor, node or go.
+# cluster, cluster2, floor, node or go.
 start_server() {
   local kind=${1:-roomhub}
   if [ "$kind" = "roomhub" ] && [ "${FLOOR:-}" = "1" ]; then kind=floor; fi
@@ -127,6 +130,9 @@ start_server() {
   local mode_args=(--memory)
   case $kind in
     cluster) start_redis $((PORT + 1)); mode_args=(--redis "redis://127.0.0.1:$((PORT + 1))") ;;
+    cluster2)
+      start_redis $((PORT + 1)); start_redis $((PORT + 2))
+      mode_args=(--redis "redis://127.0.0.1:$((PORT + 1)),redis://127.0.0.1:$((PORT + 2))") ;;
     durable) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync "${FSYNC:-background}") ;;
     always) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync always) ;;
   esac

@@ -156,6 +156,11 @@ pub struct ServerArgs {
     /// data directory.
     #[arg(long, env = "ROOMHUB_REDIS")]
     pub redis: Option<String>,
+    /// Cluster mode on a Redis Cluster: some of its nodes' URLs,
+    /// comma-separated (the others are found from them). Rooms live on the
+    /// master serving their slot; publications use sharded pub/sub.
+    #[arg(long, env = "ROOMHUB_REDIS_CLUSTER", conflicts_with = "redis")]
+    pub redis_cluster: Option<String>,
     /// Cluster mode: a node that stops refreshing its liveness for this long
     /// is considered gone, and its users leave their rooms.
     #[arg(long, env = "ROOMHUB_NODE_TTL_MS", default_value_t = 10_000)]
@@ -280,8 +285,11 @@ pub struct ServerConfig {
     /// time is simulated and every task must run on the simulator's
     /// runtime.
     pub hub_thread: bool,
-    /// Cluster mode's Redis URLs, one per shard (empty: not clustered).
+    /// Cluster mode's Redis URLs, one per shard (empty: not on listed
+    /// shards).
     pub redis: Vec<String>,
+    /// Cluster mode on a Redis Cluster: seed URLs (empty: not on one).
+    pub redis_cluster: Vec<String>,
     pub node_ttl: Duration,
     /// The key `POST /api/publish` requires; `None` disables it.
     pub api_key: Option<String>,
@@ -290,6 +298,24 @@ pub struct ServerConfig {
     /// Development mode only: `POST /demo/token` mints a token for a name
     /// with this HS256 secret, so the demo page can log in by name.
     pub demo_token_secret: Option<String>,
+}
+
+/// A comma-separated list of URLs: none empty, none twice.
+fn url_list(flag: &str, list: Option<&str>) -> Result<Vec<String>, String> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    let urls: Vec<String> = list.split(',').map(|u| u.trim().to_string()).collect();
+    if urls.iter().any(String::is_empty) {
+        return Err(format!("{flag}: an empty URL in the list"));
+    }
+    let mut unique = urls.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != urls.len() {
+        return Err(format!("{flag}: a URL is listed twice"));
+    }
+    Ok(urls)
 }
 
 impl ServerConfig {
@@ -321,22 +347,9 @@ impl ServerConfig {
         if args.pong_wait_ms <= args.ping_interval_ms {
             return Err("--pong-wait-ms must be longer than --ping-interval-ms".into());
         }
-        let redis: Vec<String> = match &args.redis {
-            None => Vec::new(),
-            Some(list) => {
-                let urls: Vec<String> = list.split(',').map(|u| u.trim().to_string()).collect();
-                if urls.iter().any(String::is_empty) {
-                    return Err("--redis: an empty URL in the list".into());
-                }
-                let mut unique = urls.clone();
-                unique.sort();
-                unique.dedup();
-                if unique.len() != urls.len() {
-                    return Err("--redis: a URL is listed twice".into());
-                }
-                urls
-            }
-        };
+        let redis = url_list("--redis", args.redis.as_deref())?;
+        let redis_cluster = url_list("--redis-cluster", args.redis_cluster.as_deref())?;
+        let clustered = !redis.is_empty() || !redis_cluster.is_empty();
         let core = CoreConfig {
             // Unique per process start: stored messages name their sender by
             // (node, connection), and connection numbers restart at 1.
@@ -351,7 +364,7 @@ impl ServerConfig {
             pong_wait_ms: args.pong_wait_ms,
             rate_limit_per_second: args.rate_limit_per_second,
             rate_limit_burst: args.rate_limit_burst,
-            clustered: !redis.is_empty(),
+            clustered,
             ..CoreConfig::default()
         };
         Ok(ServerConfig {
@@ -377,7 +390,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-            data_dir: (!args.memory && redis.is_empty()).then(|| args.data_dir.clone()),
+            data_dir: (!args.memory && !clustered).then(|| args.data_dir.clone()),
             fsync: args.fsync,
             io_threads: match args.io_threads {
                 Some(0) => return Err("--io-threads must be at least 1".into()),
@@ -386,6 +399,7 @@ impl ServerConfig {
             },
             hub_thread: true,
             redis,
+            redis_cluster,
             node_ttl: Duration::from_millis(args.node_ttl_ms),
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             demo: args.demo.unwrap_or(false),
@@ -503,5 +517,23 @@ mod tests {
         assert!(err.contains("empty URL"), "{err}");
         let err = config("redis://a:1,redis://a:1").err().unwrap();
         assert!(err.contains("twice"), "{err}");
+        let args = [
+            "roomhub",
+            "--jwt-secret",
+            "s",
+            "--redis-cluster",
+            "redis://a:1,redis://b:1",
+        ];
+        let cluster = ServerConfig::from_args(&parse_cli(args).unwrap().server, 1).unwrap();
+        assert_eq!(cluster.redis_cluster.len(), 2);
+        assert!(cluster.core.clustered && cluster.data_dir.is_none() && cluster.redis.is_empty());
+        let both = [
+            "roomhub",
+            "--redis",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:1",
+        ];
+        assert!(parse_cli(both).is_err());
     }
 }

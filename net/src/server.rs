@@ -19,6 +19,7 @@ use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::cluster::broker::Broker;
 use crate::cluster::redis::RedisBroker;
+use crate::cluster::redis::cluster::RedisClusterBroker;
 use crate::cluster::sharded::ShardedBroker;
 use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::config::ServerConfig;
@@ -81,12 +82,19 @@ impl Server {
         C: Core + Send + 'static,
         M: FnOnce(CoreConfig) -> C,
     {
+        let limits = HistoryLimits::from_config(&config.core);
+        if !config.redis_cluster.is_empty() {
+            let broker = RedisClusterBroker::new(&config.redis_cluster, limits, config.node_ttl)
+                .map_err(|e| std::io::Error::other(format!("--redis-cluster: {e}")))?;
+            info!(redis_cluster = %config.redis_cluster.join(","), node = config.core.node_id.0, "cluster mode");
+            let broker = Arc::new(broker);
+            return Server::start_clustered_with_core(listener, config, clock, broker, make_core);
+        }
         if config.redis.is_empty() {
             return Server::launch(listener, config, clock, move |parts| {
                 single_node(parts, make_core)
             });
         }
-        let limits = HistoryLimits::from_config(&config.core);
         let mut shards = config
             .redis
             .iter()

@@ -16,6 +16,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// A Redis Cluster node (`--cluster-enabled yes`).
+    cluster: bool,
 }
 
 /// The `redis-server` binary, if this machine has one.
@@ -34,6 +36,10 @@ impl RedisServer {
     /// Starts one, or returns `None` (with a note) where Redis is not
     /// installed and this is not CI.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_as(false)
+    }
+
+    fn start_as(cluster: bool) -> Option<RedisServer> {
         let Some(bin) = binary() else {
             assert!(
                 std::env::var("CI").is_err(),
@@ -56,6 +62,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            cluster,
         };
         server.spawn(&bin);
         Some(server)
@@ -80,6 +87,16 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(if self.cluster {
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -152,6 +169,66 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), each a [`RedisServer`]
+/// with cluster mode on, joined by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `None` where Redis is not installed and this is not CI.
+    pub fn start() -> Option<RedisCluster> {
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_as(true))
+            .collect::<Option<Vec<_>>>()?;
+        let cli = binary().expect("redis-server").with_file_name("redis-cli");
+        let status = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(cluster)
+    }
+
+    /// Every node says the cluster is ok.
+    fn is_ok(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], n.port));
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 4096];
+            s.write_all(b"CLUSTER INFO\r\n").is_ok()
+                && s.read(&mut buf).is_ok_and(|len| {
+                    String::from_utf8_lossy(&buf[..len]).contains("cluster_state:ok")
+                })
+        })
+    }
+
+    /// Seed URLs, comma-separated: what `--redis-cluster` is given.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

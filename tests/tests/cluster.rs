@@ -7,45 +7,80 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use roomhub_net::cluster::sharded::shard_of;
+use roomhub_net::cluster::keys::tag;
+use roomhub_net::cluster::sharded::{shard_of, slot_of};
 use roomhub_tests::proxy::Proxy;
-use roomhub_tests::redis::RedisServer;
+use roomhub_tests::redis::{RedisCluster, RedisServer};
 use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The Redis shards of one test's cluster, each a `redis-server` of its
-/// own (`appendfsync always`).
-struct Shards(Vec<RedisServer>);
+/// The Redis of one test's cluster, each a `redis-server` of its own
+/// (`appendfsync always`): listed shards (`--redis url1,url2`), or a
+/// three-master Redis Cluster (`--redis-cluster`).
+enum Shards {
+    Listed(Vec<RedisServer>),
+    Cluster(RedisCluster),
+}
 
 impl Shards {
     fn start(n: usize) -> Option<Shards> {
         (0..n)
             .map(|_| RedisServer::start())
             .collect::<Option<Vec<_>>>()
-            .map(Shards)
+            .map(Shards::Listed)
     }
 
-    /// What `--redis` is given.
-    fn url(&self) -> String {
-        self.0
-            .iter()
-            .map(RedisServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+    fn cluster() -> Option<Shards> {
+        RedisCluster::start().map(Shards::Cluster)
     }
 
-    /// The shard that keeps a room (or a user's channel).
+    /// A node on them.
+    async fn node(&self) -> TestServer {
+        match self {
+            Shards::Listed(servers) => {
+                let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+                TestServer::node(&urls.join(",")).await
+            }
+            Shards::Cluster(cluster) => TestServer::cluster_node(&cluster.seeds()).await,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Shards::Listed(servers) => servers.len(),
+            Shards::Cluster(cluster) => cluster.nodes.len(),
+        }
+    }
+
+    /// The shard that keeps a room (or a user's channel): by its hash on
+    /// listed shards; on the cluster, by its slot (`redis-cli --cluster
+    /// create` gives each of the three masters a third of the slots, in
+    /// the order they are listed).
+    fn home(&self, name: &str) -> usize {
+        match self {
+            Shards::Listed(servers) => shard_of(name, servers.len()),
+            Shards::Cluster(_) => match slot_of(&tag(name)) {
+                0..=5460 => 0,
+                5461..=10922 => 1,
+                _ => 2,
+            },
+        }
+    }
+
     fn holding(&mut self, name: &str) -> &mut RedisServer {
-        let n = self.0.len();
-        &mut self.0[shard_of(name, n)]
+        let home = self.home(name);
+        match self {
+            Shards::Listed(servers) => &mut servers[home],
+            Shards::Cluster(cluster) => &mut cluster.nodes[home],
+        }
     }
 }
 
 async fn nodes(shards: &Shards, n: usize) -> Vec<TestServer> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(TestServer::node(&shards.url()).await);
+        out.push(shards.node().await);
     }
     out
 }
@@ -83,8 +118,8 @@ async fn online(node: &TestServer) -> u64 {
 /// Every client sees one order per room: with one client per node sending
 /// concurrently, each client's view (its own acked messages plus what it
 /// received) is offsets 1..=total with the same content at each offset.
-async fn one_order(node_count: usize, shards: usize) {
-    let Some(redis) = Shards::start(shards) else {
+async fn one_order(node_count: usize, redis: Option<Shards>) {
+    let Some(redis) = redis else {
         return;
     };
     let nodes = nodes(&redis, node_count).await;
@@ -151,17 +186,22 @@ async fn one_order(node_count: usize, shards: usize) {
 
 #[tokio::test]
 async fn two_nodes_agree_on_one_order_per_room() {
-    one_order(2, 1).await;
+    one_order(2, Shards::start(1)).await;
 }
 
 #[tokio::test]
 async fn three_nodes_agree_on_one_order_per_room() {
-    one_order(3, 1).await;
+    one_order(3, Shards::start(1)).await;
 }
 
 #[tokio::test]
 async fn three_nodes_on_three_shards_agree_on_one_order_per_room() {
-    one_order(3, 3).await;
+    one_order(3, Shards::start(3)).await;
+}
+
+#[tokio::test]
+async fn three_nodes_on_a_redis_cluster_agree_on_one_order_per_room() {
+    one_order(3, Shards::cluster()).await;
 }
 
 #[tokio::test]
@@ -216,16 +256,21 @@ async fn presence_once_per_user(shards: usize) {
 
 #[tokio::test]
 async fn recovery_works_on_a_different_node() {
-    recovery_on_another_node(1).await;
+    recovery_on_another_node(Shards::start(1)).await;
 }
 
 #[tokio::test]
 async fn recovery_works_on_a_different_node_on_two_shards() {
-    recovery_on_another_node(2).await;
+    recovery_on_another_node(Shards::start(2)).await;
 }
 
-async fn recovery_on_another_node(shards: usize) {
-    let Some(redis) = Shards::start(shards) else {
+#[tokio::test]
+async fn recovery_works_on_a_different_node_on_a_redis_cluster() {
+    recovery_on_another_node(Shards::cluster()).await;
+}
+
+async fn recovery_on_another_node(redis: Option<Shards>) {
+    let Some(redis) = redis else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -282,14 +327,14 @@ async fn direct(from: &mut Client, from_id: &str, to: &mut Client, to_id: &str, 
     assert_eq!(dm["sender"]["id"], from_id);
 }
 
-/// The first names `prefix0`, `prefix1`, … that land on each of `n`
-/// shards, one per shard.
-fn one_per_shard(prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
+/// The first names `prefix0`, `prefix1`, … that land on each shard, one
+/// per shard.
+fn one_per_shard(shards: &Shards, prefix: &str) -> Vec<String> {
+    (0..shards.count())
         .map(|shard| {
             (0..)
                 .map(|k| format!("{prefix}{k}"))
-                .find(|name| shard_of(name, n) == shard)
+                .find(|name| shards.home(name) == shard)
                 .expect("some name lands on every shard")
         })
         .collect()
@@ -299,12 +344,21 @@ fn one_per_shard(prefix: &str, n: usize) -> Vec<String> {
 /// presence, messages and direct messages all cross nodes.
 #[tokio::test]
 async fn rooms_and_users_on_every_shard_work_across_nodes() {
-    let Some(redis) = Shards::start(2) else {
+    rooms_and_users_everywhere(Shards::start(2)).await;
+}
+
+#[tokio::test]
+async fn rooms_and_users_on_every_redis_cluster_master_work_across_nodes() {
+    rooms_and_users_everywhere(Shards::cluster()).await;
+}
+
+async fn rooms_and_users_everywhere(redis: Option<Shards>) {
+    let Some(redis) = redis else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
-    let rooms = one_per_shard("room", 2);
-    let users = one_per_shard("user", 2);
+    let rooms = one_per_shard(&redis, "room");
+    let users = one_per_shard(&redis, "user");
     let mut a = nodes[0].client(&users[0]).await;
     let mut b = nodes[1].client(&users[1]).await;
     for room in &rooms {
@@ -328,6 +382,11 @@ async fn rooms_and_users_on_every_shard_work_across_nodes() {
         assert_eq!(got["offset"], 1);
     }
     direct(&mut a, &users[0], &mut b, &users[1], "to shard 1").await;
+    // Every user's channel on its own shard.
+    for (i, user) in users.iter().enumerate().skip(2) {
+        let mut c = nodes[1].client(user).await;
+        direct(&mut a, &users[0], &mut c, user, &format!("to shard {i}")).await;
+    }
     direct(&mut b, &users[1], &mut a, &users[0], "to shard 0").await;
 }
 
@@ -590,20 +649,20 @@ async fn a_node_listens_to_a_room_only_while_it_has_members_there() {
         return;
     };
     let node = TestServer::node(&redis.url()).await;
-    assert_eq!(subscribers(&redis, "rh:room:g").await, 0);
+    assert_eq!(subscribers(&redis, "rh:room:{g}").await, 0);
     let mut alice = node.member("alice", "g").await;
     let mut bob = node.member("bob", "g").await;
-    assert_eq!(subscribers(&redis, "rh:room:g").await, 1, "one per node");
+    assert_eq!(subscribers(&redis, "rh:room:{g}").await, 1, "one per node");
     alice
         .send_json(json!({"type": "leave_room", "room": "g", "id": "l"}))
         .await;
     alice.recv_type("ack").await;
-    assert_eq!(subscribers(&redis, "rh:room:g").await, 1);
+    assert_eq!(subscribers(&redis, "rh:room:{g}").await, 1);
     bob.send_json(json!({"type": "leave_room", "room": "g", "id": "l"}))
         .await;
     bob.recv_type("ack").await;
     eventually("the node unsubscribed", || async {
-        subscribers(&redis, "rh:room:g").await == 0
+        subscribers(&redis, "rh:room:{g}").await == 0
     })
     .await;
 }

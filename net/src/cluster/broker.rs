@@ -9,7 +9,9 @@
 //! - [`Broker::append`] is one atomic step per message: the room's next
 //!   offset (a room without an epoch first gets a fresh one), the message
 //!   kept in the room's capped history, and an [`Event::Message`](crate::cluster::wire::Event::Message) published
-//!   on the room's channel. The result comes back in batch order.
+//!   on the room's channel. The result comes back in batch order; each
+//!   room's publications come in its order (rooms kept by different shards
+//!   have no order between them).
 //! - [`Broker::open`] reads a room's epoch, head offset, retained history
 //!   after an offset, and the members present on live nodes, in one atomic
 //!   step (a room it has never seen gets a fresh epoch).

@@ -4,8 +4,9 @@
 //! Where things live (every node computes the same, from the shard list
 //! alone, in its order):
 //! - a room (its epoch, head, history, presence and channel) lives on shard
-//!   [`shard_of`]`(room)`: CRC-32 (IEEE) of the room name's UTF-8 bytes,
-//!   modulo the number of shards;
+//!   [`shard_of`]`(room)`: CRC-32 (IEEE) of the room's hash tag (its name,
+//!   unless the name has a brace: [`keys::tag`]), modulo the number of
+//!   shards; on a Redis Cluster, on the master serving the tag's slot;
 //! - a user's direct-message channel lives on shard `shard_of(user id)`;
 //! - node liveness is kept on every shard (each shard removes a dead node's
 //!   presence in its own rooms and announces its departure on its own
@@ -37,30 +38,86 @@ use crate::cluster::broker::{
     Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
     SUBSCRIPTION_QUEUE_EVENTS, SubRequest, Subscription,
 };
+use crate::cluster::keys;
 use crate::cluster::keys::channel::{self, Home};
 
-/// The shard that keeps `name` (a room name or a user id) among `shards`.
+/// The shard that keeps `name` (a room name or a user id) among `shards`
+/// listed shards: CRC-32 of its hash tag ([`keys::tag`]: the name itself
+/// unless it has a brace), modulo the number of shards.
 pub fn shard_of(name: &str, shards: usize) -> usize {
-    (crc32fast::hash(name.as_bytes()) as usize) % shards.max(1)
+    Placement::Listed.shard_of_tag(&keys::tag(name), shards)
+}
+
+/// The Redis Cluster slot of a hash tag: CRC-16/XMODEM modulo 16384.
+pub fn slot_of(tag: &str) -> u16 {
+    const XMODEM: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    XMODEM.checksum(tag.as_bytes()) % SLOTS
+}
+
+/// Redis Cluster's hash slots.
+pub const SLOTS: u16 = 16384;
+
+/// How names find their shard.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// `--redis a,b,…`: CRC-32 of the hash tag, modulo the shards.
+    Listed,
+    /// A Redis Cluster: the shard (master) serving the tag's slot, one
+    /// entry per slot.
+    Slots(Arc<[u16]>),
+}
+
+impl Placement {
+    fn shard_of_tag(&self, tag: &str, shards: usize) -> usize {
+        match self {
+            Placement::Listed => (crc32fast::hash(tag.as_bytes()) as usize) % shards.max(1),
+            Placement::Slots(owners) => usize::from(owners[usize::from(slot_of(tag))]),
+        }
+    }
+
+    /// The shards a channel lives on.
+    fn homes(&self, ch: &str, shards: usize) -> Vec<usize> {
+        match channel::home(ch) {
+            Home::Everywhere => (0..shards).collect(),
+            Home::Tagged(tag) => vec![self.shard_of_tag(tag, shards)],
+        }
+    }
 }
 
 /// Several brokers acting as one, rooms spread over them by name.
 pub struct ShardedBroker<B> {
     shards: Vec<Arc<B>>,
+    placement: Placement,
 }
 
 impl<B: Broker> ShardedBroker<B> {
     /// At least one shard; their order decides where each room lives.
     pub fn new(shards: Vec<B>) -> Self {
+        ShardedBroker::placed(shards, Placement::Listed)
+    }
+
+    /// Shards placed as `placement` says (for [`Placement::Slots`], every
+    /// entry names one of `shards`).
+    pub fn placed(shards: Vec<B>, placement: Placement) -> Self {
         assert!(!shards.is_empty(), "a sharded broker needs a shard");
+        if let Placement::Slots(owners) = &placement {
+            assert!(owners.len() == usize::from(SLOTS));
+            assert!(owners.iter().all(|&o| usize::from(o) < shards.len()));
+        }
         ShardedBroker {
             shards: shards.into_iter().map(Arc::new).collect(),
+            placement,
         }
+    }
+
+    fn home(&self, name: &str) -> usize {
+        self.placement
+            .shard_of_tag(&keys::tag(name), self.shards.len())
     }
 
     /// The shard that keeps `name` (a room name or a user id).
     pub fn shard(&self, name: &str) -> &B {
-        &self.shards[shard_of(name, self.shards.len())]
+        &self.shards[self.home(name)]
     }
 
     /// Every shard, in the order given.
@@ -95,6 +152,7 @@ async fn confirm_all(
 /// each shard publishes, each shard's in its order. Returns when any shard's
 /// session ends, or the node drops its side.
 async fn merge(
+    placement: Placement,
     controls: Vec<mpsc::Sender<SubRequest>>,
     streams: Vec<mpsc::Receiver<Delivery>>,
     mut requests: mpsc::Receiver<SubRequest>,
@@ -117,7 +175,7 @@ async fn merge(
             req = requests.recv() => match req {
                 Some(SubRequest::Subscribe(ch, done)) => {
                     let mut parts = Vec::new();
-                    for &i in &homes(&ch, n) {
+                    for &i in &placement.homes(&ch, n) {
                         let (tx, rx) = oneshot::channel();
                         if controls[i].send(SubRequest::Subscribe(ch.clone(), tx)).await.is_err() {
                             return;
@@ -127,7 +185,7 @@ async fn merge(
                     tokio::spawn(confirm_all(parts, done, deliver.clone()));
                 }
                 Some(SubRequest::Unsubscribe(ch)) => {
-                    for &i in &homes(&ch, n) {
+                    for &i in &placement.homes(&ch, n) {
                         if controls[i].send(SubRequest::Unsubscribe(ch.clone())).await.is_err() {
                             return;
                         }
@@ -152,18 +210,10 @@ async fn merge(
     }
 }
 
-/// The shards a channel lives on.
-fn homes(ch: &str, n: usize) -> Vec<usize> {
-    match channel::home(ch) {
-        Home::Everywhere => (0..n).collect(),
-        Home::Named(name) => vec![shard_of(name, n)],
-    }
-}
-
 impl<B: Broker> Broker for ShardedBroker<B> {
     async fn append(&self, batch: &[AppendRequest]) -> Result<Vec<SequencedMessage>, BrokerError> {
         let n = self.shards.len();
-        let homes: Vec<usize> = batch.iter().map(|r| shard_of(r.room.as_str(), n)).collect();
+        let homes: Vec<usize> = batch.iter().map(|r| self.home(r.room.as_str())).collect();
         if homes.windows(2).all(|w| w[0] == w[1]) {
             let Some(&home) = homes.first() else {
                 return Ok(Vec::new());
@@ -249,7 +299,13 @@ impl<B: Broker> Broker for ShardedBroker<B> {
         }
         let (control, requests) = mpsc::channel(SUBSCRIPTION_CONTROL_REQUESTS);
         let (deliver, messages) = mpsc::channel(SUBSCRIPTION_QUEUE_EVENTS);
-        tokio::spawn(merge(controls, streams, requests, deliver));
+        tokio::spawn(merge(
+            self.placement.clone(),
+            controls,
+            streams,
+            requests,
+            deliver,
+        ));
         Ok(Subscription { control, messages })
     }
 }
@@ -269,8 +325,23 @@ mod tests {
 
     #[test]
     fn channels_live_with_their_room_or_user_or_everywhere() {
-        assert_eq!(homes(&channel::room("a:b"), 3), [shard_of("a:b", 3)]);
-        assert_eq!(homes(&channel::user("bob"), 3), [shard_of("bob", 3)]);
-        assert_eq!(homes(channel::NODES, 3), [0, 1, 2]);
+        let listed = Placement::Listed;
+        for name in ["a:b", "a}b"] {
+            assert_eq!(listed.homes(&channel::room(name), 3), [shard_of(name, 3)]);
+            assert_eq!(listed.homes(&channel::user(name), 3), [shard_of(name, 3)]);
+        }
+        assert_eq!(listed.homes(channel::NODES, 3), [0, 1, 2]);
+    }
+
+    /// Redis Cluster's documented slots (`CLUSTER KEYSLOT`).
+    #[test]
+    fn slots_follow_redis_cluster() {
+        assert_eq!(slot_of("123456789"), 0x31C3 % SLOTS);
+        assert_eq!(slot_of("a"), 15495);
+        assert_eq!(slot_of("b"), 3300);
+        let owners: Arc<[u16]> = (0..SLOTS).map(|s| u16::from(s > 5460)).collect();
+        let slots = Placement::Slots(owners);
+        assert_eq!(slots.homes(&channel::room("b"), 2), [0]);
+        assert_eq!(slots.homes(&channel::room("a"), 2), [1]);
     }
 }

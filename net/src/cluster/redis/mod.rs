@@ -8,15 +8,17 @@
 //! message in them is recoverable anyway, and the next use starts a new
 //! epoch (clients are told `recovered: false`).
 //!
-//! Scripts touch keys they compute (presence cleanup), so this needs a
-//! standalone Redis (or a primary with replicas), not Redis Cluster.
+//! A [`RedisBroker`] talks to one Redis: a standalone one (or a primary with
+//! replicas), or one master of a Redis Cluster ([`cluster`]), where it
+//! publishes and subscribes with sharded pub/sub and keeps node liveness
+//! under a hash tag of its own slots.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, Script, ScriptInvocation, Value};
 use roomhub_core::{
     AppendRequest, DirectMessage, HistoryLimits, NodeId, RemoteMember, RoomName, RoomSnapshot,
     SequencedMessage, Timestamp, UserRef,
@@ -28,12 +30,14 @@ use crate::cluster::broker::{
     Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
     SUBSCRIPTION_QUEUE_EVENTS, SubRequest, Subscription,
 };
-use crate::cluster::keys::{self, channel};
+use crate::cluster::keys::{self, NodeKeys, channel};
 use crate::cluster::wire::{Event, PresenceEvent, request_json, sequenced, snapshot};
 use crate::seq::epoch::new_epoch;
 
+pub mod cluster;
 mod scripts;
-use scripts::{APPEND, HEARTBEAT, OPEN, PRESENCE};
+mod sharded_pubsub;
+use scripts::{APPEND, HEARTBEAT, OPEN, PRELUDE, PRESENCE};
 
 impl From<redis::RedisError> for BrokerError {
     fn from(e: redis::RedisError) -> Self {
@@ -47,12 +51,19 @@ impl From<redis::RedisError> for BrokerError {
     }
 }
 
-/// The broker contract on one standalone Redis.
+/// The broker contract on one Redis: standalone, or one master of a Redis
+/// Cluster.
 pub struct RedisBroker {
     client: redis::Client,
+    /// The same Redis over RESP3, for sharded subscriptions.
+    resp3: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
     limits: HistoryLimits,
     node_ttl: Duration,
+    /// Where node liveness lives on this Redis.
+    node_keys: NodeKeys,
+    /// A Redis Cluster master: sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`).
+    sharded: bool,
     append: Script,
     open: Script,
     presence: Script,
@@ -64,17 +75,71 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl RedisBroker {
+    /// On a standalone Redis.
     pub fn new(url: &str, limits: HistoryLimits, node_ttl: Duration) -> Result<Self, BrokerError> {
-        Ok(RedisBroker {
-            client: redis::Client::open(url)?,
+        let info = url.into_connection_info()?;
+        Ok(RedisBroker::with(
+            info,
+            limits,
+            node_ttl,
+            NodeKeys::standalone(),
+            false,
+        ))
+    }
+
+    /// On one master of a Redis Cluster, keeping node liveness under `tag`
+    /// (a hash tag of a slot the master serves).
+    pub(crate) fn on_cluster_master(
+        info: ConnectionInfo,
+        tag: &str,
+        limits: HistoryLimits,
+        node_ttl: Duration,
+    ) -> Self {
+        RedisBroker::with(info, limits, node_ttl, NodeKeys::tagged(tag), true)
+    }
+
+    fn with(
+        info: ConnectionInfo,
+        limits: HistoryLimits,
+        node_ttl: Duration,
+        node_keys: NodeKeys,
+        sharded: bool,
+    ) -> Self {
+        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let resp3 = info.clone().set_redis_settings(resp3);
+        RedisBroker {
+            client: redis::Client::open(info).expect("a parsed connection info opens"),
+            resp3: redis::Client::open(resp3).expect("a parsed connection info opens"),
             conn: Mutex::new(None),
             limits,
             node_ttl,
-            append: Script::new(APPEND),
-            open: Script::new(OPEN),
-            presence: Script::new(PRESENCE),
-            heartbeat: Script::new(HEARTBEAT),
-        })
+            node_keys,
+            sharded,
+            append: script(APPEND),
+            open: script(OPEN),
+            presence: script(PRESENCE),
+            heartbeat: script(HEARTBEAT),
+        }
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.sharded { "SPUBLISH" } else { "PUBLISH" }
+    }
+
+    /// A call of `script` with `keys`, by the scripts' calling convention
+    /// ([`scripts`]); the caller adds the arguments.
+    fn call<'a>(&self, script: &'a Script, keys: &[String]) -> ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.arg(keys.len());
+        for key in keys {
+            call.arg(key);
+        }
+        call.arg(self.publish_command());
+        call
     }
 
     /// The shared command connection, made on first use; it reconnects by
@@ -101,6 +166,16 @@ impl RedisBroker {
 
     fn ttl_ms(&self) -> u64 {
         self.limits.max_age_ms.max(1)
+    }
+}
+
+/// The channel a node's subscription name stands for on a Redis whose
+/// node liveness is under `keys`.
+fn wire_channel(ch: String, keys: &NodeKeys) -> String {
+    if ch == channel::NODES {
+        keys.channel.clone()
+    } else {
+        ch
     }
 }
 
@@ -153,10 +228,11 @@ impl Broker for RedisBroker {
                 })
             })
             .collect();
-        let mut call = self.append.prepare_invoke();
-        for room in &rooms {
-            call.key(keys::room_meta(room)).key(keys::room_log(room));
-        }
+        let room_keys: Vec<String> = rooms
+            .iter()
+            .flat_map(|room| [keys::room_meta(room), keys::room_log(room)])
+            .collect();
+        let mut call = self.call(&self.append, &room_keys);
         call.arg(self.limits.max_messages.max(1)).arg(self.ttl_ms());
         for room in &rooms {
             call.arg(channel::room(room)).arg(new_epoch());
@@ -196,12 +272,14 @@ impl Broker for RedisBroker {
     ) -> Result<RoomSnapshot, BrokerError> {
         let mut conn = self.conn().await?;
         let name = room.as_str();
+        let keys = [
+            keys::room_meta(name),
+            keys::room_log(name),
+            keys::presence(name),
+            self.node_keys.nodes.clone(),
+        ];
         let reply: Value = self
-            .open
-            .key(keys::room_meta(name))
-            .key(keys::room_log(name))
-            .key(keys::presence(name))
-            .key(keys::NODES)
+            .call(&self.open, &keys)
             .arg(new_epoch())
             .arg(self.ttl_ms())
             .arg(after.unwrap_or(0))
@@ -264,15 +342,13 @@ impl Broker for RedisBroker {
             present,
         })
         .encode();
+        let keys = [keys::presence(name), self.node_keys.node_rooms(node)];
         let _: Value = self
-            .presence
-            .key(keys::presence(name))
-            .key(keys::node_rooms(node))
+            .call(&self.presence, &keys)
             .arg(keys::presence_field(node, &user.id))
             .arg(member)
             .arg(if present { "1" } else { "0" })
             .arg(channel::room(name))
-            .arg(name)
             .arg(event)
             .invoke_async(&mut conn)
             .await?;
@@ -281,17 +357,16 @@ impl Broker for RedisBroker {
 
     async fn heartbeat(&self, node: NodeId, online: u64) -> Result<Heartbeat, BrokerError> {
         let mut conn = self.conn().await?;
+        let keys = [self.node_keys.nodes.clone(), self.node_keys.online.clone()];
+        let (rooms_prefix, rooms_suffix) = self.node_keys.node_rooms_affixes();
         let reply: Value = self
-            .heartbeat
-            .key(keys::NODES)
-            .key(keys::ONLINE)
+            .call(&self.heartbeat, &keys)
             .arg(node.0)
             .arg(self.node_ttl.as_millis() as u64)
             .arg(online)
-            .arg(keys::PRESENCE_PREFIX)
-            .arg(keys::NODE_ROOMS_PREFIX)
-            .arg(keys::NODE_ROOMS_SUFFIX)
-            .arg(channel::NODES)
+            .arg(rooms_prefix)
+            .arg(rooms_suffix)
+            .arg(&self.node_keys.channel)
             .invoke_async(&mut conn)
             .await?;
         let parts = array(&reply).ok_or_else(|| bad("heartbeat"))?;
@@ -310,7 +385,7 @@ impl Broker for RedisBroker {
     async fn relay(&self, message: &DirectMessage) -> Result<usize, BrokerError> {
         let mut conn = self.conn().await?;
         let payload = Event::Direct(message.clone()).encode();
-        let receivers: usize = redis::cmd("PUBLISH")
+        let receivers: usize = redis::cmd(self.publish_command())
             .arg(channel::user(&message.to))
             .arg(payload)
             .query_async(&mut conn)
@@ -319,18 +394,24 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+        if self.sharded {
+            return sharded_pubsub::subscribe(self).await;
+        }
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT * 2, self.client.get_async_pubsub())
             .await
             .map_err(|_| BrokerError::TimedOut)??;
         let (mut sink, mut stream) = pubsub.split();
         let (control, mut requests) = mpsc::channel::<SubRequest>(SUBSCRIPTION_CONTROL_REQUESTS);
         let (deliver, messages) = mpsc::channel::<Delivery>(SUBSCRIPTION_QUEUE_EVENTS);
+        let node_keys = self.node_keys.clone();
+        let wire = move |ch| wire_channel(ch, &node_keys);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     biased;
                     req = requests.recv() => match req {
                         Some(SubRequest::Subscribe(ch, done)) => {
+                            let ch = wire(ch);
                             let r = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(&ch)).await;
                             if !matches!(r, Ok(Ok(()))) {
                                 let refused = BrokerError::Reply("subscribe not confirmed".into());
@@ -350,7 +431,7 @@ impl Broker for RedisBroker {
                             }
                         }
                         Some(SubRequest::Unsubscribe(ch)) => {
-                            if sink.unsubscribe(&ch).await.is_err() {
+                            if sink.unsubscribe(wire(ch)).await.is_err() {
                                 return;
                             }
                         }

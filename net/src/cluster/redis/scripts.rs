@@ -1,6 +1,22 @@
 //! The Lua scripts that make each step of the broker contract atomic in
 //! Redis. They build no key names of their own: keys and prefixes come in
 //! as arguments, from [`crate::cluster::keys`].
+//!
+//! Every script is called with no declared keys: `ARGV` starts with the
+//! number of keys, the keys, and the publish command (`PUBLISH`, or
+//! `SPUBLISH` on a Redis Cluster); [`PRELUDE`] turns that back into
+//! `KEYS`, `PUBLISH` and `ARGV`. On a Redis Cluster master a script with no
+//! declared keys may touch keys of several slots, as long as the master
+//! serves them all (each call goes to the master of its rooms), which one
+//! batch of appends over many rooms needs.
+
+/// Put in front of every script; see the module's text.
+pub(crate) const PRELUDE: &str = r"
+local nk = tonumber(ARGV[1])
+local KEYS = {unpack(ARGV, 2, nk + 1)}
+local PUBLISH = ARGV[nk + 2]
+local ARGV = {unpack(ARGV, nk + 3)}
+";
 
 /// A batch of appends in one call: each room's epoch and head are read
 /// once, every message is numbered, kept and published in batch order, and
@@ -31,7 +47,7 @@ for i = 3 + 2 * rooms, #ARGV, 2 do
   local head = heads[r] + 1
   heads[r] = head
   redis.call('XADD', KEYS[2 * r], 'MAXLEN', '~', ARGV[1], head .. '-1', 'm', ARGV[i + 1])
-  redis.call('PUBLISH', ARGV[1 + 2 * r], 'm ' .. head .. ' ' .. epochs[r] .. ' ' .. ARGV[i + 1])
+  redis.call(PUBLISH, ARGV[1 + 2 * r], 'm ' .. head .. ' ' .. epochs[r] .. ' ' .. ARGV[i + 1])
   offsets[#offsets + 1] = head
 end
 for r = 1, rooms do
@@ -69,20 +85,20 @@ return {meta[1], head, entries, members}
 ";
 
 pub(crate) const PRESENCE: &str = r"
--- KEYS: presence, node rooms. ARGV: field, member JSON, present, channel, room, event
+-- KEYS: presence, node rooms. ARGV: field, member JSON, present, channel, event
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('SADD', KEYS[2], ARGV[5])
+  redis.call('SADD', KEYS[2], KEYS[1])
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[6])
+redis.call(PUBLISH, ARGV[4], ARGV[5])
 return 1
 ";
 
 pub(crate) const HEARTBEAT: &str = r"
--- KEYS: nodes, online. ARGV: node, ttl ms, online count, presence key
--- prefix, node rooms key prefix and suffix, nodes channel
+-- KEYS: nodes, online. ARGV: node, ttl ms, online count, node rooms key
+-- prefix and suffix, nodes channel
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -90,9 +106,8 @@ local was_gone = (not mine) or tonumber(mine) <= now
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, d in ipairs(dead) do
   if d ~= ARGV[1] then
-  local rooms_key = ARGV[5] .. d .. ARGV[6]
-  for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
-    local pkey = ARGV[4] .. room
+  local rooms_key = ARGV[4] .. d .. ARGV[5]
+  for _, pkey in ipairs(redis.call('SMEMBERS', rooms_key)) do
     for _, f in ipairs(redis.call('HKEYS', pkey)) do
       if string.sub(f, 1, #d + 1) == d .. ':' then
         redis.call('HDEL', pkey, f)
@@ -102,12 +117,12 @@ for _, d in ipairs(dead) do
   redis.call('DEL', rooms_key)
   redis.call('ZREM', KEYS[1], d)
   redis.call('HDEL', KEYS[2], d)
-  redis.call('PUBLISH', ARGV[7], 'g ' .. d)
+  redis.call(PUBLISH, ARGV[6], 'g ' .. d)
   end
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('PUBLISH', ARGV[7], 'h ' .. ARGV[1])
+redis.call(PUBLISH, ARGV[6], 'h ' .. ARGV[1])
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 local counts = redis.call('HMGET', KEYS[2], unpack(live))
 return {live, counts, was_gone and 1 or 0}
