@@ -289,6 +289,17 @@ async fn relays_count_receivers_and_unsubscribe_stops_delivery(b: &impl Broker) 
 /// epoch (clients are told `recovered: false`), never an old lineage
 /// with a silent gap.
 async fn idle_rooms_expire_into_a_new_epoch(b: &impl Broker) {
+    // A busy room outlives the age limit: every append keeps it (Redis
+    // pushes its expiry back at most every eighth of the limit).
+    let busy = b.append(&[request("busy", "0")]).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(SHORT_AGE_MS * 5 / 2);
+    let mut sent = 1;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let more = b.append(&[request("busy", "more")]).await.unwrap();
+        sent += 1;
+        assert_eq!((&more[0].epoch, more[0].offset), (&busy[0].epoch, sent));
+    }
     let first = b.append(&[request("idle", "old")]).await.unwrap();
     let now = Clock::system().now();
     let snap = b.open(&room("idle"), None, now).await.unwrap();

@@ -370,7 +370,12 @@ async fn rooms_and_users_everywhere(redis: Option<Shards>) {
             .iter()
             .filter_map(|u| u["id"].as_str())
             .collect();
-        assert!(present.contains(&users[0].as_str()), "{room}: {info}");
+        if !present.contains(&users[0].as_str()) {
+            // a's presence was still on its way to the room's shard when
+            // b's node read the room: it arrives as a join.
+            let joined = b.recv_type("user_joined").await;
+            assert_eq!(joined["payload"]["id"], users[0].as_str(), "{room}");
+        }
         let joined = a.recv_type("user_joined").await;
         assert_eq!(joined["payload"]["id"], users[1].as_str());
     }

@@ -164,8 +164,17 @@ impl RedisBroker {
         Ok(c)
     }
 
+    /// How often a busy room's expiry is pushed back: an eighth of the
+    /// history age limit.
+    fn refresh_ms(&self) -> u64 {
+        (self.limits.max_age_ms / 8).max(1)
+    }
+
+    /// A room's keys expire this long after their expiry was last pushed
+    /// back: the age limit plus the refresh interval, so that they outlive
+    /// the room's last message by at least the age limit.
     fn ttl_ms(&self) -> u64 {
-        self.limits.max_age_ms.max(1)
+        self.limits.max_age_ms.max(1) + self.refresh_ms()
     }
 }
 
@@ -233,7 +242,9 @@ impl Broker for RedisBroker {
             .flat_map(|room| [keys::room_meta(room), keys::room_log(room)])
             .collect();
         let mut call = self.call(&self.append, &room_keys);
-        call.arg(self.limits.max_messages.max(1)).arg(self.ttl_ms());
+        call.arg(self.limits.max_messages.max(1))
+            .arg(self.ttl_ms())
+            .arg(self.refresh_ms());
         for room in &rooms {
             call.arg(channel::room(room)).arg(new_epoch());
         }
@@ -296,7 +307,7 @@ impl Broker for RedisBroker {
                 continue;
             };
             let offset = text(id)
-                .and_then(|id| id.split_once('-').and_then(|(o, _)| o.parse().ok()))
+                .and_then(|id| id.strip_prefix("0-").and_then(|o| o.parse().ok()))
                 .ok_or_else(|| bad("entry id"))?;
             let json = array(fields)
                 .and_then(|f| f.get(1))

@@ -18,48 +18,62 @@ local PUBLISH = ARGV[nk + 2]
 local ARGV = {unpack(ARGV, nk + 3)}
 ";
 
-/// A batch of appends in one call: each room's epoch and head are read
-/// once, every message is numbered, kept and published in batch order, and
-/// each room's head and expiry are written once. The stream is trimmed
-/// approximately (`MAXLEN ~`, whole macro nodes): a room may keep somewhat
-/// more than the history length, never less; `OPEN` reads at most that
-/// length back.
+/// A batch of appends in one call: each room's epoch is read once, every
+/// message is kept and published in batch order, numbered by the stream
+/// itself (entry id `0-<offset>`: `XADD … 0-*` takes the next sequence
+/// number, so no head is read or written), and each room's expiry is
+/// pushed back only when it was last pushed back more than a refresh
+/// interval ago (the expiry is the age limit plus that interval, so a
+/// room lives at least the age limit after its last message). The stream
+/// is trimmed approximately (`MAXLEN ~`, whole macro nodes): a room may
+/// keep somewhat more than the history length, never less; `OPEN` reads at
+/// most that length back.
 pub(crate) const APPEND: &str = r"
--- KEYS: meta and log of each room in the batch. ARGV: max length, ttl ms,
--- each room's channel and epoch if it has none, then per message its
--- room's number (from 1) and its request JSON.
+-- KEYS: meta and log of each room in the batch. ARGV: max length, expiry
+-- ms, refresh ms, each room's channel and epoch if it has none, then per
+-- message its room's number (from 1) and its request JSON.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rooms = #KEYS / 2
-local epochs, heads = {}, {}
+local epochs, stale = {}, {}
 for r = 1, rooms do
-  local meta = redis.call('HMGET', KEYS[2 * r - 1], 'epoch', 'head')
+  local meta = redis.call('HMGET', KEYS[2 * r - 1], 'epoch', 'refreshed')
   if meta[1] then
     epochs[r] = meta[1]
-    heads[r] = tonumber(meta[2])
+    stale[r] = now - tonumber(meta[2] or 0) >= tonumber(ARGV[3])
   else
     redis.call('DEL', KEYS[2 * r])
-    epochs[r] = ARGV[2 + 2 * r]
-    heads[r] = 0
+    epochs[r] = ARGV[3 + 2 * r]
+    redis.call('HSET', KEYS[2 * r - 1], 'epoch', epochs[r])
+    stale[r] = true
   end
 end
 local offsets = {}
-for i = 3 + 2 * rooms, #ARGV, 2 do
+for i = 4 + 2 * rooms, #ARGV, 2 do
   local r = tonumber(ARGV[i])
-  local head = heads[r] + 1
-  heads[r] = head
-  redis.call('XADD', KEYS[2 * r], 'MAXLEN', '~', ARGV[1], head .. '-1', 'm', ARGV[i + 1])
-  redis.call(PUBLISH, ARGV[1 + 2 * r], 'm ' .. head .. ' ' .. epochs[r] .. ' ' .. ARGV[i + 1])
+  local id = redis.call('XADD', KEYS[2 * r], 'MAXLEN', '~', ARGV[1], '0-*', 'm', ARGV[i + 1])
+  local head = string.sub(id, 3)
+  -- A new stream has no expiry yet.
+  if head == '1' then stale[r] = true end
+  redis.call(PUBLISH, ARGV[2 + 2 * r], 'm ' .. head .. ' ' .. epochs[r] .. ' ' .. ARGV[i + 1])
   offsets[#offsets + 1] = head
 end
 for r = 1, rooms do
-  redis.call('HSET', KEYS[2 * r - 1], 'epoch', epochs[r], 'head', heads[r])
-  redis.call('PEXPIRE', KEYS[2 * r - 1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2 * r], ARGV[2])
+  if stale[r] then
+    redis.call('HSET', KEYS[2 * r - 1], 'refreshed', now)
+    redis.call('PEXPIRE', KEYS[2 * r - 1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2 * r], ARGV[2])
+  end
 end
 return {epochs, offsets}
 ";
 
+/// A room's epoch (a new one for a room without), its head (the last
+/// entry's sequence number), the retained messages after an offset, and
+/// the members present on live nodes.
 pub(crate) const OPEN: &str = r"
--- KEYS: meta, log, presence, nodes. ARGV: epoch if new, ttl ms, after, max count
+-- KEYS: meta, log, presence, nodes. ARGV: epoch if new, expiry ms, after,
+-- max count
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members = {}
@@ -71,17 +85,19 @@ for i = 1, #all, 2 do
     table.insert(members, all[i + 1])
   end
 end
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
-if not meta[1] then
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'head', 0)
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'refreshed', now)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {ARGV[1], 0, {}, members}
 end
-local head = tonumber(meta[2])
+local head = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if last[1] then head = tonumber(string.sub(last[1][1], 3)) end
 local start = math.max(tonumber(ARGV[3]), head - tonumber(ARGV[4]))
-local entries = redis.call('XRANGE', KEYS[2], '(' .. start .. '-1', '+')
-return {meta[1], head, entries, members}
+local entries = redis.call('XRANGE', KEYS[2], '(0-' .. start, '+')
+return {epoch, head, entries, members}
 ";
 
 pub(crate) const PRESENCE: &str = r"
