@@ -26,7 +26,9 @@
 #       # `broker_us_per_message`)
 #   SERVERS="cluster cluster2" bench/run.sh pairsmax
 #       # `cluster2`: the same node on two fresh redis-servers, rooms sharded
-#       # over them (`--redis url1,url2`); `broker_cpu` has one entry per shard
+#       # over them (`--redis url1,url2`); `broker_cpu` has one entry per shard;
+#       # `rcluster`: the node on a fresh three-master Redis Cluster
+#       # (`--redis-cluster`)
 #
 # Scenarios: rooms10 rooms10half room2000 room2000half pairs500 pairsmax idle10k idle19k
 # idle50k storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
@@ -89,16 +91,28 @@ REDIS_PIDS=()
 # REDIS_AOF asks for.
 start_redis() {
   local port=$1 dir="$OUT/redis-$1"
+  shift
   rm -rf "$dir"; mkdir -p "$dir"
   local aof=(--appendonly no)
   if [ "${REDIS_AOF:-off}" = "always" ]; then aof=(--appendonly yes --appendfsync always); fi
   taskset -c "$SERVER_CORE" redis-server --port "$port" --bind 127.0.0.1 --save "" \
-    --dir "$dir" "${aof[@]}" >/dev/null 2>&1 &
+    --dir "$dir" "${aof[@]}" "$@" >/dev/null 2>&1 &
   REDIS_PIDS+=($!)
   wait_until redis redis-cli -p "$port" ping
 }
+# start_redis_cluster PORT...: a Redis Cluster of one master per port.
+start_redis_cluster() {
+  local port nodes=()
+  for port in "$@"; do
+    start_redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf
+    nodes+=("127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  cluster_ok() { for port in "$@"; do redis-cli -p "$port" cluster info | grep -q cluster_state:ok || return 1; done; }
+  wait_until redis-cluster cluster_ok "$@"
+}
 # start_server KIND: roomhub (in MODE's mode), durable, memory, always,
-# cluster, cluster2, floor, node or go.
+# cluster, cluster2, rcluster, floor, node or go.
 start_server() {
   local kind=${1:-roomhub}
   if [ "$kind" = "roomhub" ] && [ "${FLOOR:-}" = "1" ]; then kind=floor; fi
@@ -133,6 +147,9 @@ start_server() {
     cluster2)
       start_redis $((PORT + 1)); start_redis $((PORT + 2))
       mode_args=(--redis "redis://127.0.0.1:$((PORT + 1)),redis://127.0.0.1:$((PORT + 2))") ;;
+    rcluster)
+      start_redis_cluster $((PORT + 1)) $((PORT + 2)) $((PORT + 3))
+      mode_args=(--redis-cluster "redis://127.0.0.1:$((PORT + 1)),redis://127.0.0.1:$((PORT + 2))") ;;
     durable) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync "${FSYNC:-background}") ;;
     always) rm -rf "$OUT/data"; mode_args=(--data-dir "$OUT/data" --fsync always) ;;
   esac
