@@ -778,6 +778,15 @@ impl Hub {
     fn close_if_deserted(&mut self, name: &RoomName) {
         if self.rooms.get(name).is_some_and(Room::is_deserted) {
             self.release_acks(name);
+            if let Some(Room {
+                state: RoomState::Open(log),
+                ..
+            }) = self.rooms.get_mut(name)
+            {
+                for receipt in std::mem::take(&mut log.foreign_acks) {
+                    self.send_receipt(&receipt);
+                }
+            }
             self.rooms.remove(name);
             self.out.push_back(Output::CloseRoom { room: name.clone() });
         }
@@ -1139,6 +1148,17 @@ impl Hub {
         }
         let max = self.config.max_gap_buffer;
         if let Some(RoomState::Open(log)) = self.rooms.get_mut(&receipt.room).map(|r| &mut r.state)
+            && log.epoch != receipt.epoch
+            && log.foreign_acks.len() < max
+        {
+            // Stored in an epoch this node has not moved the room to: the
+            // sender hears of the reset first (the resync brings it).
+            let name = receipt.room.clone();
+            log.foreign_acks.push(receipt);
+            self.request_resync(&name);
+            return;
+        }
+        if let Some(RoomState::Open(log)) = self.rooms.get_mut(&receipt.room).map(|r| &mut r.state)
             && log.epoch == receipt.epoch
             && receipt.offset > log.opened_head
         {
@@ -1198,6 +1218,28 @@ impl Hub {
         };
         for receipt in due {
             self.send_receipt(&receipt);
+        }
+    }
+
+    /// After a resync: receipts that waited for the room to reach their
+    /// epoch are acked now if their message came with the snapshot (this
+    /// node never delivers it), or wait for its delivery as usual; those of
+    /// an epoch the room did not move to are acked as they are.
+    fn settle_foreign_acks(&mut self, name: &RoomName) {
+        let (held, epoch, head) = match self.rooms.get_mut(name).map(|r| &mut r.state) {
+            Some(RoomState::Open(log)) if !log.foreign_acks.is_empty() => (
+                std::mem::take(&mut log.foreign_acks),
+                log.epoch.clone(),
+                log.head,
+            ),
+            _ => return,
+        };
+        for receipt in held {
+            if receipt.epoch == epoch && receipt.offset > head {
+                self.on_appended(receipt);
+            } else {
+                self.send_receipt(&receipt);
+            }
         }
     }
 
@@ -1270,7 +1312,8 @@ impl Hub {
                 let new_epoch = snapshot.epoch != log.epoch;
                 self.reconcile_presence(&name, &snapshot);
                 if new_epoch {
-                    return self.reset_room(&name, snapshot);
+                    self.reset_room(&name, snapshot);
+                    return self.settle_foreign_acks(&name);
                 }
                 for msg in &snapshot.messages {
                     if self.open_head(&name) == Some(msg.offset.wrapping_sub(1)) {
@@ -1287,6 +1330,7 @@ impl Hub {
                     // members cannot be given a gap-free stream any more.
                     self.reset_room(&name, snapshot);
                 }
+                self.settle_foreign_acks(&name);
             }
         }
     }
@@ -1438,8 +1482,10 @@ impl Hub {
         };
         let ahead = std::mem::take(&mut old.ahead);
         let reannounce = old.reannounce;
+        let foreign_acks = std::mem::take(&mut old.foreign_acks);
         let mut log = log_from(&self.config, now, snapshot);
         log.reannounce = reannounce;
+        log.foreign_acks = foreign_acks;
         let frame = wire::room_reset(name, &log.epoch, log.head, now);
         let epoch = log.epoch.clone();
         room.state = RoomState::Open(log);

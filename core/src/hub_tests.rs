@@ -2063,6 +2063,68 @@ fn an_ack_waiting_for_its_delivery_goes_out_when_the_room_restarts() {
     assert!(!outs.iter().any(|o| matches!(o, Output::Close { .. })));
 }
 
+/// Found by the simulator (sharded cluster world 77, a broker shard that
+/// came back empty): the broker stored alice's message in a new epoch
+/// this node had not heard of, and the ack (new epoch, offset 1) reached
+/// her before the `room_reset` that moves her there.
+#[test]
+fn regression_sim_sharded_77_an_ack_in_a_new_epoch_waits_for_the_reset() {
+    let mut m = cluster_with_bob_remote();
+    m.input(Input::Sequenced(msg("g", "E", 1)));
+    let mine = SequencedMessage::new(sent(&mut m, 1, "s1"), Epoch::new("F"), 1);
+    let outs = m.input(Input::Appended(mine.receipt().unwrap()));
+    assert!(sends_to(&outs, 1).is_empty(), "{outs:?}");
+    // It asks for the room's current state instead.
+    assert!(
+        outs.iter().any(
+            |o| matches!(o, Output::OpenRoom { after: Some(p), .. } if p.epoch.as_str() == "E")
+        ),
+        "{outs:?}"
+    );
+    // The snapshot shows epoch F holding alice's message: reset, then ack.
+    let outs = m.input(Input::RoomOpened(snapshot("g", "F", 1, 1)));
+    let frames = sends_to(&outs, 1);
+    let kinds: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| f["type"].as_str())
+        .filter(|t| *t != "user_left")
+        .collect();
+    assert_eq!(kinds, ["room_reset", "ack"], "{frames:?}");
+    assert_eq!(frames.last().unwrap()["payload"]["offset"], 1);
+}
+
+/// A receipt ahead of the reset's snapshot waits for its delivery, as
+/// any other does; a room that empties acks whatever still waits.
+#[test]
+fn an_ack_in_a_new_epoch_beyond_the_snapshot_waits_for_its_delivery() {
+    let mut m = cluster_with_bob_remote();
+    let mine = SequencedMessage::new(sent(&mut m, 1, "s1"), Epoch::new("F"), 2);
+    assert!(sends_to(&m.input(Input::Appended(mine.receipt().unwrap())), 1).is_empty());
+    let outs = m.input(Input::RoomOpened(snapshot("g", "F", 1, 1)));
+    assert!(!types(&outs, 1).iter().any(|t| t == "ack"), "{outs:?}");
+    let outs = m.input(Input::Sequenced(mine));
+    assert_eq!(types(&outs, 1), ["ack"]);
+    // Held for an epoch the room does not reach (the resync finds it
+    // still in F): acked once the resync is in, so the sender's leave,
+    // which waits for it, goes ahead.
+    let late = SequencedMessage::new(sent(&mut m, 1, "s2"), Epoch::new("G"), 9);
+    assert!(sends_to(&m.input(Input::Appended(late.receipt().unwrap())), 1).is_empty());
+    assert!(
+        sends_to(
+            &m.text(1, r#"{"type":"leave_room","room":"g","id":"l"}"#),
+            1
+        )
+        .is_empty()
+    );
+    let outs = m.input(Input::RoomOpened(snapshot("g", "F", 2, 3)));
+    let acked: Vec<String> = sends_to(&outs, 1)
+        .iter()
+        .filter(|f| f["type"] == "ack")
+        .filter_map(|f| f["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(acked, ["s2", "l"], "{outs:?}");
+}
+
 #[test]
 fn ids_and_room_name_errors_read_as_they_should() {
     assert_eq!(ConnId(7).to_string(), "c7");

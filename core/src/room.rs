@@ -163,6 +163,11 @@ pub(crate) struct RoomLog {
     /// different paths). The delivery sends the ack, so a sender never
     /// learns an offset before the messages below it.
     pub(crate) pending_acks: BTreeMap<u64, crate::event::AppendReceipt>,
+    /// Receipts in an epoch this room is not in (the broker started a new
+    /// one that this node has not been told of yet): they wait for the
+    /// resync they asked for, so that the `room_reset` reaches the sender
+    /// before an ack in the new epoch.
+    pub(crate) foreign_acks: Vec<crate::event::AppendReceipt>,
     /// The head when the room was opened: messages up to it came with the
     /// snapshot, not through delivery, so their receipts ack at once.
     pub(crate) opened_head: u64,
@@ -187,6 +192,7 @@ impl RoomLog {
             resyncing: false,
             reannounce: false,
             pending_acks: BTreeMap::new(),
+            foreign_acks: Vec::new(),
             opened_head: head,
         }
     }

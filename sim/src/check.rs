@@ -58,6 +58,10 @@ struct RoomView {
     replay_cursor: u64,
     /// Offsets of this session's own messages (acked), never replayed to it.
     own: BTreeSet<u64>,
+    /// The last `room_reset`: its epoch and head. The session's own
+    /// messages at or below that head were skipped with the rest; their
+    /// acks may still follow the reset.
+    reset: Option<(String, u64)>,
 }
 
 impl RoomView {
@@ -314,6 +318,22 @@ impl Checker {
                 let Some(view) = s.rooms.get_mut(&room) else {
                     return;
                 };
+                let epoch_of_ack = frame["payload"]["message_id"]
+                    .as_str()
+                    .and_then(|id| id.rsplit_once('-'))
+                    .map(|(epoch, _)| epoch.to_string());
+                let skipped = view.reset.as_ref().is_some_and(|(epoch, head)| {
+                    *epoch == view.epoch
+                        && epoch_of_ack.as_deref() == Some(epoch.as_str())
+                        && offset <= *head
+                });
+                if skipped {
+                    // Stored in the new epoch before the reset's head: the
+                    // reset skipped it, the ack says where it went.
+                    view.own.insert(offset);
+                    let epoch = view.epoch.clone();
+                    return self.agree(r, &room, &epoch, offset, content, user);
+                }
                 if offset != view.last + 1 {
                     let last = view.last;
                     return self.violation(
@@ -410,6 +430,7 @@ impl Checker {
         } else {
             None
         };
+        view.reset = Some((epoch.clone(), offset));
         view.epoch = epoch;
         view.last = offset;
         if let Some(problem) = problem {

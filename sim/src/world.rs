@@ -52,6 +52,10 @@ pub enum FaultKind {
     BrokerPartition,
     /// Cluster worlds: a node crashes and restarts (a new node id).
     NodeCrash,
+    /// Sharded cluster worlds: a broker shard restarts empty (a Redis
+    /// without persistence), so its rooms start new epochs under members
+    /// that stay connected.
+    BrokerWipe,
 }
 
 impl FaultKind {
@@ -84,6 +88,23 @@ impl FaultKind {
         FaultKind::NodeCrash,
     ];
 
+    /// What sharded cluster worlds draw from: the cluster faults, plus a
+    /// shard that comes back empty.
+    pub const SHARDED: [FaultKind; 12] = [
+        FaultKind::Latency,
+        FaultKind::Partition,
+        FaultKind::Hold,
+        FaultKind::SlowConsumer,
+        FaultKind::HalfOpen,
+        FaultKind::AbruptDisconnect,
+        FaultKind::ReconnectStorm,
+        FaultKind::TokenExpiry,
+        FaultKind::RateBurst,
+        FaultKind::BrokerPartition,
+        FaultKind::NodeCrash,
+        FaultKind::BrokerWipe,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Latency => "latency",
@@ -98,13 +119,14 @@ impl FaultKind {
             FaultKind::RateBurst => "rate-burst",
             FaultKind::BrokerPartition => "broker-partition",
             FaultKind::NodeCrash => "node-crash",
+            FaultKind::BrokerWipe => "broker-wipe",
         }
     }
 
     pub fn parse(name: &str) -> Option<FaultKind> {
         FaultKind::ALL
             .into_iter()
-            .chain(FaultKind::CLUSTER)
+            .chain(FaultKind::SHARDED)
             .find(|k| k.name() == name)
     }
 }
@@ -182,10 +204,12 @@ impl WorldConfig {
     }
 
     /// Two nodes on two broker shards: rooms and users spread over both,
-    /// and a broker partition cuts a node from one shard only.
+    /// a broker partition cuts a node from one shard only, and a shard may
+    /// come back empty.
     pub fn sharded(seed: u64) -> Self {
         WorldConfig {
             brokers: 2,
+            faults: FaultKind::SHARDED.to_vec(),
             ..WorldConfig::cluster(seed)
         }
     }
@@ -383,6 +407,11 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                 let node = format!("node{}", rng.next_u64() as usize % world.nodes.max(1));
                 actions.push((at, NetAction::Bounce(node)));
             }
+            FaultKind::BrokerWipe => {
+                let brokers = world.broker_hosts();
+                let broker = brokers[rng.next_u64() as usize % brokers.len()].clone();
+                actions.push((at, NetAction::Bounce(broker)));
+            }
             FaultKind::SlowConsumer => {
                 // It hears every room and stops reading while two others
                 // burst: the server must close it, and serve everyone else.
@@ -535,17 +564,24 @@ const NODE_TTL_MS: u64 = 2_000;
 fn cluster_hosts(sim: &mut turmoil::Sim<'_>, world: &WorldConfig) {
     let brokers = world.broker_hosts();
     for (b, host) in brokers.iter().enumerate() {
-        let broker_config = SimBrokerConfig {
-            // One broker keeps the seed its worlds always had.
-            seed: world.seed ^ ((b as u64) << 32),
-            max_messages: 1000,
-            max_age_ms: 24 * 3_600_000,
-            node_ttl_ms: NODE_TTL_MS,
-        };
-        sim.host(host.as_str(), move || async move {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BROKER_PORT);
-            serve(SimListener::bind(addr).await?, broker_config).await;
-            Ok(())
+        let boots = Arc::new(AtomicU64::new(0));
+        let seed = world.seed;
+        sim.host(host.as_str(), move || {
+            // One broker's first boot keeps the seed its worlds always had;
+            // a broker that comes back empty draws new epochs, as a real
+            // one would (epochs are random), never the ones it gave before.
+            let boot = boots.fetch_add(1, Ordering::Relaxed);
+            let broker_config = SimBrokerConfig {
+                seed: seed ^ ((b as u64) << 32) ^ boot.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                max_messages: 1000,
+                max_age_ms: 24 * 3_600_000,
+                node_ttl_ms: NODE_TTL_MS,
+            };
+            async move {
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BROKER_PORT);
+                serve(SimListener::bind(addr).await?, broker_config).await;
+                Ok(())
+            }
         });
     }
     for (i, host) in world.server_hosts().into_iter().enumerate() {

@@ -127,11 +127,23 @@ async fn appends_are_ordered_published_and_capped(b: &impl Broker) {
         [2, 3, 4, 5, 6]
     );
     assert_eq!(snap.messages[4], all[5]);
-    let after = b.open(&room("r1"), Some(4), now).await.unwrap();
+    let at = |epoch: &roomhub_core::Epoch| roomhub_core::Position {
+        epoch: epoch.clone(),
+        offset: 4,
+    };
+    let after = b
+        .open(&room("r1"), Some(&at(&snap.epoch)), now)
+        .await
+        .unwrap();
     assert_eq!(
         after.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
         [5, 6]
     );
+    // A position in an epoch the room no longer has: everything retained
+    // (the reader is moving to the room's current epoch).
+    let other = roomhub_core::Epoch::new("an-older-epoch");
+    let moved = b.open(&room("r1"), Some(&at(&other)), now).await.unwrap();
+    assert_eq!(moved.messages.len(), 5);
     // Another room has its own order and epoch.
     let other = b.append(&[request("r2", "x")]).await.unwrap();
     assert_eq!(other[0].offset, 1);
@@ -313,13 +325,15 @@ async fn idle_rooms_expire_into_a_new_epoch(b: &impl Broker) {
 
 /// What was published to a session before a subscription is confirmed
 /// arrives before the confirmation: a room snapshot read after it is never
-/// overtaken by an older publication.
+/// overtaken by an older publication. (With shards, this holds for what was
+/// published where the new channel lives: the user channel `o1` shares the
+/// room `o1`'s hash tag, so its shard.)
 async fn confirmations_come_after_earlier_publications(b: &impl Broker) {
     let mut sub = subscribed(b, &[channel::room("o1")]).await;
     b.append(&[request("o1", "first")]).await.unwrap();
     let (tx, _rx) = oneshot::channel();
     sub.control
-        .send(SubRequest::Subscribe(channel::room("o2"), tx))
+        .send(SubRequest::Subscribe(channel::user("o1"), tx))
         .await
         .unwrap();
     assert!(matches!(next_event(&mut sub).await, Event::Message(_)));

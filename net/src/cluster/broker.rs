@@ -36,8 +36,8 @@ use std::future::Future;
 
 use bytes::Bytes;
 use roomhub_core::{
-    AppendRequest, DirectMessage, NodeId, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
-    UserRef,
+    AppendRequest, DirectMessage, NodeId, Position, RoomName, RoomSnapshot, SequencedMessage,
+    Timestamp, UserRef,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -96,7 +96,10 @@ pub enum Delivery {
     /// A publication on a subscribed channel.
     Message(Bytes),
     /// A [`SubRequest::Subscribe`] is confirmed: everything published to
-    /// the session before the confirmation came before this. The reader
+    /// the session before the confirmation came before this (with rooms
+    /// sharded over several brokers: everything published by the broker
+    /// the channel lives on, which is where its room's presence changes
+    /// and node departures are published too). The reader
     /// answers the request once it has handed those on, so a room's
     /// snapshot, read after the confirmation, is never overtaken by an
     /// older publication (a stale presence change or node departure).
@@ -134,13 +137,14 @@ pub trait Broker: Send + Sync + 'static {
         batch: &[AppendRequest],
     ) -> impl Future<Output = Result<Vec<SequencedMessage>, BrokerError>> + Send;
 
-    /// `after`: only messages after this offset are wanted (a resync);
-    /// `None` for all retained ones. Messages older than the history age
-    /// limit at `now` are left out.
+    /// `after`: only messages after this position are wanted (a resync),
+    /// when the room is still in its epoch; all retained ones when the
+    /// room has another epoch now, or with `None`. Messages older than the
+    /// history age limit at `now` are left out.
     fn open(
         &self,
         room: &RoomName,
-        after: Option<u64>,
+        after: Option<&Position>,
         now: Timestamp,
     ) -> impl Future<Output = Result<RoomSnapshot, BrokerError>> + Send;
 

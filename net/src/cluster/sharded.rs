@@ -29,8 +29,8 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::select_all;
 use roomhub_core::{
-    AppendRequest, DirectMessage, NodeId, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
-    UserRef,
+    AppendRequest, DirectMessage, NodeId, Position, RoomName, RoomSnapshot, SequencedMessage,
+    Timestamp, UserRef,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -247,7 +247,7 @@ impl<B: Broker> Broker for ShardedBroker<B> {
     async fn open(
         &self,
         room: &RoomName,
-        after: Option<u64>,
+        after: Option<&Position>,
         now: Timestamp,
     ) -> Result<RoomSnapshot, BrokerError> {
         self.shard(room.as_str()).open(room, after, now).await

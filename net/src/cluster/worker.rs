@@ -151,8 +151,9 @@ impl<B: Broker> Worker<B> {
             return Input::RoomOpenFailed { room: room.clone() };
         }
         let snapshot = if subscribed {
-            let after = after.as_ref().map(|p| p.offset);
-            self.broker.open(room, after, self.clock.now()).await
+            self.broker
+                .open(room, after.as_ref(), self.clock.now())
+                .await
         } else {
             Err(BrokerError::Reply(
                 "the room channel was not subscribed".into(),

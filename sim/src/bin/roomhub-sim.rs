@@ -20,7 +20,8 @@ struct Args {
     /// Fault kinds to draw from, comma-separated (default: all). Kinds:
     /// latency, partition, hold, slow-consumer, half-open, abrupt-disconnect,
     /// reconnect-storm, bounce, token-expiry, rate-burst, and for cluster
-    /// worlds broker-partition, node-crash.
+    /// worlds broker-partition, node-crash (and with several brokers,
+    /// broker-wipe).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Clients per world.
@@ -42,7 +43,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let cluster = args.nodes >= 2;
-    let faults: Vec<FaultKind> = if args.faults.is_empty() && cluster {
+    let faults: Vec<FaultKind> = if args.faults.is_empty() && cluster && args.brokers >= 2 {
+        FaultKind::SHARDED.to_vec()
+    } else if args.faults.is_empty() && cluster {
         FaultKind::CLUSTER.to_vec()
     } else if args.faults.is_empty() {
         FaultKind::ALL.to_vec()

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomhub_core::{
-    AppendRequest, DirectMessage, NodeId, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
-    UserRef,
+    AppendRequest, DirectMessage, NodeId, Position, RoomName, RoomSnapshot, SequencedMessage,
+    Timestamp, UserRef,
 };
 use roomhub_net::cluster::broker::{
     Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
@@ -115,12 +115,12 @@ impl Broker for SimBroker {
     async fn open(
         &self,
         room: &RoomName,
-        after: Option<u64>,
+        after: Option<&Position>,
         now: Timestamp,
     ) -> Result<RoomSnapshot, BrokerError> {
         let request = Request::Open {
             room: room.clone(),
-            after,
+            after: after.cloned(),
         };
         let Reply::Opened {
             epoch,

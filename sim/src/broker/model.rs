@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use roomhub_core::{AppendRequest, DirectMessage, NodeId, RemoteMember, RoomName, UserRef};
+use roomhub_core::{
+    AppendRequest, DirectMessage, NodeId, Position, RemoteMember, RoomName, UserRef,
+};
 use roomhub_net::cluster::keys::channel;
 use roomhub_net::cluster::wire::{Event, PresenceEvent, message_payload, request_json};
 
@@ -141,9 +143,9 @@ impl BrokerModel {
         (places, published)
     }
 
-    /// A room's epoch, head, history after `after`, and members on live
-    /// nodes.
-    pub fn open(&mut self, room: &RoomName, after: Option<u64>, now_ms: u64) -> Opened {
+    /// A room's epoch, head, history after `after` (all of it when `after`
+    /// is in another epoch), and members on live nodes.
+    pub fn open(&mut self, room: &RoomName, after: Option<&Position>, now_ms: u64) -> Opened {
         let presence = match self.presence.get(room.as_str()) {
             Some(members) => members
                 .iter()
@@ -154,7 +156,10 @@ impl BrokerModel {
         };
         let max = self.config.max_messages as u64;
         let r = self.room(room.as_str(), now_ms);
-        let start = after.unwrap_or(0).max(r.head.saturating_sub(max));
+        let after = after
+            .filter(|p| p.epoch.as_str() == r.epoch)
+            .map_or(0, |p| p.offset);
+        let start = after.max(r.head.saturating_sub(max));
         Opened {
             epoch: r.epoch.clone(),
             head: r.head,

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::serve::Listener;
-use roomhub_core::{AppendRequest, DirectMessage, NodeId, RemoteMember, RoomName, UserRef};
+use roomhub_core::{
+    AppendRequest, DirectMessage, NodeId, Position, RemoteMember, RoomName, UserRef,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -24,7 +26,7 @@ pub(crate) enum Request {
     },
     Open {
         room: RoomName,
-        after: Option<u64>,
+        after: Option<Position>,
     },
     Presence {
         node: NodeId,
@@ -108,7 +110,7 @@ impl State {
                 Reply::Appended(places)
             }
             Request::Open { room, after } => {
-                let opened = self.model.open(&room, after, now_ms);
+                let opened = self.model.open(&room, after.as_ref(), now_ms);
                 Reply::Opened {
                     epoch: opened.epoch,
                     head: opened.head,

@@ -143,9 +143,7 @@ impl Cluster {
                 }
                 self.work
                     .push_back((n, Input::RoomSubscribed { room: room.clone() }));
-                let opened = self
-                    .broker
-                    .open(&room, after.as_ref().map(|p| p.offset), now_ms);
+                let opened = self.broker.open(&room, after.as_ref(), now_ms);
                 let snap = snapshot(
                     &room,
                     &opened.epoch,

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 use roomhub_core::{
-    AppendRequest, DirectMessage, HistoryLimits, NodeId, RoomName, RoomSnapshot, SequencedMessage,
-    Timestamp, UserRef,
+    AppendRequest, DirectMessage, HistoryLimits, NodeId, Position, RoomName, RoomSnapshot,
+    SequencedMessage, Timestamp, UserRef,
 };
 
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisBroker, array, int, text};
@@ -190,7 +190,7 @@ impl Broker for RedisClusterBroker {
     async fn open(
         &self,
         room: &RoomName,
-        after: Option<u64>,
+        after: Option<&Position>,
         now: Timestamp,
     ) -> Result<RoomSnapshot, BrokerError> {
         self.masters().await?.open(room, after, now).await

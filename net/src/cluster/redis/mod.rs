@@ -20,8 +20,8 @@ use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, Script, ScriptInvocation, Value};
 use roomhub_core::{
-    AppendRequest, DirectMessage, HistoryLimits, NodeId, RemoteMember, RoomName, RoomSnapshot,
-    SequencedMessage, Timestamp, UserRef,
+    AppendRequest, DirectMessage, HistoryLimits, NodeId, Position, RemoteMember, RoomName,
+    RoomSnapshot, SequencedMessage, Timestamp, UserRef,
 };
 use rustc_hash::FxHashMap;
 use tokio::sync::{Mutex, mpsc};
@@ -278,7 +278,7 @@ impl Broker for RedisBroker {
     async fn open(
         &self,
         room: &RoomName,
-        after: Option<u64>,
+        after: Option<&Position>,
         now: Timestamp,
     ) -> Result<RoomSnapshot, BrokerError> {
         let mut conn = self.conn().await?;
@@ -293,8 +293,9 @@ impl Broker for RedisBroker {
             .call(&self.open, &keys)
             .arg(new_epoch())
             .arg(self.ttl_ms())
-            .arg(after.unwrap_or(0))
+            .arg(after.map_or(0, |p| p.offset))
             .arg(self.limits.max_messages)
+            .arg(after.map_or("", |p| p.epoch.as_str()))
             .invoke_async(&mut conn)
             .await?;
         let parts = array(&reply).ok_or_else(|| bad("open"))?;

@@ -69,11 +69,12 @@ return {epochs, offsets}
 ";
 
 /// A room's epoch (a new one for a room without), its head (the last
-/// entry's sequence number), the retained messages after an offset, and
-/// the members present on live nodes.
+/// entry's sequence number), the retained messages after a position (all
+/// of them when the position is in another epoch), and the members
+/// present on live nodes.
 pub(crate) const OPEN: &str = r"
 -- KEYS: meta, log, presence, nodes. ARGV: epoch if new, expiry ms, after,
--- max count
+-- max count, the epoch `after` is in ('' for none)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local members = {}
@@ -95,7 +96,8 @@ end
 local head = 0
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if last[1] then head = tonumber(string.sub(last[1][1], 3)) end
-local start = math.max(tonumber(ARGV[3]), head - tonumber(ARGV[4]))
+local start = math.max(0, head - tonumber(ARGV[4]))
+if ARGV[5] == epoch then start = math.max(tonumber(ARGV[3]), start) end
 local entries = redis.call('XRANGE', KEYS[2], '(0-' .. start, '+')
 return {epoch, head, entries, members}
 ";
