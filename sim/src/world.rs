@@ -90,20 +90,11 @@ impl FaultKind {
 
     /// What sharded cluster worlds draw from: the cluster faults, plus a
     /// shard that comes back empty.
-    pub const SHARDED: [FaultKind; 12] = [
-        FaultKind::Latency,
-        FaultKind::Partition,
-        FaultKind::Hold,
-        FaultKind::SlowConsumer,
-        FaultKind::HalfOpen,
-        FaultKind::AbruptDisconnect,
-        FaultKind::ReconnectStorm,
-        FaultKind::TokenExpiry,
-        FaultKind::RateBurst,
-        FaultKind::BrokerPartition,
-        FaultKind::NodeCrash,
-        FaultKind::BrokerWipe,
-    ];
+    pub fn sharded() -> Vec<FaultKind> {
+        let mut kinds = FaultKind::CLUSTER.to_vec();
+        kinds.push(FaultKind::BrokerWipe);
+        kinds
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -126,7 +117,8 @@ impl FaultKind {
     pub fn parse(name: &str) -> Option<FaultKind> {
         FaultKind::ALL
             .into_iter()
-            .chain(FaultKind::SHARDED)
+            .chain(FaultKind::CLUSTER)
+            .chain([FaultKind::BrokerWipe])
             .find(|k| k.name() == name)
     }
 }
@@ -209,7 +201,7 @@ impl WorldConfig {
     pub fn sharded(seed: u64) -> Self {
         WorldConfig {
             brokers: 2,
-            faults: FaultKind::SHARDED.to_vec(),
+            faults: FaultKind::sharded(),
             ..WorldConfig::cluster(seed)
         }
     }

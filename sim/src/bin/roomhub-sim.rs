@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let cluster = args.nodes >= 2;
     let faults: Vec<FaultKind> = if args.faults.is_empty() && cluster && args.brokers >= 2 {
-        FaultKind::SHARDED.to_vec()
+        FaultKind::sharded()
     } else if args.faults.is_empty() && cluster {
         FaultKind::CLUSTER.to_vec()
     } else if args.faults.is_empty() {
