@@ -79,21 +79,22 @@ impl TestServer {
     /// A cluster node on a Redis Cluster reached through `seeds`
     /// (comma-separated), otherwise as [`TestServer::node`].
     pub async fn cluster_node(seeds: &str) -> TestServer {
-        TestServer::start_with(|c| {
-            c.redis_cluster = seeds.split(',').map(str::to_string).collect();
-            c.node_ttl = Duration::from_millis(1500);
-            c.core.rate_limit_per_second = 0;
-        })
-        .await
-        .ready()
-        .await
+        let seeds: Vec<String> = seeds.split(',').map(str::to_string).collect();
+        TestServer::clustered(|c| c.redis_cluster = seeds).await
     }
 
     /// A cluster node on `redis_url` (several, comma-separated: rooms
     /// sharded over them), with a short node TTL (1.5 s) and no rate limit.
     pub async fn node(redis_url: &str) -> TestServer {
+        let urls: Vec<String> = redis_url.split(',').map(str::to_string).collect();
+        TestServer::clustered(|c| c.redis = urls).await
+    }
+
+    /// A cluster node whose broker `place` sets, with a short node TTL
+    /// (1.5 s) and no rate limit, once healthy.
+    async fn clustered(place: impl FnOnce(&mut ServerConfig)) -> TestServer {
         TestServer::start_with(|c| {
-            c.redis = redis_url.split(',').map(str::to_string).collect();
+            place(c);
             c.node_ttl = Duration::from_millis(1500);
             c.core.rate_limit_per_second = 0;
         })

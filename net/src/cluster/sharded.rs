@@ -86,7 +86,7 @@ impl Placement {
 
 /// Several brokers acting as one, rooms spread over them by name.
 pub struct ShardedBroker<B> {
-    shards: Vec<Arc<B>>,
+    shards: Vec<B>,
     placement: Placement,
 }
 
@@ -104,10 +104,7 @@ impl<B: Broker> ShardedBroker<B> {
             assert!(owners.len() == usize::from(SLOTS));
             assert!(owners.iter().all(|&o| usize::from(o) < shards.len()));
         }
-        ShardedBroker {
-            shards: shards.into_iter().map(Arc::new).collect(),
-            placement,
-        }
+        ShardedBroker { shards, placement }
     }
 
     fn home(&self, name: &str) -> usize {
@@ -121,7 +118,7 @@ impl<B: Broker> ShardedBroker<B> {
     }
 
     /// Every shard, in the order given.
-    pub fn shards(&self) -> &[Arc<B>] {
+    pub fn shards(&self) -> &[B] {
         &self.shards
     }
 }
