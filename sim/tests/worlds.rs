@@ -308,6 +308,18 @@ fn regression_sharded_seeds_10_and_77_a_shard_that_comes_back_empty() {
     assert_passes(&WorldConfig::sharded(77));
 }
 
+/// Found by `roomhub-sim --nodes 2 --brokers 2` with the wipe fault: a node
+/// cut off from one shard while it re-established its merged subscription
+/// waited forever for that shard's confirmation (the connection neither
+/// closed nor answered), so it never resynced its rooms and its clients
+/// missed acked messages. A confirmation now has `SUBSCRIBE_WAIT`, after
+/// which the session is built again.
+#[test]
+fn regression_sharded_seeds_256_and_260_a_subscription_never_confirmed() {
+    assert_passes(&WorldConfig::sharded(256));
+    assert_passes(&WorldConfig::sharded(260));
+}
+
 /// Without host crashes: when turmoil crashes a host, the order in which
 /// its peers see their connections reset can vary with the machine's load
 /// (the single-server bounce shows the same), so crash worlds are checked

@@ -115,6 +115,10 @@ pub struct Subscription {
     pub messages: mpsc::Receiver<Delivery>,
 }
 
+/// How long a subscription's confirmation is waited for before the session
+/// (or, for a room's open, the open) is given up.
+pub const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Subscribe and unsubscribe requests a session queues.
 pub const SUBSCRIPTION_CONTROL_REQUESTS: usize = 1024;
 /// Publications a session queues before it stops reading the broker.

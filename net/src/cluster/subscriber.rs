@@ -11,7 +11,9 @@ use roomhub_core::{Input, NodeId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::cluster::broker::{Broker, BrokerError, Delivery, SubRequest, Subscription};
+use crate::cluster::broker::{
+    Broker, BrokerError, Delivery, SUBSCRIBE_WAIT, SubRequest, Subscription,
+};
 use crate::cluster::keys::channel;
 use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::cluster::wire::Event;
@@ -110,10 +112,18 @@ async fn subscribe_all(
             .send(SubRequest::Subscribe(ch.clone(), tx))
             .await
             .ok()?;
-        // The confirmation comes with the messages, after those before it.
+        // The confirmation comes with the messages, after those before it;
+        // a session that cannot confirm in time (the broker is cut off
+        // without the connection closing) is given up and built again.
+        let deadline = tokio::time::sleep(SUBSCRIBE_WAIT);
+        tokio::pin!(deadline);
         loop {
             tokio::select! {
                 biased;
+                () = &mut deadline => {
+                    warn!("broker did not confirm a subscription in {SUBSCRIBE_WAIT:?}; reconnecting");
+                    return None;
+                }
                 refused = &mut rx => {
                     refused.ok()?.ok()?;
                     break;

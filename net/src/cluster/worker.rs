@@ -6,7 +6,6 @@
 //! the broker is back.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use roomhub_core::{
     AppendRequest, DirectMessage, Input, NodeId, Output, Position, RelayOutcome, RoomName, UserRef,
@@ -15,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::clock::Clock;
-use crate::cluster::broker::{Broker, BrokerError, SubRequest};
+use crate::cluster::broker::{Broker, BrokerError, SUBSCRIBE_WAIT, SubRequest};
 use crate::cluster::keys::channel;
 use crate::cluster::view::ClusterView;
 use crate::hub::inbox::Answers;
@@ -23,8 +22,6 @@ use crate::seq::batch::{Step, steps, take_ready};
 
 /// Appends taken into one broker round trip at most.
 const MAX_BATCH: usize = 256;
-/// How long an open waits for its room channel's subscription.
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Worker<B> {
     pub(crate) broker: Arc<B>,
