@@ -459,7 +459,17 @@ impl Checker {
             return self.violation(r, format!("message at {offset} in {room} after leaving"));
         }
         let mut epoch = view.epoch.clone();
-        if let Some((_, since_epoch)) = view.since() {
+        // A `room_reset` that came after the rejoin was sent has moved the
+        // member to a new epoch: the rejoin's `since` no longer says where
+        // the messages are (it is answered `recovered: false`).
+        let reset_after_join = view
+            .since()
+            .is_some_and(|(_, since_epoch)| *since_epoch != view.epoch)
+            && view
+                .reset
+                .as_ref()
+                .is_some_and(|(reset_epoch, _)| *reset_epoch == view.epoch);
+        if let Some((_, since_epoch)) = view.since().filter(|_| !reset_after_join) {
             epoch = since_epoch.clone();
             // A join with `since` replays from since + 1 (minus this
             // session's own messages). Messages in flight when the join was

@@ -320,6 +320,19 @@ fn regression_sharded_seeds_256_and_260_a_subscription_never_confirmed() {
     assert_passes(&WorldConfig::sharded(260));
 }
 
+/// Found by `roomhub-sim --nodes 3 --brokers 3`, a checker bug: a member
+/// rejoined a room with `since` in its old epoch, a `room_reset` to the new
+/// epoch came before the answer, and the checker still placed the messages
+/// after the reset in the old epoch (and saw two contents at one offset).
+#[test]
+fn regression_sharded_3x3_seed_120_a_reset_before_a_rejoin_is_answered() {
+    assert_passes(&WorldConfig {
+        nodes: 3,
+        brokers: 3,
+        ..WorldConfig::sharded(120)
+    });
+}
+
 /// Without host crashes: when turmoil crashes a host, the order in which
 /// its peers see their connections reset can vary with the machine's load
 /// (the single-server bounce shows the same), so crash worlds are checked
