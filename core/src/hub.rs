@@ -621,10 +621,16 @@ impl Hub {
                 }
                 self.ack(id, req_id.as_deref(), Some(&room), None);
             }
+            RequestKind::History {
+                room,
+                limit,
+                before,
+            } if is_member(&room) => self.history(id, req_id.as_deref(), &room, limit, before),
             RequestKind::Leave { .. }
             | RequestKind::Send { .. }
             | RequestKind::Typing { .. }
-            | RequestKind::OnlineUsers { .. } => self.send_error(
+            | RequestKind::OnlineUsers { .. }
+            | RequestKind::History { .. } => self.send_error(
                 id,
                 req_id.as_deref(),
                 ErrorCode::NotInRoom,
@@ -632,6 +638,45 @@ impl Hub {
             ),
             RequestKind::Direct { to, content } => self.direct(id, req_id, &to, &content),
         }
+    }
+
+    /// Answers a member's `history` request from the room's retained log
+    /// (what every engine hands the hub when the room opens here), then acks.
+    fn history(
+        &mut self,
+        id: ConnId,
+        req_id: Option<&str>,
+        name: &RoomName,
+        limit: usize,
+        before: Option<u64>,
+    ) {
+        let now = self.now;
+        let max_age = self.config.history_max_age_ms;
+        let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
+            // A member's room is open; answer anyway if that ever breaks.
+            return self.send_error(
+                id,
+                req_id,
+                ErrorCode::Unavailable,
+                "history not ready; retry",
+            );
+        };
+        log.trim_by_age(now, max_age);
+        let (page, has_more) = log.page(before, limit);
+        let messages: Vec<Bytes> = page.iter().map(|m| m.frame.clone()).collect();
+        let frame = wire::history(
+            &wire::History {
+                room: name,
+                request_id: req_id,
+                epoch: &log.epoch,
+                head: log.head,
+                messages: &messages,
+                has_more,
+            },
+            now,
+        );
+        self.send(id, frame, FrameKind::Live);
+        self.ack(id, req_id, Some(name), None);
     }
 
     fn join(&mut self, id: ConnId, req_id: Option<Arc<str>>, room: RoomName, since: Option<Since>) {

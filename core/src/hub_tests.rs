@@ -2231,3 +2231,130 @@ fn outputs_are_for_the_sequencer_or_for_the_shell() {
         assert!(!out.is_for_sequencer(), "{out:?}");
     }
 }
+
+fn history(w: &mut TestWorld, conn: ConnId, payload: Value) -> (Value, Value) {
+    w.send_json(
+        conn,
+        json!({"type": "history", "room": "g", "id": "h", "payload": payload}),
+    );
+    let mut frames = w.take(conn).into_iter();
+    let page = frames.next().expect("a history frame");
+    let ack = frames.next().expect("an ack after the page");
+    assert!(frames.next().is_none());
+    (page, ack)
+}
+
+fn offsets(page: &Value) -> Vec<u64> {
+    page["payload"]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn history_pages_back_through_a_joined_room() {
+    let mut w = TestWorld::new(Config {
+        history_max_messages: 8,
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    join(&mut w, b, "g");
+    for i in 1..=10 {
+        say(&mut w, a, "g", &format!("m{i}"), &format!("s{i}"));
+    }
+    w.take_all();
+
+    let (page, ack) = history(&mut w, b, json!({"limit": 3}));
+    assert_eq!(page["type"], "history");
+    assert_eq!(page["room"], "g");
+    assert_eq!(page["id"], "h");
+    assert_eq!(page["payload"]["room_id"], "g");
+    assert_eq!(page["payload"]["offset"], 10);
+    assert!(
+        page["payload"]["epoch"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(offsets(&page), [8, 9, 10]);
+    assert_eq!(page["payload"]["has_more"], true);
+    let first = &page["payload"]["messages"][0];
+    assert_eq!(first["type"], "new_message");
+    assert_eq!(first["payload"]["content"], "m8");
+    assert_eq!(first["sender"]["id"], "alice");
+    assert!(first["timestamp"].is_string());
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["id"], "h");
+
+    // Paging back: only 8 are retained (3..=10).
+    let (page, _) = history(&mut w, b, json!({"limit": 3, "before": 8}));
+    assert_eq!(offsets(&page), [5, 6, 7]);
+    assert_eq!(page["payload"]["has_more"], true);
+    let (page, _) = history(&mut w, b, json!({"limit": 3, "before": 5}));
+    assert_eq!(offsets(&page), [3, 4]);
+    assert_eq!(page["payload"]["has_more"], false);
+    let (page, _) = history(&mut w, b, json!({"before": 1}));
+    assert_eq!(offsets(&page), Vec::<u64>::new());
+    assert_eq!(page["payload"]["has_more"], false);
+
+    // The sender's own messages are history too; no limit means 50.
+    let (page, _) = history(&mut w, a, json!(null));
+    assert_eq!(offsets(&page), (3..=10).collect::<Vec<_>>());
+    let (page, _) = history(&mut w, a, json!({"before": 1000}));
+    assert_eq!(offsets(&page).len(), 8);
+}
+
+#[test]
+fn history_caps_the_limit_at_100() {
+    let mut w = world();
+    let a = w.connect("alice");
+    join(&mut w, a, "g");
+    for i in 1..=120 {
+        say(&mut w, a, "g", &format!("m{i}"), &format!("s{i}"));
+        // Stay within the rate limit: it refills one message a second.
+        w.advance_ms(1_000);
+    }
+    w.take_all();
+    let (page, _) = history(&mut w, a, json!({"limit": 500}));
+    assert_eq!(offsets(&page), (21..=120).collect::<Vec<_>>());
+    assert_eq!(page["payload"]["has_more"], true);
+}
+
+#[test]
+fn history_needs_membership_and_a_well_formed_payload() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    join(&mut w, a, "g");
+    say(&mut w, a, "g", "secret", "s1");
+    w.take_all();
+    w.send_json(b, json!({"type": "history", "room": "g", "id": "h"}));
+    let frames = w.take(b);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(error_code(&frames[0]), "NOT_IN_ROOM");
+    assert_eq!(frames[0]["id"], "h");
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": -1}),
+        json!({"limit": "5"}),
+        json!({"limit": 1.5}),
+        json!({"before": -3}),
+        json!({"before": "x"}),
+    ] {
+        w.send_json(
+            a,
+            json!({"type": "history", "room": "g", "id": "h", "payload": bad}),
+        );
+        let frames = w.take(a);
+        assert_eq!(frames.len(), 1, "{bad}");
+        assert_eq!(error_code(&frames[0]), "INVALID_PAYLOAD", "{bad}");
+    }
+    w.send_json(a, json!({"type": "history", "id": "h"}));
+    assert_eq!(error_code(&w.take(a)[0]), "MISSING_ROOM");
+    // The connection still works.
+    let (page, _) = history(&mut w, a, json!({}));
+    assert_eq!(offsets(&page), [1]);
+}

@@ -38,7 +38,8 @@ pub use hub::{Hub, HubStats};
 pub use ids::{ConnId, Epoch, Identity, NodeId, RoomAccess, RoomName, UserRef};
 pub use machine::Core;
 pub use request::{
-    ParseLimits, Publish, Request, RequestError, RequestKind, Since, parse_publish, parse_request,
+    HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, ParseLimits, Publish, Request, RequestError,
+    RequestKind, Since, parse_publish, parse_request,
 };
 pub use sequencer::{HistoryLimits, MemorySequencer};
 pub use single::SingleNode;

@@ -55,7 +55,19 @@ pub enum RequestKind {
         to: Arc<str>,
         content: Arc<str>,
     },
+    /// A page of a joined room's history: the newest `limit` messages
+    /// before `before` (all retained ones when `None`).
+    History {
+        room: RoomName,
+        limit: usize,
+        before: Option<u64>,
+    },
 }
+
+/// Messages in one `history` page when the request names no `limit`.
+pub const HISTORY_DEFAULT_LIMIT: usize = 50;
+/// The most messages one `history` page carries; a larger `limit` is capped.
+pub const HISTORY_MAX_LIMIT: usize = 100;
 
 impl RequestKind {
     /// Requests that reach other people and so draw on the rate limit.
@@ -236,6 +248,7 @@ fn parse_envelope(
         "stop_typing" => Kind::Typing(false),
         "online_users" => Kind::OnlineUsers,
         "send_direct" => Kind::Direct,
+        "history" => Kind::History,
         other => {
             return Err(RequestError::new(
                 id,
@@ -278,6 +291,7 @@ fn parse_envelope(
             room: parsed.room(RoomFrom::EnvelopeFirst)?,
         },
         Kind::Direct => parsed.direct()?,
+        Kind::History => parsed.history()?,
     };
     Ok(Request { id, kind })
 }
@@ -304,6 +318,7 @@ enum Kind {
     Typing(bool),
     OnlineUsers,
     Direct,
+    History,
 }
 
 enum RoomFrom {
@@ -449,6 +464,38 @@ impl Parsed<'_> {
         };
         let content = self.content()?;
         Ok(RequestKind::Direct { to, content })
+    }
+
+    fn history(&self) -> Result<RequestKind, RequestError> {
+        let room = self.room(RoomFrom::EnvelopeFirst)?;
+        let limit = match self.field("limit") {
+            None => HISTORY_DEFAULT_LIMIT,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(HISTORY_MAX_LIMIT),
+                _ => {
+                    return Err(self.err(
+                        ErrorCode::InvalidPayload,
+                        "payload.limit must be a positive integer",
+                    ));
+                }
+            },
+        };
+        let before = match self.field("before") {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                self.err(
+                    ErrorCode::InvalidPayload,
+                    "payload.before must be a non-negative integer (an offset)",
+                )
+            })?),
+        };
+        Ok(RequestKind::History {
+            room,
+            limit,
+            before,
+        })
     }
 }
 

@@ -244,6 +244,21 @@ impl RoomLog {
         Recovery::Complete(self.ring.iter().skip(skip).collect())
     }
 
+    /// The newest `limit` retained messages below `before` (all of them
+    /// when `None`), oldest first, and whether earlier ones are retained.
+    pub(crate) fn page(&self, before: Option<u64>, limit: usize) -> (Vec<&Logged>, bool) {
+        let Some(front) = self.ring.front() else {
+            return (Vec::new(), false);
+        };
+        // The ring is contiguous: the messages below `before` are a prefix.
+        let below = before.map_or(self.ring.len(), |b| {
+            usize::try_from(b.saturating_sub(front.offset))
+                .map_or(self.ring.len(), |n| n.min(self.ring.len()))
+        });
+        let first = below.saturating_sub(limit);
+        (self.ring.range(first..below).collect(), first > 0)
+    }
+
     #[cfg(test)]
     pub(crate) fn retained(&self) -> usize {
         self.ring.len()

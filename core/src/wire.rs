@@ -138,6 +138,62 @@ pub fn room_info(info: &RoomInfo<'_>, now: Timestamp) -> Bytes {
 }
 
 #[derive(Serialize)]
+struct HistoryPayload<'a> {
+    room_id: &'a str,
+    epoch: &'a str,
+    /// The room's head: the newest offset in its history.
+    offset: u64,
+    messages: StoredFrames<'a>,
+    has_more: bool,
+}
+
+/// Stored `new_message` frames, embedded as they are.
+struct StoredFrames<'a>(&'a [Bytes]);
+
+impl Serialize for StoredFrames<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for frame in self.0 {
+            let raw: &serde_json::value::RawValue =
+                serde_json::from_slice(frame).map_err(S::Error::custom)?;
+            seq.serialize_element(raw)?;
+        }
+        seq.end()
+    }
+}
+
+/// A page of a room's history.
+pub struct History<'a> {
+    pub room: &'a RoomName,
+    /// The client's request id, echoed so that a page can be matched to
+    /// its request.
+    pub request_id: Option<&'a str>,
+    pub epoch: &'a Epoch,
+    pub head: u64,
+    /// `new_message` frames, oldest first.
+    pub messages: &'a [Bytes],
+    pub has_more: bool,
+}
+
+/// `history`: the answer to a `history` request.
+pub fn history(page: &History<'_>, now: Timestamp) -> Bytes {
+    Frame {
+        room: Some(page.room.as_str()),
+        id: page.request_id,
+        payload: Some(HistoryPayload {
+            room_id: page.room.as_str(),
+            epoch: page.epoch.as_str(),
+            offset: page.head,
+            messages: StoredFrames(page.messages),
+            has_more: page.has_more,
+        }),
+        ..Frame::new("history", now)
+    }
+    .encode()
+}
+
+#[derive(Serialize)]
 struct RoomResetPayload<'a> {
     room_id: &'a str,
     offset: u64,

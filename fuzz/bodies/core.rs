@@ -57,6 +57,10 @@ fn check_parse(data: &[u8]) {
                 RequestKind::Direct { content, .. } => {
                     assert!(!content.is_empty() && content.len() <= limits.max_content_bytes);
                 }
+                RequestKind::History { room, limit, .. } => {
+                    check_room(room, &limits);
+                    assert!((1..=roomhub_core::HISTORY_MAX_LIMIT).contains(limit));
+                }
             }
         }
         Err(e) => {
@@ -121,6 +125,9 @@ enum Word {
     StopTyping,
     OnlineUsers,
     SendDirect,
+    History,
+    Limit,
+    Before,
     General,
     LongText,
 }
@@ -148,6 +155,9 @@ impl Word {
             Word::StopTyping => "stop_typing".into(),
             Word::OnlineUsers => "online_users".into(),
             Word::SendDirect => "send_direct".into(),
+            Word::History => "history".into(),
+            Word::Limit => "limit".into(),
+            Word::Before => "before".into(),
             Word::General => "general".into(),
             Word::LongText => "x".repeat(70),
         }

@@ -219,6 +219,20 @@ export class RoomhubClient {
     return this.request("online_users", { room });
   }
 
+  /**
+   * A page of a joined room's history: the newest `limit` messages (50 by
+   * default, at most 100) before offset `before` (the newest when absent).
+   * Resolves with `{room_id, epoch, offset, messages, has_more}`; each
+   * message is a `new_message` frame (with `offset`, `sender`, `timestamp`),
+   * oldest first. Page back with `before: messages[0].offset`.
+   */
+  history(room, { limit, before } = {}) {
+    const payload = {};
+    if (limit !== undefined) payload.limit = limit;
+    if (before !== undefined) payload.before = before;
+    return this.request("history", { room, payload });
+  }
+
   // ---- frames from the server ----
 
   receive(frame) {
@@ -258,6 +272,12 @@ export class RoomhubClient {
           state.offset = reset.offset;
         }
         this.emit("reset", { room: reset.room_id, epoch: reset.epoch, offset: reset.offset });
+        return;
+      }
+      case "history": {
+        // The page comes just before the ack that resolves its request.
+        const waiting = frame.id && this.pending.get(frame.id);
+        if (waiting) waiting.page = frame.payload;
         return;
       }
       case "online_users":
@@ -304,6 +324,9 @@ export class RoomhubClient {
         return;
       case "online_users":
         waiting.resolve(this.lastUsers);
+        return;
+      case "history":
+        waiting.resolve(waiting.page);
         return;
       default:
         waiting.resolve(frame.payload || {});

@@ -60,6 +60,17 @@ const offsets = seen.map(([o]) => o).join(",");
 if (offsets !== "1,2,3,4,5,6") fail(`bob saw offsets ${offsets}`);
 if (!states.includes("reconnecting")) fail(`states ${states}`);
 
+// History: the newest page, then the one before it.
+const newest = await bob.history("g", { limit: 4 });
+const got = newest.messages.map((m) => m.payload.content).join(",");
+if (got !== "m3,m4,m5,m6" || !newest.has_more || newest.offset !== 6) {
+  fail(`history page ${got} has_more ${newest.has_more} offset ${newest.offset}`);
+}
+const older = await bob.history("g", { limit: 4, before: newest.messages[0].offset });
+if (older.messages.map((m) => m.offset).join(",") !== "1,2" || older.has_more) {
+  fail(`older page ${JSON.stringify(older)}`);
+}
+
 // A direct message, and a request that fails.
 const dms = [];
 bob.on("direct", (d) => dms.push(d.payload.content));

@@ -3,7 +3,8 @@
 //! messages, typing and presence both ways; a server restart on the same
 //! data directory that both pages ride out on their own, one of them missing
 //! messages while it is away, with no duplicates; a token that expires while
-//! connected and does not start a reconnect loop; and a screenshot of the
+//! connected and does not start a reconnect loop; a page joining later that
+//! shows the earlier messages; and a screenshot of the
 //! conversation in `target/demo-screenshot.png`.
 //!
 //! `.ci/run` installs `chromium` when it is missing; without it this test is
@@ -212,13 +213,16 @@ async fn scenario() {
 
     // Restart the server on the same data directory. Bob's page waits 3 s
     // before it comes back, so alice's next messages happen while he is away.
+    // Alice's page notes its states, so that the test waits for it to come
+    // back rather than see it still open on the old server.
+    eval(&alice, "(() => { window.states = []; window.roomhubClient.on('state', (s) => window.states.push(s)); return true; })()").await;
     eval(&bob, "(() => { const c = window.roomhubClient; c.random = () => 1; c.baseDelayMs = 3000; c.maxDelayMs = 3000; return true; })()").await;
     server.shutdown().await;
     let server = start_server(addr, &dir).await;
     until(
         &alice,
         "alice reconnects",
-        "window.roomhubClient.state === 'open'",
+        "window.states.includes('reconnecting') && window.roomhubClient.state === 'open'",
     )
     .await;
     assert_ne!(
@@ -263,6 +267,34 @@ async fn scenario() {
         eval(&bob, "window.roomhubClient.rooms.get('general').offset").await,
         eval(&alice, "window.roomhubClient.rooms.get('general').offset").await,
         "both pages are at the same offset"
+    );
+
+    // A fresh page joining later sees what was said before it came (the
+    // last 50 messages, with their times), each once.
+    let dave = browser.new_page(base.as_str()).await.expect("page");
+    log_in(&dave, "Dave").await;
+    until(
+        &dave,
+        "dave sees the earlier messages",
+        "document.getElementById('messages').innerText.includes('earlier messages above')",
+    )
+    .await;
+    let dave_text = messages(&dave).await;
+    for needle in ["hello bob", "hi alice", "while you were away 3"] {
+        assert_eq!(
+            count_in(&dave_text, needle),
+            1,
+            "dave sees {needle:?} once:\n{dave_text}"
+        );
+    }
+    assert_eq!(
+        eval(
+            &dave,
+            "document.querySelectorAll('#messages .history time').length >= 5"
+        )
+        .await,
+        Value::Bool(true),
+        "earlier messages show their times:\n{dave_text}"
     );
 
     std::fs::create_dir_all("../target").ok();

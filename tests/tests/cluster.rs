@@ -269,6 +269,43 @@ async fn recovery_works_on_a_different_node_on_a_redis_cluster() {
     recovery_on_another_node(Shards::cluster()).await;
 }
 
+#[tokio::test]
+async fn history_is_served_on_every_node() {
+    history_on_another_node(Shards::start(2)).await;
+}
+
+#[tokio::test]
+async fn history_is_served_on_every_node_on_a_redis_cluster() {
+    history_on_another_node(Shards::cluster()).await;
+}
+
+/// Messages said on one node are the history a fresh member of another
+/// node pages through (the room opens there from the broker's log).
+async fn history_on_another_node(redis: Option<Shards>) {
+    let Some(redis) = redis else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = nodes[0].member("alice", "g").await;
+    for i in 1..=4 {
+        say(&mut alice, "g", &format!("m{i}"), &format!("{i}")).await;
+        alice.recv_type("ack").await;
+    }
+    let mut bob = nodes[1].member("bob", "g").await;
+    bob.send_json(json!({"type": "history", "room": "g", "id": "h", "payload": {"limit": 3}}))
+        .await;
+    let page = bob.recv_type("history").await;
+    let contents: Vec<&str> = page["payload"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["m2", "m3", "m4"]);
+    assert_eq!(page["payload"]["has_more"], true);
+    assert_eq!(page["payload"]["offset"], 4);
+}
+
 async fn recovery_on_another_node(redis: Option<Shards>) {
     let Some(redis) = redis else {
         return;

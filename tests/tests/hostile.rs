@@ -373,6 +373,52 @@ fn catalog() -> Vec<Case> {
             Error("NOT_IN_ROOM"),
         ),
         text(
+            "history of a room not joined",
+            r#"{"type":"history","room":"other","id":"h"}"#,
+            Error("NOT_IN_ROOM"),
+        ),
+        text(
+            "history of a room outside the token's rooms",
+            r#"{"type":"history","room":"secret","id":"h","payload":{"limit":100}}"#,
+            Error("NOT_IN_ROOM"),
+        ),
+        // History requests with a bad page.
+        text(
+            "history limit zero",
+            r#"{"type":"history","room":"g","id":"h","payload":{"limit":0}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "history limit negative",
+            r#"{"type":"history","room":"g","id":"h","payload":{"limit":-5}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "history limit as a string",
+            r#"{"type":"history","room":"g","id":"h","payload":{"limit":"50"}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "history limit beyond u64",
+            r#"{"type":"history","room":"g","id":"h","payload":{"limit":18446744073709551616}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "history before fractional",
+            r#"{"type":"history","room":"g","id":"h","payload":{"before":2.5}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "history payload an array",
+            r#"{"type":"history","room":"g","id":"h","payload":[50]}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "history limit enormous is capped",
+            r#"{"type":"history","room":"g","id":"h","payload":{"limit":4294967296,"before":18446744073709551615}}"#,
+            Ack,
+        ),
+        text(
             "join outside the token's rooms",
             r#"{"type":"join_room","room":"secret","id":"h"}"#,
             Error("FORBIDDEN"),

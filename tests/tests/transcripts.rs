@@ -517,3 +517,32 @@ fn oversize_frame_closes_with_1009() {
     });
     assert_snapshot!(w.transcript());
 }
+
+#[test]
+fn history_pages() {
+    let mut w = world();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    w.send(a, r#"{"type":"join_room","room":"g"}"#);
+    for text in ["one", "two", "three"] {
+        w.send(
+            a,
+            &format!(r#"{{"type":"send_message","room":"g","payload":{{"content":"{text}"}}}}"#),
+        );
+    }
+    w.send(b, r#"{"type":"history","room":"g","id":"h0"}"#);
+    w.send(b, r#"{"type":"join_room","room":"g"}"#);
+    w.send(
+        b,
+        r#"{"type":"history","room":"g","id":"h1","payload":{"limit":2}}"#,
+    );
+    w.send(
+        b,
+        r#"{"type":"history","room":"g","id":"h2","payload":{"limit":2,"before":2}}"#,
+    );
+    w.send(
+        b,
+        r#"{"type":"history","room":"g","id":"h3","payload":{"limit":0}}"#,
+    );
+    assert_snapshot!(w.transcript());
+}
