@@ -24,10 +24,13 @@ pub enum ErrorCode {
     UnsupportedFrame,
     /// The store or broker cannot take the request now; safe to retry.
     Unavailable,
+    /// A `refresh` token that does not verify (bad signature, expired,
+    /// malformed claims).
+    InvalidToken,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidFormat,
         ErrorCode::UnknownType,
         ErrorCode::InvalidPayload,
@@ -41,6 +44,7 @@ impl ErrorCode {
         ErrorCode::RecipientOffline,
         ErrorCode::UnsupportedFrame,
         ErrorCode::Unavailable,
+        ErrorCode::InvalidToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +62,7 @@ impl ErrorCode {
             ErrorCode::RecipientOffline => "RECIPIENT_OFFLINE",
             ErrorCode::UnsupportedFrame => "UNSUPPORTED_FRAME",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::InvalidToken => "INVALID_TOKEN",
         }
     }
 }

@@ -95,6 +95,13 @@ pub enum Input {
     /// [`Output::Published`] carrying the same `ticket` (the shell's own
     /// number for the waiting caller).
     Publish { ticket: u64, publish: Publish },
+    /// The answer to [`Output::VerifyToken`]: who the new token names, or
+    /// why it was refused.
+    TokenVerified {
+        conn: ConnId,
+        request_id: Option<Arc<str>>,
+        outcome: Result<Identity, Arc<str>>,
+    },
 }
 
 /// An instruction to the shell.
@@ -147,6 +154,13 @@ pub enum Output {
         ticket: u64,
         outcome: PublishOutcome,
     },
+    /// A connection asked to `refresh` its token: verify `token` (off the
+    /// hub's path) and answer with [`Input::TokenVerified`].
+    VerifyToken {
+        conn: ConnId,
+        request_id: Option<Arc<str>>,
+        token: Arc<str>,
+    },
 }
 
 /// What became of a backend's publish.
@@ -186,7 +200,8 @@ impl Output {
             Output::Send { .. }
             | Output::Ping { .. }
             | Output::Close { .. }
-            | Output::Published { .. } => false,
+            | Output::Published { .. }
+            | Output::VerifyToken { .. } => false,
         }
     }
 }

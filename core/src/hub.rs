@@ -78,6 +78,8 @@ struct Conn {
     /// sent before it are acked, so answers arrive in request order and no
     /// ack comes after the leave's.
     leave_waits: bool,
+    /// A `refresh` is being verified; another waits for its answer.
+    refreshing: bool,
     limiter: Option<ConnLimiter>,
     last_seen: Timestamp,
     next_ping: Timestamp,
@@ -183,6 +185,11 @@ impl Hub {
                 }
             }
             Input::Publish { ticket, publish } => self.on_publish(ticket, publish),
+            Input::TokenVerified {
+                conn,
+                request_id,
+                outcome,
+            } => self.on_token_verified(conn, request_id.as_deref(), outcome),
         }
         while let Some(conn) = self.resume.pop() {
             self.run_deferred(conn);
@@ -437,6 +444,7 @@ impl Hub {
             in_flight: Default::default(),
             next_seq: 0,
             leave_waits: false,
+            refreshing: false,
             limiter: self.rate.new_limiter(),
             last_seen: self.now,
             next_ping: self.now.plus_ms(self.config.ping_interval_ms),
@@ -637,6 +645,7 @@ impl Hub {
                 "join the room first",
             ),
             RequestKind::Direct { to, content } => self.direct(id, req_id, &to, &content),
+            RequestKind::Refresh { token } => self.refresh(id, req_id, token),
         }
     }
 
@@ -722,6 +731,20 @@ impl Hub {
     /// and answers with `room_info`. Joining again is harmless.
     fn complete_join(&mut self, name: &RoomName, wait: WaitingJoin) {
         let now = self.now;
+        if self
+            .conns
+            .get(&wait.conn)
+            .is_some_and(|c| !c.identity.may_join(name))
+        {
+            // A refreshed token took the room away while the join waited.
+            self.send_error(
+                wait.conn,
+                wait.request_id.as_deref(),
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+            );
+            return self.close_if_deserted(name);
+        }
         let (Some(conn), Some(room)) = (self.conns.get_mut(&wait.conn), self.rooms.get_mut(name))
         else {
             return;
@@ -1672,6 +1695,9 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
     log.trim_by_age(now, config.history_max_age_ms);
     log
 }
+
+#[path = "hub_refresh.rs"]
+mod refresh;
 
 #[cfg(test)]
 #[path = "hub_tests.rs"]

@@ -2358,3 +2358,110 @@ fn history_needs_membership_and_a_well_formed_payload() {
     let (page, _) = history(&mut w, a, json!({}));
     assert_eq!(offsets(&page), [1]);
 }
+
+fn limited(user: &str, rooms: &[&str], expires_ms: Option<u64>) -> Identity {
+    Identity {
+        rooms: Some(RoomAccess::new(rooms)),
+        expires_at: expires_ms.map(|ms| START.plus_ms(ms)),
+        ..Identity::user(user)
+    }
+}
+
+#[test]
+fn refresh_moves_the_expiry_and_narrows_the_rooms() {
+    let mut w = world();
+    let a = w.connect_as(
+        "alice",
+        limited("alice", &["team-*", "lobby"], Some(60_000)),
+    );
+    let b = w.connect("bob");
+    for room in ["team-x", "lobby"] {
+        join(&mut w, a, room);
+        join(&mut w, b, room);
+    }
+    w.take_all();
+    w.tokens.insert(
+        "t2".into(),
+        Ok(limited("alice", &["team-*"], Some(120_000))),
+    );
+    w.send_json(
+        a,
+        json!({"type": "refresh", "id": "r", "payload": {"token": "t2"}}),
+    );
+    let frames = w.take(a);
+    assert_eq!(frames[0]["type"], "room_left", "{frames:?}");
+    assert_eq!(frames[0]["room"], "lobby");
+    assert_eq!(frames[0]["payload"]["room_id"], "lobby");
+    assert_eq!(frames[1]["type"], "ack");
+    assert_eq!(frames[1]["id"], "r");
+    assert_eq!(frames.len(), 2);
+    let to_bob = w.take(b);
+    assert_eq!(to_bob.len(), 1);
+    assert_eq!(to_bob[0]["type"], "user_left");
+    assert_eq!(to_bob[0]["room"], "lobby");
+    assert_eq!(
+        w.node.hub.rooms_of(a),
+        [RoomName::parse("team-x", 64).unwrap()]
+    );
+
+    // The old expiry passes: still connected (answering pings); the new
+    // one closes with 1008.
+    for _ in 0..61 {
+        w.advance_ms(1_000);
+        w.input(Input::Activity { conn: a });
+        w.input(Input::Activity { conn: b });
+    }
+    assert!(!w.closed.contains_key(&a));
+    w.send_json(a, json!({"type": "join_room", "room": "lobby", "id": "j"}));
+    assert_eq!(error_code(&w.take(a)[0]), "FORBIDDEN");
+    for _ in 0..60 {
+        w.advance_ms(1_000);
+        w.input(Input::Activity { conn: a });
+    }
+    assert_eq!(w.closed.get(&a).map(|c| c.0), Some(close::POLICY_VIOLATION));
+}
+
+#[test]
+fn refresh_refuses_a_bad_token_or_another_user_and_changes_nothing() {
+    let mut w = world();
+    let a = w.connect_as("alice", limited("alice", &["g"], Some(60_000)));
+    join(&mut w, a, "g");
+    w.take_all();
+    w.tokens.insert(
+        "mallory".into(),
+        Ok(limited("mallory", &["*"], Some(600_000))),
+    );
+    w.tokens.insert("old".into(), Err("token expired".into()));
+    w.send_json(
+        a,
+        json!({"type": "refresh", "id": "1", "payload": {"token": "mallory"}}),
+    );
+    let f = w.take(a);
+    assert_eq!(error_code(&f[0]), "FORBIDDEN");
+    assert_eq!(f[0]["id"], "1");
+    w.send_json(
+        a,
+        json!({"type": "refresh", "id": "2", "payload": {"token": "old"}}),
+    );
+    let f = w.take(a);
+    assert_eq!(error_code(&f[0]), "INVALID_TOKEN");
+    assert_eq!(f[0]["payload"]["message"], "token expired");
+    w.send_json(
+        a,
+        json!({"type": "refresh", "id": "3", "payload": {"token": "junk"}}),
+    );
+    assert_eq!(error_code(&w.take(a)[0]), "INVALID_TOKEN");
+    for bad in [
+        json!({}),
+        json!({"token": ""}),
+        json!({"token": 5}),
+        json!(null),
+    ] {
+        w.send_json(a, json!({"type": "refresh", "id": "4", "payload": bad}));
+        assert_eq!(error_code(&w.take(a)[0]), "INVALID_PAYLOAD", "{bad}");
+    }
+    // Nothing changed: still in g, and the old expiry still closes it.
+    assert_eq!(w.node.hub.rooms_of(a), [RoomName::parse("g", 64).unwrap()]);
+    w.advance_ms(60_000);
+    assert_eq!(w.closed.get(&a).map(|c| c.0), Some(close::POLICY_VIOLATION));
+}

@@ -62,6 +62,10 @@ pub enum RequestKind {
         limit: usize,
         before: Option<u64>,
     },
+    /// A new token for this connection (`refresh`), verified by the shell.
+    Refresh {
+        token: Arc<str>,
+    },
 }
 
 /// Messages in one `history` page when the request names no `limit`.
@@ -249,6 +253,7 @@ fn parse_envelope(
         "online_users" => Kind::OnlineUsers,
         "send_direct" => Kind::Direct,
         "history" => Kind::History,
+        "refresh" => Kind::Refresh,
         other => {
             return Err(RequestError::new(
                 id,
@@ -292,6 +297,7 @@ fn parse_envelope(
         },
         Kind::Direct => parsed.direct()?,
         Kind::History => parsed.history()?,
+        Kind::Refresh => parsed.refresh()?,
     };
     Ok(Request { id, kind })
 }
@@ -319,6 +325,7 @@ enum Kind {
     OnlineUsers,
     Direct,
     History,
+    Refresh,
 }
 
 enum RoomFrom {
@@ -496,6 +503,22 @@ impl Parsed<'_> {
             limit,
             before,
         })
+    }
+
+    fn refresh(&self) -> Result<RequestKind, RequestError> {
+        match self.field("token") {
+            Some(Value::String(t)) if !t.is_empty() => Ok(RequestKind::Refresh {
+                token: Arc::from(t.as_str()),
+            }),
+            Some(Value::String(_)) => {
+                Err(self.err(ErrorCode::InvalidPayload, "payload.token must not be empty"))
+            }
+            Some(_) => Err(self.err(
+                ErrorCode::InvalidPayload,
+                "payload.token must be a string (a JWT)",
+            )),
+            None => Err(self.err(ErrorCode::InvalidPayload, "payload.token is required")),
+        }
     }
 }
 

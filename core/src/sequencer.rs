@@ -93,7 +93,8 @@ impl MemorySequencer {
             | Output::Relay(_)
             | Output::FollowUser { .. }
             | Output::UnfollowUser { .. }
-            | Output::Published { .. } => false,
+            | Output::Published { .. }
+            | Output::VerifyToken { .. } => false,
         }
     }
 

@@ -29,6 +29,11 @@ pub struct TestWorld {
     pub pings: BTreeMap<ConnId, usize>,
     names: BTreeMap<ConnId, String>,
     transcript: String,
+    /// What the world's token verifier says of each token; any other token
+    /// is refused as invalid.
+    pub tokens: BTreeMap<String, Result<Identity, String>>,
+    /// Tokens handed to the verifier and not yet answered.
+    verifying: Vec<Input>,
 }
 
 impl TestWorld {
@@ -42,6 +47,8 @@ impl TestWorld {
             pings: BTreeMap::new(),
             names: BTreeMap::new(),
             transcript: String::new(),
+            tokens: BTreeMap::new(),
+            verifying: Vec::new(),
         }
     }
 
@@ -96,6 +103,9 @@ impl TestWorld {
         while let Some(out) = self.node.poll_output() {
             self.record(out);
         }
+        for answer in std::mem::take(&mut self.verifying) {
+            self.input(answer);
+        }
     }
 
     fn record(&mut self, out: Output) {
@@ -117,6 +127,22 @@ impl TestWorld {
                     self.label(conn)
                 );
                 self.closed.insert(conn, (code, reason.to_string()));
+            }
+            Output::VerifyToken {
+                conn,
+                request_id,
+                token,
+            } => {
+                let outcome = match self.tokens.get(&*token) {
+                    Some(Ok(identity)) => Ok(identity.clone()),
+                    Some(Err(why)) => Err(why.as_str().into()),
+                    None => Err("invalid token: not one the test world knows".into()),
+                };
+                self.verifying.push(Input::TokenVerified {
+                    conn,
+                    request_id,
+                    outcome,
+                });
             }
             // SingleNode answers the sequencer's outputs itself, and a
             // single node emits no cluster outputs or publish answers here.
@@ -194,6 +220,14 @@ fn describe(input: &Input, names: &BTreeMap<ConnId, String>) -> String {
         ),
         Input::RoomOpened(s) => format!("room {} opens at {}@{}", s.room, s.epoch.as_str(), s.head),
         Input::RoomOpenFailed { room } => format!("room {room} cannot be opened"),
+        Input::TokenVerified { conn, outcome, .. } => match outcome {
+            Ok(identity) => format!(
+                "{}'s new token verifies for {}",
+                name(conn),
+                identity.user.id
+            ),
+            Err(why) => format!("{}'s new token is refused: {why}", name(conn)),
+        },
         other => format!("{other:?}"),
     }
 }

@@ -194,6 +194,26 @@ pub fn history(page: &History<'_>, now: Timestamp) -> Bytes {
 }
 
 #[derive(Serialize)]
+struct RoomLeftPayload<'a> {
+    room_id: &'a str,
+    reason: &'a str,
+}
+
+/// `room_left`: the server took this connection out of a room (its new
+/// token no longer allows it, or the backend unsubscribed it).
+pub fn room_left(room: &RoomName, reason: &str, now: Timestamp) -> Bytes {
+    Frame {
+        room: Some(room.as_str()),
+        payload: Some(RoomLeftPayload {
+            room_id: room.as_str(),
+            reason,
+        }),
+        ..Frame::new("room_left", now)
+    }
+    .encode()
+}
+
+#[derive(Serialize)]
 struct RoomResetPayload<'a> {
     room_id: &'a str,
     offset: u64,

@@ -61,6 +61,7 @@ fn check_parse(data: &[u8]) {
                     check_room(room, &limits);
                     assert!((1..=roomhub_core::HISTORY_MAX_LIMIT).contains(limit));
                 }
+                RequestKind::Refresh { token } => assert!(!token.is_empty()),
             }
         }
         Err(e) => {
@@ -128,6 +129,8 @@ enum Word {
     History,
     Limit,
     Before,
+    Refresh,
+    Token,
     General,
     LongText,
 }
@@ -158,6 +161,8 @@ impl Word {
             Word::History => "history".into(),
             Word::Limit => "limit".into(),
             Word::Before => "before".into(),
+            Word::Refresh => "refresh".into(),
+            Word::Token => "token".into(),
             Word::General => "general".into(),
             Word::LongText => "x".repeat(70),
         }
@@ -230,6 +235,7 @@ pub fn hub_events(data: &[u8]) {
         opens: Vec::new(),
         rooms: BTreeMap::new(),
         connected: BTreeMap::new(),
+        verifying: Vec::new(),
     };
     for op in ops.iter().take(256) {
         world.apply(op);
@@ -315,6 +321,15 @@ enum Op {
         outcome: u8,
     },
     Reconnected,
+    /// Answer the `nth` waiting token verification: refused, or a token
+    /// for `u{user}` (maybe another user), maybe narrower, maybe short.
+    Verified {
+        nth: u8,
+        refuse: bool,
+        user: u8,
+        narrower: bool,
+        expires_in_ms: Option<u16>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -326,6 +341,7 @@ enum Frame {
     Typing { room: u8, on: bool },
     Online { room: u8 },
     Direct { to: u8 },
+    Refresh { token: u8 },
 }
 
 const ROOMS: [&str; 4] = ["a", "b", "c", "team-x"];
@@ -344,6 +360,8 @@ struct FuzzWorld {
     opens: Vec<RoomName>,
     rooms: BTreeMap<RoomName, SeqRoom>,
     connected: BTreeMap<ConnId, ()>,
+    /// Token verifications asked for and not yet answered.
+    verifying: Vec<(ConnId, Option<std::sync::Arc<str>>)>,
 }
 
 impl FuzzWorld {
@@ -384,6 +402,9 @@ impl FuzzWorld {
                 | Output::FollowUser { .. }
                 | Output::UnfollowUser { .. }
                 | Output::Published { .. } => {}
+                Output::VerifyToken {
+                    conn, request_id, ..
+                } => self.verifying.push((conn, request_id)),
             }
         }
     }
@@ -577,6 +598,35 @@ impl FuzzWorld {
                 });
             }
             Op::Reconnected => self.handle(Input::BrokerReconnected),
+            Op::Verified {
+                nth,
+                refuse,
+                user,
+                narrower,
+                expires_in_ms,
+            } => {
+                if self.verifying.is_empty() {
+                    return;
+                }
+                let i = usize::from(*nth) % self.verifying.len();
+                let (conn, request_id) = self.verifying.remove(i);
+                let outcome = if *refuse {
+                    Err("token expired".into())
+                } else {
+                    let mut identity = Identity::user(&format!("u{}", user % 4));
+                    if *narrower {
+                        identity.rooms = Some(RoomAccess::new(["a"]));
+                    }
+                    identity.expires_at =
+                        expires_in_ms.map(|ms| self.now.plus_ms(u64::from(ms)));
+                    Ok(identity)
+                };
+                self.handle(Input::TokenVerified {
+                    conn,
+                    request_id,
+                    outcome,
+                });
+            }
         }
     }
 }
@@ -611,6 +661,9 @@ fn frame_bytes(frame: &Frame, rooms: &BTreeMap<RoomName, SeqRoom>) -> Vec<u8> {
         Frame::Online { room: r } => json!({"type": "online_users", "id": "o", "room": room(r)}),
         Frame::Direct { to } => {
             json!({"type": "send_direct", "id": "d", "payload": {"to": format!("u{}", to % 5), "content": "hi"}})
+        }
+        Frame::Refresh { token } => {
+            json!({"type": "refresh", "id": "t", "payload": {"token": format!("t{token}")}})
         }
     };
     value.to_string().into_bytes()

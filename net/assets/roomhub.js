@@ -6,6 +6,11 @@
 // duplicates by offset, and raises "reset" when a room could not be
 // recovered (a rejoin told `recovered: false`, or an in-band `room_reset`),
 // so the app reloads that room's history from its backend.
+//
+// With a `getToken` callback it also keeps its token fresh: before the
+// token expires it asks for a new one and hands it to the server
+// (`refresh`) on the same connection, and on reconnecting with an expired
+// token it asks for one first.
 
 const AUTH_CLOSE_CODES = new Set([1008, 4401, 4403]);
 
@@ -28,7 +33,10 @@ export class RoomhubClient {
    *   token: the JWT; tokenIn: "query" (default) or "subprotocol";
    *   baseDelayMs (500) and maxDelayMs (30000): reconnect backoff;
    *   WebSocket: the WebSocket class (default: the global one);
-   *   random: a () => [0, 1) source for the jitter (default Math.random).
+   *   random: a () => [0, 1) source for the jitter (default Math.random);
+   *   getToken: an optional async () => JWT, called before the token
+   *   expires (refreshBeforeMs ahead, 30000 by default, at most half its
+   *   remaining life) and when reconnecting with an expired token.
    */
   constructor(url, options = {}) {
     this.url = url;
@@ -38,6 +46,9 @@ export class RoomhubClient {
     this.maxDelayMs = options.maxDelayMs ?? 30000;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
     this.random = options.random || Math.random;
+    this.getToken = options.getToken || null;
+    this.refreshBeforeMs = options.refreshBeforeMs ?? 30000;
+    this.refreshTimer = null;
     /** "idle" | "connecting" | "open" | "reconnecting" | "auth_required" | "closed" */
     this.state = "idle";
     /** room -> { epoch, offset, joined } */
@@ -81,7 +92,8 @@ export class RoomhubClient {
   connect() {
     clearTimeout(this.timer);
     if (this.expired()) {
-      this.setState("auth_required");
+      if (this.getToken) this.renewThenConnect();
+      else this.setState("auth_required");
       return;
     }
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
@@ -97,6 +109,7 @@ export class RoomhubClient {
       if (this.ws !== ws) return;
       this.attempt = 0;
       this.setState("open");
+      this.scheduleRefresh();
       for (const [room, state] of this.rooms) {
         if (state.joined) this.rejoin(room, state);
       }
@@ -114,12 +127,14 @@ export class RoomhubClient {
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      clearTimeout(this.refreshTimer);
       this.failPending("DISCONNECTED", "the connection closed before an answer");
       this.emit("close", { code: event.code, reason: event.reason });
       if (this.state === "closed") return;
       if (AUTH_CLOSE_CODES.has(event.code) || this.expired()) {
         // A new token is needed: reconnecting with this one would loop.
-        this.setState("auth_required");
+        if (this.getToken) this.renewThenConnect();
+        else this.setState("auth_required");
         return;
       }
       this.scheduleReconnect();
@@ -142,12 +157,83 @@ export class RoomhubClient {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
-  /** Gives a new token; connects again if the old one was refused. */
+  /**
+   * Gives a new token: connects again if the old one was refused; on an
+   * open connection, hands it to the server (`refresh`, no reconnect) and
+   * resolves once the server took it.
+   */
   setToken(token) {
     this.token = token;
     if (this.state === "auth_required") {
       this.attempt = 0;
       this.connect();
+      return Promise.resolve();
+    }
+    if (this.state !== "open") return Promise.resolve();
+    return this.request("refresh", { payload: { token } }).then((ok) => {
+      this.scheduleRefresh();
+      return ok;
+    });
+  }
+
+  /**
+   * Asks `getToken` for a token to connect with; one that is missing,
+   * expired or the one just refused leaves the client waiting for
+   * setToken() ("auth_required") rather than looping.
+   */
+  async renewThenConnect() {
+    const old = this.token;
+    let token = null;
+    try {
+      token = await this.getToken();
+    } catch (e) {
+      this.emit("error", { code: "TOKEN_UNAVAILABLE", message: String(e) });
+    }
+    if (this.state === "closed") return;
+    if (!token || token === old) {
+      this.setState("auth_required");
+      return;
+    }
+    this.token = token;
+    if (this.expired()) {
+      this.setState("auth_required");
+      return;
+    }
+    this.connect();
+  }
+
+  /** Arms the refresh before the token expires (with getToken only). */
+  scheduleRefresh() {
+    clearTimeout(this.refreshTimer);
+    const exp = this.token ? tokenExpiry(this.token) : null;
+    if (!this.getToken || exp === null) return;
+    const left = exp * 1000 - Date.now();
+    const lead = Math.min(this.refreshBeforeMs, left / 2);
+    const refresh = () =>
+      this.refresh().catch((e) =>
+        this.emit("error", { code: "TOKEN_UNAVAILABLE", message: String(e?.message ?? e) }),
+      );
+    this.refreshTimer = setTimeout(refresh, Math.max(0, left - lead));
+  }
+
+  /**
+   * Gets a new token from getToken and hands it to the server on this
+   * connection: the connection lives on, its expiry follows the new token,
+   * and rooms the new token does not allow are left ("left" events).
+   * Resolves once the server took it; raises "refreshed".
+   */
+  async refresh() {
+    const token = await this.getToken();
+    if (!token) throw { code: "TOKEN_UNAVAILABLE", message: "getToken gave no token" };
+    this.token = token;
+    if (this.state !== "open") return;
+    try {
+      await this.request("refresh", { payload: { token } });
+      this.emit("refreshed", { exp: tokenExpiry(token) });
+      this.scheduleRefresh();
+    } catch (e) {
+      // The connection closes at the old expiry; reconnecting asks again.
+      this.emit("error", e);
     }
   }
 
@@ -155,6 +241,7 @@ export class RoomhubClient {
   close() {
     this.setState("closed");
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000, "client closed");
   }
 
@@ -278,6 +365,14 @@ export class RoomhubClient {
         // The page comes just before the ack that resolves its request.
         const waiting = frame.id && this.pending.get(frame.id);
         if (waiting) waiting.page = frame.payload;
+        return;
+      }
+      case "room_left": {
+        // The server took this connection out of the room (a refreshed
+        // token no longer allows it, or the backend unsubscribed it).
+        const left = frame.payload;
+        this.rooms.delete(left.room_id);
+        this.emit("left", { room: left.room_id, reason: left.reason });
         return;
       }
       case "online_users":

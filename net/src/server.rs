@@ -30,6 +30,7 @@ use crate::http::admission::Admission;
 use crate::http::state::HttpState;
 use crate::hub::engine::{Engine, Journaled};
 use crate::hub::inbox::{self, Answers};
+use crate::hub::services::Services;
 use crate::hub::task::HubTask;
 use crate::metrics::Metrics;
 use crate::seq::journaled::JournaledStore;
@@ -186,6 +187,12 @@ impl Server {
             shutdown: shutdown.clone(),
             publishes: FxHashMap::default(),
             next_publish: 0,
+            services: Services {
+                io: tokio::runtime::Handle::current(),
+                answers: inbox.answers(),
+                auth: auth.clone(),
+                clock,
+            },
         };
         let conn = Arc::new(ConnContext {
             inbox,

@@ -71,6 +71,18 @@ if (older.messages.map((m) => m.offset).join(",") !== "1,2" || older.has_more) {
   fail(`older page ${JSON.stringify(older)}`);
 }
 
+// A token handed over on an open connection is a `refresh`: taken when it
+// verifies, refused (the connection unchanged) when it does not.
+await alice.setToken(aliceToken);
+try {
+  await bob.setToken(expiredToken);
+  fail("an expired token was taken");
+} catch (e) {
+  if (e.code !== "INVALID_TOKEN") fail(`refresh error ${JSON.stringify(e)}`);
+}
+bob.token = bobToken;
+if (alice.state !== "open" || bob.state !== "open") fail("a refresh closed a connection");
+
 // A direct message, and a request that fails.
 const dms = [];
 bob.on("direct", (d) => dms.push(d.payload.content));

@@ -4,7 +4,8 @@
 //! data directory that both pages ride out on their own, one of them missing
 //! messages while it is away, with no duplicates; a token that expires while
 //! connected and does not start a reconnect loop; a page joining later that
-//! shows the earlier messages; and a screenshot of the
+//! shows the earlier messages; a page whose token is refreshed before it
+//! expires and keeps its one socket; and a screenshot of the
 //! conversation in `target/demo-screenshot.png`.
 //!
 //! `.ci/run` installs `chromium` when it is missing; without it this test is
@@ -353,6 +354,67 @@ async fn scenario() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(eval(&carol, "window.sockets").await, 1, "no reconnect loop");
+
+    // A page whose token is refreshed keeps its socket: a 3 s token, and a
+    // getToken callback that hands out a long one. The client refreshes
+    // before the expiry, on the same connection.
+    let erin_short = mint_token(
+        SECRET,
+        &TokenSpec {
+            user: "erin".into(),
+            ..TokenSpec::default()
+        },
+        Duration::from_secs(3),
+        Clock::system().unix_seconds(),
+    );
+    let erin_long = mint_token(
+        SECRET,
+        &TokenSpec {
+            user: "erin".into(),
+            ..TokenSpec::default()
+        },
+        Duration::from_secs(3600),
+        Clock::system().unix_seconds(),
+    );
+    let erin = browser.new_page(base.as_str()).await.expect("page");
+    let script = format!(
+        r#"(async () => {{
+            window.sockets = 0;
+            window.refreshed = 0;
+            const Real = window.WebSocket;
+            window.WebSocket = class extends Real {{ constructor(...a) {{ super(...a); window.sockets++; }} }};
+            const {{ RoomhubClient }} = await import('/roomhub.js');
+            const c = new RoomhubClient('ws://{addr}/ws', {{
+                token: '{erin_short}',
+                getToken: async () => '{erin_long}',
+            }});
+            c.on('refreshed', () => window.refreshed++);
+            window.erin = c;
+            c.connect();
+            return true;
+        }})()"#
+    );
+    eval(&erin, &script).await;
+    until(&erin, "erin connects", "window.erin.state === 'open'").await;
+    eval(&erin, "window.erin.join('general').then(() => true)").await;
+    until(&erin, "erin's token is refreshed", "window.refreshed === 1").await;
+    // Past the first token's expiry: the same socket, still open, still
+    // talking.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(eval(&erin, "window.erin.state").await, "open");
+    assert_eq!(
+        eval(
+            &erin,
+            "window.erin.send('general', 'erin is still here').then((a) => a.offset > 0)"
+        )
+        .await,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        eval(&erin, "window.sockets").await,
+        1,
+        "no second WebSocket"
+    );
 
     browser.close().await.ok();
     browser.wait().await.ok();

@@ -418,6 +418,35 @@ fn catalog() -> Vec<Case> {
             r#"{"type":"history","room":"g","id":"h","payload":{"limit":4294967296,"before":18446744073709551615}}"#,
             Ack,
         ),
+        // Refresh with a bad token: refused, the connection unchanged.
+        text(
+            "refresh with no token",
+            r#"{"type":"refresh","id":"h","payload":{}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "refresh with a token that is a number",
+            r#"{"type":"refresh","id":"h","payload":{"token":12345}}"#,
+            Error("INVALID_PAYLOAD"),
+        ),
+        text(
+            "refresh with garbage for a token",
+            r#"{"type":"refresh","id":"h","payload":{"token":"a.b.c"}}"#,
+            Error("INVALID_TOKEN"),
+        ),
+        text(
+            "refresh with an alg none token",
+            r#"{"type":"refresh","id":"h","payload":{"token":"eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ1c2VyX2lkIjoidmljdGltIiwiZXhwIjo5OTk5OTk5OTk5fQ."}}"#,
+            Error("INVALID_TOKEN"),
+        ),
+        text(
+            "refresh with a huge token",
+            format!(
+                r#"{{"type":"refresh","id":"h","payload":{{"token":"{}"}}}}"#,
+                "A".repeat(3900)
+            ),
+            Error("INVALID_TOKEN"),
+        ),
         text(
             "join outside the token's rooms",
             r#"{"type":"join_room","room":"secret","id":"h"}"#,

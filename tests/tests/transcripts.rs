@@ -546,3 +546,30 @@ fn history_pages() {
     );
     assert_snapshot!(w.transcript());
 }
+
+#[test]
+fn refresh_narrows_the_rooms_and_refuses_bad_tokens() {
+    let mut w = world();
+    let narrow = |rooms: &[&str]| Identity {
+        rooms: Some(RoomAccess::new(rooms)),
+        expires_at: Some(Timestamp(1_767_225_600_000 + 60_000)),
+        ..Identity::user("alice")
+    };
+    let a = w.connect_as("alice#1", narrow(&["team-*", "lobby"]));
+    let b = w.connect("bob");
+    w.tokens.insert("narrower".into(), Ok(narrow(&["team-*"])));
+    w.tokens
+        .insert("expired".into(), Err("token expired".into()));
+    w.send(a, r#"{"type":"join_room","room":"lobby"}"#);
+    w.send(b, r#"{"type":"join_room","room":"lobby"}"#);
+    w.send(
+        a,
+        r#"{"type":"refresh","id":"r1","payload":{"token":"expired"}}"#,
+    );
+    w.send(
+        a,
+        r#"{"type":"refresh","id":"r2","payload":{"token":"narrower"}}"#,
+    );
+    w.send(a, r#"{"type":"refresh","id":"r3","payload":{}}"#);
+    assert_snapshot!(w.transcript());
+}

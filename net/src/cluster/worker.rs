@@ -88,7 +88,8 @@ impl<B: Broker> Worker<B> {
             | Output::Send { .. }
             | Output::Ping { .. }
             | Output::Close { .. }
-            | Output::Published { .. } => None,
+            | Output::Published { .. }
+            | Output::VerifyToken { .. } => None,
         };
         match input {
             Some(input) => self.answers.send(input).await,

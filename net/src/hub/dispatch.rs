@@ -10,6 +10,7 @@ use crate::clock::Clock;
 use crate::conn::outbox::Outbox;
 use crate::conn::shard::Shards;
 use crate::hub::engine::Engine;
+use crate::hub::services::Services;
 use crate::metrics::Metrics;
 
 /// The outboxes of the connections the hub queues frames for, and the
@@ -47,12 +48,14 @@ impl Connections {
     /// Queues every output for its connection and stages, on its shard,
     /// each connection that has something new to write. Overflows found on
     /// the way are fed back to the core, whose answers are dispatched in
-    /// turn; answers to API publishes go to `published`.
+    /// turn; answers to API publishes go to `published`, and calls for
+    /// the hub's services to `calls`.
     pub(crate) fn dispatch<C: Core>(
         &mut self,
         engine: &mut Engine<C>,
         clock: Clock,
         published: &mut Vec<(u64, PublishOutcome)>,
+        calls: &mut Vec<Output>,
     ) {
         loop {
             let now = clock.now();
@@ -86,6 +89,7 @@ impl Connections {
                         }
                     }
                     Output::Published { ticket, outcome } => published.push((ticket, outcome)),
+                    out if Services::serves(&out) => calls.push(out),
                     // The engine hands the sequencer's outputs to whoever
                     // owns the order (`Output::is_for_sequencer`).
                     _ => {}

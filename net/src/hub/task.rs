@@ -14,6 +14,7 @@ use crate::conn::shard::Shards;
 use crate::hub::dispatch::Connections;
 use crate::hub::engine::Engine;
 use crate::hub::inbox::HubEvent;
+use crate::hub::services::Services;
 use crate::metrics::Metrics;
 
 pub(crate) struct HubTask<C> {
@@ -25,6 +26,7 @@ pub(crate) struct HubTask<C> {
     /// API publishes waiting for the core's answer, by ticket.
     pub(crate) publishes: FxHashMap<u64, oneshot::Sender<PublishOutcome>>,
     pub(crate) next_publish: u64,
+    pub(crate) services: Services,
 }
 
 /// Waiting API publishes past which those whose callers gave up are swept.
@@ -128,8 +130,11 @@ impl<C: Core> HubTask<C> {
     /// Hands the core's outputs to the connections, and its answers to API
     /// publishes to their callers.
     fn dispatch(&mut self, outboxes: &mut Connections) {
-        let mut published = Vec::new();
-        outboxes.dispatch(&mut self.engine, self.clock, &mut published);
+        let (mut published, mut calls) = (Vec::new(), Vec::new());
+        outboxes.dispatch(&mut self.engine, self.clock, &mut published, &mut calls);
+        for call in calls {
+            self.services.call(call);
+        }
         for (ticket, outcome) in published {
             if let Some(reply) = self.publishes.remove(&ticket) {
                 let _ = reply.send(outcome);

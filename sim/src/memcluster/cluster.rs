@@ -199,7 +199,8 @@ impl Cluster {
             Output::UnfollowUser { user } => {
                 self.nodes[n].subs.remove(&channel::user(&user));
             }
-            Output::Published { .. } => {}
+            // No schedule sends `refresh`.
+            Output::Published { .. } | Output::VerifyToken { .. } => {}
         }
     }
 
