@@ -824,6 +824,47 @@ fn joins_wait_for_the_room_to_open_and_later_requests_keep_their_order() {
     assert_eq!(types, ["room_info", "ack", "online_users", "ack"]);
 }
 
+/// Found by the sharded simulator (3 nodes x 3 brokers, seed 151): the
+/// first of two joins waiting for a room left it (a deferred leave) before
+/// the second had joined, which closed the room under the second join; that
+/// join was never answered.
+#[test]
+fn a_waiting_joiner_that_leaves_at_once_does_not_strand_the_next_join() {
+    let mut m = Manual::new();
+    m.connect(1, "a");
+    m.connect(2, "b");
+    m.text(1, r#"{"type":"join_room","room":"g","id":"j1"}"#);
+    assert!(
+        m.text(1, r#"{"type":"leave_room","room":"g","id":"l1"}"#)
+            .is_empty()
+    );
+    m.text(2, r#"{"type":"join_room","room":"g","id":"j2"}"#);
+    let outs = m.input(Input::RoomOpened(snapshot("g", "E", 0, 1)));
+    let types = |conn| -> Vec<String> {
+        sends_to(&outs, conn)
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}:{}",
+                    f["type"].as_str().unwrap(),
+                    f["id"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(types(1), ["room_info:", "ack:j1", "user_joined:", "ack:l1"]);
+    assert_eq!(
+        types(2)[..2],
+        ["room_info:".to_string(), "ack:j2".to_string()]
+    );
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::CloseRoom { .. })),
+        "{outs:?}"
+    );
+    assert_eq!(m.hub.room_connections("g"), [ConnId(2)]);
+    m.hub.check_invariants().unwrap();
+}
+
 #[test]
 fn a_room_that_cannot_open_answers_unavailable() {
     let mut m = Manual::new();

@@ -617,8 +617,7 @@ impl FuzzWorld {
                     if *narrower {
                         identity.rooms = Some(RoomAccess::new(["a"]));
                     }
-                    identity.expires_at =
-                        expires_in_ms.map(|ms| self.now.plus_ms(u64::from(ms)));
+                    identity.expires_at = expires_in_ms.map(|ms| self.now.plus_ms(u64::from(ms)));
                     Ok(identity)
                 };
                 self.handle(Input::TokenVerified {

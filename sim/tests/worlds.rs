@@ -333,6 +333,20 @@ fn regression_sharded_3x3_seed_120_a_reset_before_a_rejoin_is_answered() {
     });
 }
 
+/// Found by `roomhub-sim --nodes 3 --brokers 3`: two joins waited for a
+/// room to open on one node; the first joiner's deferred leave ran before
+/// the second had joined and closed the room, so the second join was never
+/// answered (core regression:
+/// `a_waiting_joiner_that_leaves_at_once_does_not_strand_the_next_join`).
+#[test]
+fn regression_sharded_3x3_seed_151_a_join_is_always_answered() {
+    assert_passes(&WorldConfig {
+        nodes: 3,
+        brokers: 3,
+        ..WorldConfig::sharded(151)
+    });
+}
+
 /// Without host crashes: when turmoil crashes a host, the order in which
 /// its peers see their connections reset can vary with the machine's load
 /// (the single-server bounce shows the same), so crash worlds are checked
