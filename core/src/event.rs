@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::api::{ApiAnswer, ApiCall};
 use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomName, UserRef};
 use crate::request::Publish;
 use crate::time::Timestamp;
@@ -95,6 +96,9 @@ pub enum Input {
     /// [`Output::Published`] carrying the same `ticket` (the shell's own
     /// number for the waiting caller).
     Publish { ticket: u64, publish: Publish },
+    /// A server API call for this node (see [`crate::api`]), answered with
+    /// [`Output::ApiAnswered`] carrying the same `ticket`.
+    Api { ticket: u64, call: ApiCall },
     /// The answer to [`Output::VerifyToken`]: who the new token names, or
     /// why it was refused.
     TokenVerified {
@@ -120,7 +124,8 @@ pub enum Output {
     Close {
         conn: ConnId,
         code: u16,
-        reason: &'static str,
+        /// Fixed texts, or one a backend gave (`POST /api/disconnect`).
+        reason: std::borrow::Cow<'static, str>,
     },
     /// Give this message the room's next offset; answer with
     /// [`Input::Sequenced`] or [`Input::AppendFailed`].
@@ -154,6 +159,8 @@ pub enum Output {
         ticket: u64,
         outcome: PublishOutcome,
     },
+    /// The answer to [`Input::Api`].
+    ApiAnswered { ticket: u64, answer: ApiAnswer },
     /// A connection asked to `refresh` its token: verify `token` (off the
     /// hub's path) and answer with [`Input::TokenVerified`].
     VerifyToken {
@@ -201,6 +208,7 @@ impl Output {
             | Output::Ping { .. }
             | Output::Close { .. }
             | Output::Published { .. }
+            | Output::ApiAnswered { .. }
             | Output::VerifyToken { .. } => false,
         }
     }

@@ -80,11 +80,21 @@ struct Conn {
     leave_waits: bool,
     /// A `refresh` is being verified; another waits for its answer.
     refreshing: bool,
+    /// Rooms the backend subscribed this connection to (`/api/subscribe`):
+    /// allowed whatever the token's `rooms` claim says.
+    granted: Vec<RoomName>,
     limiter: Option<ConnLimiter>,
     last_seen: Timestamp,
     next_ping: Timestamp,
     /// The key of this connection's entry in `Hub::timers`.
     timer_at: Timestamp,
+}
+
+impl Conn {
+    /// The token's `rooms` claim allows `room`, or the backend granted it.
+    fn may_join(&self, room: &RoomName) -> bool {
+        self.identity.may_join(room) || self.granted.contains(room)
+    }
 }
 
 /// Counts for metrics and checks.
@@ -190,6 +200,10 @@ impl Hub {
                 request_id,
                 outcome,
             } => self.on_token_verified(conn, request_id.as_deref(), outcome),
+            Input::Api { ticket, call } => {
+                let answer = self.on_api(call);
+                self.out.push_back(Output::ApiAnswered { ticket, answer });
+            }
         }
         while let Some(conn) = self.resume.pop() {
             self.run_deferred(conn);
@@ -413,7 +427,7 @@ impl Hub {
             self.out.push_back(Output::Close {
                 conn: id,
                 code: close::GOING_AWAY,
-                reason: "server shutting down",
+                reason: "server shutting down".into(),
             });
             return;
         }
@@ -425,7 +439,7 @@ impl Hub {
             self.out.push_back(Output::Close {
                 conn: id,
                 code: close::POLICY_VIOLATION,
-                reason: "token expired",
+                reason: "token expired".into(),
             });
             return;
         }
@@ -445,6 +459,7 @@ impl Hub {
             next_seq: 0,
             leave_waits: false,
             refreshing: false,
+            granted: Vec::new(),
             limiter: self.rate.new_limiter(),
             last_seen: self.now,
             next_ping: self.now.plus_ms(self.config.ping_interval_ms),
@@ -456,12 +471,12 @@ impl Hub {
     }
 
     /// Closes a connection the hub gave up on, and forgets it.
-    fn close(&mut self, id: ConnId, code: u16, reason: &'static str) {
+    fn close(&mut self, id: ConnId, code: u16, reason: impl Into<std::borrow::Cow<'static, str>>) {
         if self.conns.contains_key(&id) {
             self.out.push_back(Output::Close {
                 conn: id,
                 code,
-                reason,
+                reason: reason.into(),
             });
             self.drop_conn(id);
         }
@@ -504,7 +519,7 @@ impl Hub {
             self.out.push_back(Output::Close {
                 conn,
                 code: close::GOING_AWAY,
-                reason: "server shutting down",
+                reason: "server shutting down".into(),
             });
         }
         for name in self.room_names() {
@@ -692,7 +707,7 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if !conn.identity.may_join(&room) {
+        if !conn.may_join(&room) {
             return self.send_error(
                 id,
                 req_id.as_deref(),
@@ -734,7 +749,7 @@ impl Hub {
         if self
             .conns
             .get(&wait.conn)
-            .is_some_and(|c| !c.identity.may_join(name))
+            .is_some_and(|c| !c.may_join(name))
         {
             // A refreshed token took the room away while the join waited.
             self.send_error(
@@ -1709,6 +1724,8 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
     log
 }
 
+#[path = "hub_api.rs"]
+mod api;
 #[path = "hub_refresh.rs"]
 mod refresh;
 

@@ -63,7 +63,7 @@ impl Hub {
         let refused: Vec<RoomName> = conn
             .rooms
             .iter()
-            .filter(|r| !conn.identity.may_join(r))
+            .filter(|r| !conn.may_join(r))
             .cloned()
             .collect();
         for room in refused {

@@ -2262,7 +2262,7 @@ fn outputs_are_for_the_sequencer_or_for_the_shell() {
         Output::Close {
             conn,
             code: close::GOING_AWAY,
-            reason: "bye",
+            reason: "bye".into(),
         },
         Output::Published {
             ticket: 1,

@@ -11,6 +11,7 @@
 //! [`event`] for the seam and [`MemorySequencer`] for the in-process one.
 //! [`SingleNode`] wires the two together for a process without a store.
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod event;

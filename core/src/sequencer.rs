@@ -94,6 +94,7 @@ impl MemorySequencer {
             | Output::FollowUser { .. }
             | Output::UnfollowUser { .. }
             | Output::Published { .. }
+            | Output::ApiAnswered { .. }
             | Output::VerifyToken { .. } => false,
         }
     }

@@ -401,7 +401,8 @@ impl FuzzWorld {
                 | Output::Presence { .. }
                 | Output::FollowUser { .. }
                 | Output::UnfollowUser { .. }
-                | Output::Published { .. } => {}
+                | Output::Published { .. }
+                | Output::ApiAnswered { .. } => {}
                 Output::VerifyToken {
                     conn, request_id, ..
                 } => self.verifying.push((conn, request_id)),

@@ -5,7 +5,9 @@
 // every room with `since` from the last offset and epoch it saw, drops
 // duplicates by offset, and raises "reset" when a room could not be
 // recovered (a rejoin told `recovered: false`, or an in-band `room_reset`),
-// so the app reloads that room's history from its backend.
+// so the app reloads that room's history from its backend. A close with a
+// code from 4100 to 4199 (the backend's `disconnect`, "do not come back")
+// ends it for good (state "closed"); 4200-4299 reconnects as usual.
 //
 // With a `getToken` callback it also keeps its token fresh: before the
 // token expires it asks for a new one and hands it to the server
@@ -131,6 +133,11 @@ export class RoomhubClient {
       this.failPending("DISCONNECTED", "the connection closed before an answer");
       this.emit("close", { code: event.code, reason: event.reason });
       if (this.state === "closed") return;
+      if (event.code >= 4100 && event.code <= 4199) {
+        // The backend disconnected this user for good (a ban): no reconnect.
+        this.setState("closed");
+        return;
+      }
       if (AUTH_CLOSE_CODES.has(event.code) || this.expired()) {
         // A new token is needed: reconnecting with this one would loop.
         if (this.getToken) this.renewThenConnect();

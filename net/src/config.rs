@@ -54,6 +54,10 @@ pub struct TokenArgs {
     /// HS256 secret; defaults to the server's development secret.
     #[arg(long, env = "ROOMHUB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// The server API key, when one is configured: a hint on how to call
+    /// the API is printed (to stderr, so stdout stays the token).
+    #[arg(long, env = "ROOMHUB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,9 +174,10 @@ pub struct ServerArgs {
     #[arg(long, env = "ROOMHUB_DEMO", num_args = 0..=1, default_missing_value = "true",
           action = ArgAction::Set)]
     pub demo: Option<bool>,
-    /// Enables `POST /api/publish` for backends, with this key as a Bearer
-    /// token. Without it the endpoint answers 404.
-    #[arg(long, env = "ROOMHUB_API_KEY")]
+    /// Enables the server API (`POST /api/<method>`, docs/api.md) for
+    /// backends, with this key as a Bearer token. Without it the API
+    /// answers 404.
+    #[arg(long, env = "ROOMHUB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROOMHUB_LOG_JSON", default_value_t = false, num_args = 0..=1,
@@ -291,7 +296,7 @@ pub struct ServerConfig {
     /// Cluster mode on a Redis Cluster: seed URLs (empty: not on one).
     pub redis_cluster: Vec<String>,
     pub node_ttl: Duration,
-    /// The key `POST /api/publish` requires; `None` disables it.
+    /// The key the server API requires; `None` disables it.
     pub api_key: Option<String>,
     /// Serve the demo page at `/`.
     pub demo: bool,

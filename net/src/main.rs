@@ -42,6 +42,15 @@ fn token(args: &TokenArgs) -> ExitCode {
         "{}",
         mint_token(&secret, &spec, args.ttl, Clock::system().unix_seconds())
     );
+    if let Some(key) = args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        eprintln!(
+            "An API key is configured (ROOMHUB_API_KEY). The server API, for your backend (docs/api.md):\n  \
+             curl -H \"Authorization: Bearer $ROOMHUB_API_KEY\" -d '{{}}' http://127.0.0.1:8080/api/info\n  \
+             (key {}…, {} bytes)",
+            key.chars().take(3).collect::<String>(),
+            key.len()
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -205,6 +205,11 @@ impl Metrics {
         }
     }
 
+    /// Seconds since the server started.
+    pub fn uptime_secs(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.inner

@@ -187,6 +187,7 @@ impl Server {
             shutdown: shutdown.clone(),
             publishes: FxHashMap::default(),
             next_publish: 0,
+            calls: FxHashMap::default(),
             services: Services {
                 io: tokio::runtime::Handle::current(),
                 answers: inbox.answers(),

@@ -1,9 +1,9 @@
 // Drives net/assets/roomhub.js (the module the server serves at /roomhub.js)
 // against a real server, in Node's own WebSocket. Run by
-// tests/tests/js_client.rs: node --experimental-websocket client.mjs <module> <ws-url> <alice> <bob> <expired>
+// tests/tests/js_client.rs: node --experimental-websocket client.mjs <module> <ws-url> <alice> <bob> <expired> <api-key>
 // Prints "ok" and exits 0, or prints what went wrong and exits 1.
 
-const [modulePath, url, aliceToken, bobToken, expiredToken] = process.argv.slice(2);
+const [modulePath, url, aliceToken, bobToken, expiredToken, apiKey] = process.argv.slice(2);
 const { RoomhubClient } = await import(modulePath);
 
 function fail(why) {
@@ -121,7 +121,27 @@ if (resets.length !== 1 || resets[0].epoch !== "NEW" || g.epoch !== "NEW" || g.o
 bob.receive({ type: "new_message", room: "g", offset: 1, payload: { content: "fresh" } });
 if (seen.at(-1)[1] !== "fresh") fail(`after the reset bob saw ${JSON.stringify(seen.at(-1))}`);
 
-alice.close();
+// The backend disconnects: 4200-4299 reconnects as usual, 4100-4199 ends
+// the client for good.
+const api = (method, params) =>
+  fetch(`${url.replace(/^ws/, "http").replace(/\/ws$/, "")}/api/${method}`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${apiKey}` },
+    body: JSON.stringify(params),
+  }).then((r) => r.json());
+const bobStates = [];
+bob.on("state", (s) => bobStates.push(s));
+const kicked = await api("disconnect", { user: "bob", code: 4200 });
+if (kicked.result?.connections !== 1) fail(`disconnect bob: ${JSON.stringify(kicked)}`);
+await until("bob comes back after a 4200", () => bobStates.includes("reconnecting") && bob.state === "open");
+const closes = [];
+alice.on("close", (c) => closes.push(c.code));
+const banned = await api("disconnect", { user: "alice", reason: "banned" });
+if (banned.result?.connections !== 1) fail(`disconnect alice: ${JSON.stringify(banned)}`);
+await until("alice closed for good", () => alice.state === "closed" && closes.includes(4100));
+await new Promise((r) => setTimeout(r, 300));
+if (alice.state !== "closed" || alice.ws) fail(`alice came back after a 4100: ${alice.state}`);
+
 bob.close();
 console.log("ok");
 process.exit(0);

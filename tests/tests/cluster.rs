@@ -477,7 +477,7 @@ async fn the_publish_api_goes_through_the_cluster_order() {
     );
     let (status, reply) = http_post(node.addr, "/api/publish", Some("k3y"), body).await;
     assert_eq!(status, 200, "{reply}");
-    let reply: Value = serde_json::from_str(&reply).unwrap();
+    let reply: Value = serde_json::from_str::<Value>(&reply).unwrap()["result"].clone();
     assert_eq!(reply["offset"], 1);
     let msg = alice.recv_type("new_message").await;
     assert_eq!(msg["payload"]["content"], "from the backend");

@@ -427,7 +427,8 @@ async fn the_publish_api_in_memory_mode() {
         roomhub_tests::server::http_post(server.addr, "/api/publish", Some("secret-key"), body)
             .await;
     assert_eq!(status, 200, "{reply}");
-    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap()["result"].clone();
     assert_eq!(reply["offset"], 1);
     let msg = alice.recv_type("new_message").await;
     assert_eq!(msg["payload"]["content"], "from the backend");
@@ -482,7 +483,8 @@ async fn the_publish_api_on_a_single_durable_node() {
     assert!(refusal.contains("CONTENT_TOO_LONG"), "{refusal}");
     let (status, reply) = post(Some("secret-key"), body).await;
     assert_eq!(status, 200, "{reply}");
-    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap()["result"].clone();
     assert_eq!(reply["offset"], 1);
     let msg = alice.recv_type("new_message").await;
     assert_eq!(msg["payload"]["content"], "hello from the backend");

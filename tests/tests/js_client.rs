@@ -40,7 +40,7 @@ fn node() -> Option<()> {
 
 #[tokio::test]
 async fn the_javascript_client_recovers_a_dropped_link_without_duplicates() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.api_key = Some("js-api-key".into())).await;
     let (status, served) = server.get("/roomhub.js").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -68,7 +68,7 @@ async fn the_javascript_client_recovers_a_dropped_link_without_duplicates() {
         Command::new("node")
             .arg("--experimental-websocket")
             .arg(SCRIPT)
-            .args([&module, &url, &alice, &bob, &expired])
+            .args([&module, &url, &alice, &bob, &expired, "js-api-key"])
             .output()
             .expect("run node")
     })

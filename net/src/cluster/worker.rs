@@ -89,6 +89,7 @@ impl<B: Broker> Worker<B> {
             | Output::Ping { .. }
             | Output::Close { .. }
             | Output::Published { .. }
+            | Output::ApiAnswered { .. }
             | Output::VerifyToken { .. } => None,
         };
         match input {

@@ -79,7 +79,7 @@ async fn after_reading(
 ) -> String {
     cx.inbox.report(Input::Disconnected { conn }).done().await;
     match &end {
-        ReadEnd::Violation(code, why) => outbox.close_now(*code, why),
+        ReadEnd::Violation(code, why) => outbox.close_now(*code, *why),
         ReadEnd::PeerClosed(code) => outbox.close_reply(*code),
         _ => outbox.release(),
     }

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use crate::http::api::publish;
+use crate::http::api::call;
 use crate::http::error::json_error;
 use crate::http::pages::{client_module, demo_page, demo_token, healthz, metrics, online};
 use crate::http::state::HttpState;
@@ -16,7 +16,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/ws", get(ws_handler))
         .route("/ws/online", get(online))
-        .route("/api/publish", post(publish))
+        .route("/api/{method}", post(call))
         .route("/roomhub.js", get(client_module))
         .route("/", get(demo_page))
         .route("/demo/token", post(demo_token))

@@ -3,6 +3,7 @@
 //! and queue overflows fed back to the core as inputs.
 
 use bytes::Bytes;
+use roomhub_core::api::ApiAnswer;
 use roomhub_core::{ConnId, Core, FrameKind, Input, Output, PublishOutcome, close};
 use rustc_hash::FxHashMap;
 
@@ -48,13 +49,14 @@ impl Connections {
     /// Queues every output for its connection and stages, on its shard,
     /// each connection that has something new to write. Overflows found on
     /// the way are fed back to the core, whose answers are dispatched in
-    /// turn; answers to API publishes go to `published`, and calls for
-    /// the hub's services to `calls`.
+    /// turn; answers to API publishes go to `published`, to other API
+    /// calls to `answered`, and calls for the hub's services to `calls`.
     pub(crate) fn dispatch<C: Core>(
         &mut self,
         engine: &mut Engine<C>,
         clock: Clock,
         published: &mut Vec<(u64, PublishOutcome)>,
+        answered: &mut Vec<(u64, ApiAnswer)>,
         calls: &mut Vec<Output>,
     ) {
         loop {
@@ -89,6 +91,7 @@ impl Connections {
                         }
                     }
                     Output::Published { ticket, outcome } => published.push((ticket, outcome)),
+                    Output::ApiAnswered { ticket, answer } => answered.push((ticket, answer)),
                     out if Services::serves(&out) => calls.push(out),
                     // The engine hands the sequencer's outputs to whoever
                     // owns the order (`Output::is_for_sequencer`).

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use roomhub_core::api::{ApiAnswer, ApiCall};
 use roomhub_core::{ConnId, Identity, Input, Publish, PublishOutcome};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +34,11 @@ pub(crate) enum HubEvent {
     Publish {
         publish: Publish,
         reply: oneshot::Sender<PublishOutcome>,
+    },
+    /// A server API call for this node; the core answers it at once.
+    Api {
+        call: ApiCall,
+        reply: oneshot::Sender<ApiAnswer>,
     },
 }
 
@@ -86,6 +92,17 @@ impl Inbox {
         let (reply, done) = oneshot::channel();
         let event = HubEvent::Publish { publish, reply };
         self.0.send(event).await.map_err(|_| ())?;
+        Ok(done)
+    }
+
+    /// A server API call on this node; the answer arrives on the returned
+    /// receiver.
+    pub(crate) async fn api(&self, call: ApiCall) -> Result<oneshot::Receiver<ApiAnswer>, ()> {
+        let (reply, done) = oneshot::channel();
+        self.0
+            .send(HubEvent::Api { call, reply })
+            .await
+            .map_err(|_| ())?;
         Ok(done)
     }
 

@@ -4,6 +4,7 @@
 //! and hands the I/O shards the connections to write
 //! ([`crate::conn::shard`]). It decides nothing: every rule is the core's.
 
+use roomhub_core::api::ApiAnswer;
 use roomhub_core::{Core, Input, PublishOutcome, Timestamp};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,8 @@ pub(crate) struct HubTask<C> {
     /// API publishes waiting for the core's answer, by ticket.
     pub(crate) publishes: FxHashMap<u64, oneshot::Sender<PublishOutcome>>,
     pub(crate) next_publish: u64,
+    /// API calls waiting for the core's answer (given in the same pass).
+    pub(crate) calls: FxHashMap<u64, oneshot::Sender<ApiAnswer>>,
     pub(crate) services: Services,
 }
 
@@ -130,8 +133,19 @@ impl<C: Core> HubTask<C> {
     /// Hands the core's outputs to the connections, and its answers to API
     /// publishes to their callers.
     fn dispatch(&mut self, outboxes: &mut Connections) {
-        let (mut published, mut calls) = (Vec::new(), Vec::new());
-        outboxes.dispatch(&mut self.engine, self.clock, &mut published, &mut calls);
+        let (mut published, mut answered, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+        outboxes.dispatch(
+            &mut self.engine,
+            self.clock,
+            &mut published,
+            &mut answered,
+            &mut calls,
+        );
+        for (ticket, answer) in answered {
+            if let Some(reply) = self.calls.remove(&ticket) {
+                let _ = reply.send(answer);
+            }
+        }
         for call in calls {
             self.services.call(call);
         }
@@ -169,6 +183,12 @@ impl<C: Core> HubTask<C> {
                 }
                 self.publishes.insert(ticket, reply);
                 self.engine.handle(Input::Publish { ticket, publish }, now);
+            }
+            HubEvent::Api { call, reply } => {
+                self.next_publish += 1;
+                let ticket = self.next_publish;
+                self.calls.insert(ticket, reply);
+                self.engine.handle(Input::Api { ticket, call }, now);
             }
         }
     }

@@ -200,7 +200,7 @@ impl Cluster {
                 self.nodes[n].subs.remove(&channel::user(&user));
             }
             // No schedule sends `refresh`.
-            Output::Published { .. } | Output::VerifyToken { .. } => {}
+            Output::Published { .. } | Output::ApiAnswered { .. } | Output::VerifyToken { .. } => {}
         }
     }
 

@@ -254,12 +254,18 @@ impl Outbox {
     }
 
     /// Queues a close frame after what is queued; nothing follows it.
-    pub(crate) fn close_now(&self, code: u16, reason: &'static str) {
+    pub(crate) fn close_now(&self, code: u16, reason: impl Into<std::borrow::Cow<'static, str>>) {
+        // What the connection remembers is a fixed label; a backend's own
+        // reason goes only into the close frame.
+        let (text, label) = match reason.into() {
+            std::borrow::Cow::Borrowed(r) => (Utf8Bytes::from_static(r), r),
+            std::borrow::Cow::Owned(r) => (Utf8Bytes::from(r), "disconnected by the server"),
+        };
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: Utf8Bytes::from_static(reason),
+            reason: text,
         };
-        self.push_close(Some(frame), (code, reason));
+        self.push_close(Some(frame), (code, label));
     }
 
     /// Answers the peer's close frame (echoing its code, as RFC 6455 §5.5.1

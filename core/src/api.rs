@@ -1,0 +1,88 @@
+//! The server API's calls that the hub answers for its own node: commands
+//! on a user's connections, and what the node holds. A cluster sends each
+//! call to every node and merges the answers (the shell's part); each
+//! node's answer is about its own connections only, so nothing is counted
+//! twice.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RoomName, UserRef};
+
+/// Close codes a backend may give `POST /api/disconnect`. 4100–4199: do
+/// not reconnect (a ban); 4200–4299: reconnect is fine (for example after
+/// a permission change). `roomhub.js` follows the same split.
+pub const DISCONNECT_CODES: std::ops::RangeInclusive<u16> = 4100..=4299;
+/// The code when the backend gives none: disconnected, do not come back.
+pub const DISCONNECT_DEFAULT_CODE: u16 = 4100;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum ApiCall {
+    /// Close every connection of `user` with `code` and `reason`.
+    Disconnect {
+        user: Arc<str>,
+        code: u16,
+        reason: Option<Arc<str>>,
+    },
+    /// Join every connection of `user` to `room`, whatever its token's
+    /// `rooms` claim says (the backend decides).
+    Subscribe { user: Arc<str>, room: RoomName },
+    /// Take every connection of `user` out of `room` (`room_left`).
+    Unsubscribe { user: Arc<str>, room: RoomName },
+    /// The users of this node in `room`, with their connection counts.
+    Presence { room: RoomName },
+    /// This node's rooms with members whose name matches `pattern` (a
+    /// `prefix*` pattern or an exact name; all when absent).
+    Rooms { pattern: Option<Arc<str>> },
+    /// This node's counts.
+    Info,
+}
+
+/// A user in a room, with how many of its connections are there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresentUser {
+    pub user: UserRef,
+    pub connections: usize,
+}
+
+/// A room with members on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMembers {
+    pub room: RoomName,
+    /// The ids of the users here (so a cluster can count each user once).
+    pub users: Vec<Arc<str>>,
+    pub connections: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum ApiAnswer {
+    /// How many of this node's connections a command reached.
+    Connections {
+        connections: usize,
+    },
+    Presence {
+        users: Vec<PresentUser>,
+    },
+    Rooms {
+        rooms: Vec<RoomMembers>,
+    },
+    Info {
+        connections: usize,
+        users: Vec<Arc<str>>,
+        rooms: usize,
+    },
+}
+
+/// Whether `room` matches a `rooms` filter: `prefix*`, or an exact name.
+pub fn room_matches(pattern: Option<&str>, room: &str) -> bool {
+    match pattern {
+        None => true,
+        Some(p) => match p.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => room == p,
+        },
+    }
+}
