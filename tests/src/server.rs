@@ -90,9 +90,9 @@ impl TestServer {
         TestServer::clustered(|c| c.redis = urls).await
     }
 
-    /// A cluster node whose broker `place` sets, with a short node TTL
-    /// (1.5 s) and no rate limit, once healthy.
-    async fn clustered(place: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    /// A cluster node whose broker (and anything else) `place` sets, with
+    /// a short node TTL (1.5 s) and no rate limit, once healthy.
+    pub async fn clustered(place: impl FnOnce(&mut ServerConfig)) -> TestServer {
         TestServer::start_with(|c| {
             place(c);
             c.node_ttl = Duration::from_millis(1500);

@@ -15,6 +15,8 @@ use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+const API_KEY: &str = "cluster-api-key";
+
 /// The Redis of one test's cluster, each a `redis-server` of its own
 /// (`appendfsync always`): listed shards (`--redis url1,url2`), or a
 /// three-master Redis Cluster (`--redis-cluster`).
@@ -44,6 +46,23 @@ impl Shards {
             }
             Shards::Cluster(cluster) => TestServer::cluster_node(&cluster.seeds()).await,
         }
+    }
+
+    /// A node on them with the server API on (key [`API_KEY`]).
+    async fn api_node(&self) -> TestServer {
+        let (listed, seeds): (Vec<String>, Vec<String>) = match self {
+            Shards::Listed(servers) => (servers.iter().map(RedisServer::url).collect(), vec![]),
+            Shards::Cluster(cluster) => (
+                vec![],
+                cluster.seeds().split(',').map(str::to_string).collect(),
+            ),
+        };
+        TestServer::clustered(|c| {
+            c.redis = listed;
+            c.redis_cluster = seeds;
+            c.api_key = Some(API_KEY.into());
+        })
+        .await
     }
 
     fn count(&self) -> usize {
@@ -822,4 +841,110 @@ async fn empty_restart_resets_in_band(shards: usize) {
     let got = bob.recv_type("new_message").await;
     assert_eq!(got["payload"]["content"], "after");
     assert_eq!(got["offset"], 1, "the new epoch's first message: {got}");
+}
+
+#[tokio::test]
+async fn the_server_api_acts_on_every_node() {
+    api_on_every_node(Shards::start(1)).await;
+}
+
+#[tokio::test]
+async fn the_server_api_acts_on_every_node_on_two_shards() {
+    api_on_every_node(Shards::start(2)).await;
+}
+
+#[tokio::test]
+async fn the_server_api_acts_on_every_node_on_a_redis_cluster() {
+    api_on_every_node(Shards::cluster()).await;
+}
+
+/// Calls on one node reach the connections and rooms of every node:
+/// alice has a connection on each of two nodes, bob one on the first.
+async fn api_on_every_node(redis: Option<Shards>) {
+    let Some(redis) = redis else {
+        return;
+    };
+    let (n0, n1) = (redis.api_node().await, redis.api_node().await);
+    // Both nodes see each other before the calls (one heartbeat).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let call = |node: &TestServer, method: &str, params: Value| {
+        let (addr, path, body) = (node.addr, format!("/api/{method}"), params.to_string());
+        async move {
+            let (status, body) = http_post(addr, &path, Some(API_KEY), &body).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            serde_json::from_str::<Value>(&body).unwrap()["result"].clone()
+        }
+    };
+    let mut a0 = n0.client("alice").await;
+    let mut a1 = n1.client("alice").await;
+    let mut bob = n0.member("bob", "team-1").await;
+
+    let r = call(&n1, "subscribe", json!({"user": "alice", "room": "team-1"})).await;
+    assert_eq!(r["connections"], 2, "{r}");
+    for c in [&mut a0, &mut a1] {
+        assert_eq!(
+            c.recv_type("room_info").await["payload"]["room_id"],
+            "team-1"
+        );
+    }
+    assert_eq!(bob.recv_type("user_joined").await["payload"]["id"], "alice");
+
+    let stats = call(&n1, "presence_stats", json!({"room": "team-1"})).await;
+    assert_eq!(
+        (stats["users"].as_u64(), stats["connections"].as_u64()),
+        (Some(2), Some(3)),
+        "{stats}"
+    );
+    let p = call(&n0, "presence", json!({"room": "team-1"})).await;
+    let alice = p["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "alice")
+        .cloned();
+    assert_eq!(
+        alice.map(|a| a["connections"].clone()),
+        Some(json!(2)),
+        "{p}"
+    );
+    let rooms = call(&n1, "rooms", json!({"pattern": "team-*"})).await;
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"room": "team-1", "users": 2, "connections": 3}])
+    );
+    let info = call(&n0, "info", json!({})).await;
+    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(2), "{info}");
+    assert_eq!(
+        (info["connections"].as_u64(), info["users"].as_u64()),
+        (Some(3), Some(2)),
+        "{info}"
+    );
+
+    let r = call(
+        &n0,
+        "unsubscribe",
+        json!({"user": "alice", "room": "team-1"}),
+    )
+    .await;
+    assert_eq!(r["connections"], 2);
+    for c in [&mut a0, &mut a1] {
+        assert_eq!(
+            c.recv_type("room_left").await["payload"]["reason"],
+            "unsubscribed"
+        );
+    }
+    assert_eq!(bob.recv_type("user_left").await["payload"]["id"], "alice");
+
+    let r = call(
+        &n1,
+        "disconnect",
+        json!({"user": "alice", "reason": "banned"}),
+    )
+    .await;
+    assert_eq!(r["connections"], 2);
+    for c in [&mut a0, &mut a1] {
+        assert_eq!(c.closed().await, (4100, "banned".to_string()));
+    }
+    let r = call(&n0, "disconnect", json!({"user": "nobody"})).await;
+    assert_eq!(r["connections"], 0);
 }

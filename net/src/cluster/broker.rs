@@ -179,5 +179,11 @@ pub trait Broker: Send + Sync + 'static {
         message: &DirectMessage,
     ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
 
+    /// Publishes `payload` once to every node (on the node channel): a
+    /// server API call for every node, or a node's answer to one. Returns
+    /// how many subscribers received it.
+    fn to_nodes(&self, payload: Vec<u8>)
+    -> impl Future<Output = Result<usize, BrokerError>> + Send;
+
     fn subscribe(&self) -> impl Future<Output = Result<Subscription, BrokerError>> + Send;
 }

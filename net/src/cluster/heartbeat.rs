@@ -53,6 +53,7 @@ pub(crate) async fn heartbeat<B: Broker>(
                     silent_rounds = 0;
                     view.broker_failed();
                 }
+                view.calls.live_nodes.store(live.len(), Ordering::Relaxed);
                 let others: u64 = live
                     .iter()
                     .filter(|(n, _)| *n != node)

@@ -46,9 +46,10 @@ pub(crate) fn spawn<B: Broker>(
         node,
         clock,
         subs: sub_tx,
-        answers,
+        answers: answers.clone(),
         view: view.clone(),
     };
+    view.calls.start(broker.clone(), node, answers.clone());
     tokio::spawn(worker.run(outputs_rx));
     tokio::spawn(heartbeat(broker, node, timing, local_online, view));
     outputs_tx

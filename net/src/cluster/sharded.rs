@@ -285,6 +285,12 @@ impl<B: Broker> Broker for ShardedBroker<B> {
         self.shard(&message.to).relay(message).await
     }
 
+    /// Every node listens to the node channel on every shard: one shard's
+    /// (the first) reaches each once.
+    async fn to_nodes(&self, payload: Vec<u8>) -> Result<usize, BrokerError> {
+        self.shards[0].to_nodes(payload).await
+    }
+
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         let sessions = join_all(self.shards.iter().map(|s| s.subscribe())).await;
         let mut controls = Vec::with_capacity(sessions.len());

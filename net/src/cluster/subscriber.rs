@@ -155,13 +155,14 @@ async fn hand_on(
     let mut taken = 0;
     while let Some(delivery) = next {
         match delivery {
-            Delivery::Message(payload) => {
-                let event = Event::decode(&payload);
-                if event == Some(Event::Beat(node)) {
+            Delivery::Message(payload) => match Event::decode(&payload) {
+                Some(Event::Beat(n)) if n == node => {
                     view.beats_heard.fetch_add(1, Ordering::Relaxed);
                 }
-                inputs.extend(event.and_then(Event::into_input));
-            }
+                Some(Event::Call(call)) => view.calls.take_call(call),
+                Some(Event::Reply(reply)) => view.calls.take_reply(reply),
+                event => inputs.extend(event.and_then(Event::into_input)),
+            },
             Delivery::Subscribed(done) => {
                 if !answers.send_all(std::mem::take(&mut inputs)).await {
                     return false;

@@ -48,6 +48,8 @@ pub struct ClusterView {
     pub(crate) reset: tokio::sync::Notify,
     /// This node's own beats heard on its subscription.
     pub(crate) beats_heard: AtomicU64,
+    /// Server API calls to and from every node.
+    pub calls: crate::cluster::calls::NodeCalls,
 }
 
 impl ClusterView {

@@ -3,6 +3,7 @@
 //! records become the core's messages and snapshots. The Redis adapter and
 //! the simulated broker both use these, so their records cannot differ.
 
+use roomhub_core::api::{ApiAnswer, ApiCall};
 use roomhub_core::{
     AppendRequest, DirectMessage, Epoch, Input, NodeId, RoomName, RoomSnapshot, SequencedMessage,
     Timestamp, UserRef,
@@ -21,6 +22,25 @@ pub enum Event {
     /// A node's heartbeat, published on [`channel::NODES`](crate::cluster::keys::channel::NODES): a node that
     /// stops hearing its own beats knows its subscription died silently.
     Beat(NodeId),
+    /// A server API call for every node (on the node channel).
+    Call(NodeCall),
+    /// A node's answer to a [`NodeCall`], for the node that asked.
+    Reply(NodeReply),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCall {
+    pub from: NodeId,
+    pub id: u64,
+    pub call: ApiCall,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReply {
+    pub to: NodeId,
+    pub id: u64,
+    pub node: NodeId,
+    pub answer: ApiAnswer,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,11 +73,14 @@ impl Event {
             Event::NodeGone(node) => format!("g {}", node.0).into_bytes(),
             Event::Beat(node) => format!("h {}", node.0).into_bytes(),
             Event::Direct(d) => tagged(b'd', &serde_json::to_vec(d).unwrap_or_default()),
+            Event::Call(c) => tagged(b'a', &serde_json::to_vec(c).unwrap_or_default()),
+            Event::Reply(r) => tagged(b'r', &serde_json::to_vec(r).unwrap_or_default()),
         }
     }
 
     /// The core input a node takes from it; `None` for a heartbeat beat,
-    /// which only the node's own liveness check reads.
+    /// which only the node's own liveness check reads, and for server API
+    /// calls and answers, which the node's API relay handles.
     pub fn into_input(self) -> Option<Input> {
         Some(match self {
             Event::Message(m) => Input::Sequenced(m),
@@ -69,7 +92,7 @@ impl Event {
             },
             Event::NodeGone(node) => Input::NodeGone { node },
             Event::Direct(d) => Input::RemoteDirect(Box::new(d)),
-            Event::Beat(_) => return None,
+            Event::Beat(_) | Event::Call(_) | Event::Reply(_) => return None,
         })
     }
 
@@ -95,6 +118,8 @@ impl Event {
                 text.parse().ok().map(|n| Event::NodeGone(NodeId(n)))
             }
             b'd' => serde_json::from_slice(body).ok().map(Event::Direct),
+            b'a' => serde_json::from_slice(body).ok().map(Event::Call),
+            b'r' => serde_json::from_slice(body).ok().map(Event::Reply),
             b'h' => {
                 let text = std::str::from_utf8(body).ok()?;
                 text.parse().ok().map(|n| Event::Beat(NodeId(n)))

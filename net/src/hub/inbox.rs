@@ -146,6 +146,16 @@ impl Answers {
         inputs.is_empty() || self.0.send(HubEvent::Inputs(inputs)).await.is_ok()
     }
 
+    /// A server API call from another node, for this node's hub.
+    pub(crate) async fn api(&self, call: ApiCall) -> Result<oneshot::Receiver<ApiAnswer>, ()> {
+        let (reply, done) = oneshot::channel();
+        self.0
+            .send(HubEvent::Api { call, reply })
+            .await
+            .map_err(|_| ())?;
+        Ok(done)
+    }
+
     /// Several answers, taken by the hub in one pass, from a thread
     /// outside the runtime (the store's).
     pub(crate) fn blocking_send_all(&self, inputs: Vec<Input>) -> bool {

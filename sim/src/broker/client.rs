@@ -18,6 +18,7 @@ use roomhub_net::cluster::broker::{
     Broker, BrokerError, Delivery, Heartbeat, SUBSCRIPTION_CONTROL_REQUESTS,
     SUBSCRIPTION_QUEUE_EVENTS, SubRequest, Subscription,
 };
+use roomhub_net::cluster::keys::channel;
 use roomhub_net::cluster::wire::{sequenced, snapshot};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
@@ -163,6 +164,17 @@ impl Broker for SimBroker {
     async fn relay(&self, message: &DirectMessage) -> Result<usize, BrokerError> {
         let request = Request::Relay {
             message: message.clone(),
+        };
+        match self.call(&request).await? {
+            Reply::Receivers(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn to_nodes(&self, payload: Vec<u8>) -> Result<usize, BrokerError> {
+        let request = Request::Publish {
+            channel: channel::NODES.to_string(),
+            payload,
         };
         match self.call(&request).await? {
             Reply::Receivers(n) => Ok(n),

@@ -41,6 +41,11 @@ pub(crate) enum Request {
     Relay {
         message: DirectMessage,
     },
+    /// Publish to a channel (the node channel: server API calls).
+    Publish {
+        channel: String,
+        payload: Vec<u8>,
+    },
     Subscribe {
         channel: String,
     },
@@ -140,6 +145,9 @@ impl State {
             }
             Request::Relay { message } => {
                 Reply::Receivers(self.publish(BrokerModel::relay(&message)))
+            }
+            Request::Publish { channel, payload } => {
+                Reply::Receivers(self.publish(Publication { channel, payload }))
             }
             Request::Subscribe { channel } => {
                 self.subs

@@ -219,6 +219,10 @@ impl Broker for RedisClusterBroker {
         self.masters().await?.relay(message).await
     }
 
+    async fn to_nodes(&self, payload: Vec<u8>) -> Result<usize, BrokerError> {
+        self.masters().await?.to_nodes(payload).await
+    }
+
     /// A new session reads the slot map again first.
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         self.refresh().await?.subscribe().await

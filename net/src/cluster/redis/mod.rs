@@ -405,6 +405,16 @@ impl Broker for RedisBroker {
         Ok(receivers)
     }
 
+    async fn to_nodes(&self, payload: Vec<u8>) -> Result<usize, BrokerError> {
+        let mut conn = self.conn().await?;
+        let receivers: usize = redis::cmd(self.publish_command())
+            .arg(&self.node_keys.channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await?;
+        Ok(receivers)
+    }
+
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         if self.sharded {
             return sharded_pubsub::subscribe(self).await;

@@ -94,9 +94,17 @@ pub(super) async fn run(
     }
 }
 
-/// The call answered by this node's hub. (In a cluster, by every node:
-/// see `docs/api.md`.)
+/// The call answered by every node's hub, each for its own connections:
+/// this node's alone, or in a cluster every live node's (those that
+/// answered within the gather wait).
 async fn each_node(state: &HttpState, call: ApiCall) -> Result<Vec<ApiAnswer>, ApiError> {
+    if let Some(view) = &state.cluster {
+        return view
+            .calls
+            .call_all(call)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("{e}; retry")));
+    }
     let gone = || ApiError::unavailable("the server is shutting down");
     let done = state.conn.inbox.api(call).await.map_err(|()| gone())?;
     let answer = tokio::time::timeout(CALL_WAIT, done)
