@@ -38,6 +38,13 @@ pub enum ApiCall {
     Rooms { pattern: Option<Arc<str>> },
     /// This node's counts.
     Info,
+    /// A page of a room's history, read from its sequencer (the store or
+    /// the broker) when the room is not open here. Asked of one node only.
+    History {
+        room: RoomName,
+        limit: usize,
+        before: Option<u64>,
+    },
 }
 
 /// A user in a room, with how many of its connections are there.
@@ -74,6 +81,16 @@ pub enum ApiAnswer {
         users: Vec<Arc<str>>,
         rooms: usize,
     },
+    /// A history page: each message its `new_message` frame (JSON text),
+    /// oldest first.
+    History {
+        epoch: String,
+        offset: u64,
+        messages: Vec<String>,
+        has_more: bool,
+    },
+    /// The room's sequencer could not be read now; retry.
+    Unavailable,
 }
 
 /// Whether `room` matches a `rooms` filter: `prefix*`, or an exact name.

@@ -200,10 +200,7 @@ impl Hub {
                 request_id,
                 outcome,
             } => self.on_token_verified(conn, request_id.as_deref(), outcome),
-            Input::Api { ticket, call } => {
-                let answer = self.on_api(call);
-                self.out.push_back(Output::ApiAnswered { ticket, answer });
-            }
+            Input::Api { ticket, call } => self.api(ticket, call),
         }
         while let Some(conn) = self.resume.pop() {
             self.run_deferred(conn);
@@ -1369,11 +1366,13 @@ impl Hub {
                 early,
                 early_presence,
                 presence_overflowed,
+                readers,
             } => {
                 let resync = *presence_overflowed;
                 let waiting = std::mem::take(waiting);
                 let early = std::mem::take(early);
                 let early_presence = std::mem::take(early_presence);
+                let readers = std::mem::take(readers);
                 let me = self.config.node_id;
                 // Nobody is a member yet, so this tells no one.
                 for member in snapshot.presence.iter().filter(|m| m.node != me) {
@@ -1401,6 +1400,10 @@ impl Hub {
                 }
                 if resync {
                     self.request_resync(&name);
+                }
+                if !readers.is_empty() {
+                    self.answer_readers(&name, readers);
+                    self.close_if_deserted(&name);
                 }
             }
             RoomState::Open(log) => {
@@ -1598,8 +1601,10 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
-        let waiting = match &mut room.state {
-            RoomState::Opening { waiting, .. } => std::mem::take(waiting),
+        let (waiting, readers) = match &mut room.state {
+            RoomState::Opening {
+                waiting, readers, ..
+            } => (std::mem::take(waiting), std::mem::take(readers)),
             RoomState::Open(log) => {
                 // A failed resync: the next gap asks again.
                 log.resyncing = false;
@@ -1607,6 +1612,12 @@ impl Hub {
             }
         };
         self.rooms.remove(name);
+        for read in readers {
+            self.out.push_back(Output::ApiAnswered {
+                ticket: read.ticket,
+                answer: crate::api::ApiAnswer::Unavailable,
+            });
+        }
         for wait in waiting {
             let Some(conn) = self.conns.get_mut(&wait.conn) else {
                 continue;

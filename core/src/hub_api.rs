@@ -7,10 +7,66 @@ use std::sync::Arc;
 
 use super::Hub;
 use crate::api::{ApiAnswer, ApiCall, PresentUser, RoomMembers, room_matches};
+use crate::event::Output;
 use crate::ids::{ConnId, RoomName};
-use crate::room::RoomState;
+use crate::room::{HistoryRead, Room, RoomState};
 
 impl Hub {
+    /// Answers a server API call: at once, or for `history` of a room not
+    /// open here, once its sequencer has handed over its log.
+    pub(super) fn api(&mut self, ticket: u64, call: ApiCall) {
+        if let ApiCall::History {
+            room,
+            limit,
+            before,
+        } = call
+        {
+            let read = HistoryRead {
+                ticket,
+                limit,
+                before,
+            };
+            match self.rooms.get_mut(&room).map(|r| &mut r.state) {
+                Some(RoomState::Open(_)) => self.answer_readers(&room, vec![read]),
+                Some(RoomState::Opening { readers, .. }) => readers.push(read),
+                None => {
+                    self.rooms.insert(room.clone(), Room::opening_to_read(read));
+                    self.out.push_back(Output::OpenRoom { room, after: None });
+                }
+            }
+            return;
+        }
+        let answer = self.on_api(call);
+        self.out.push_back(Output::ApiAnswered { ticket, answer });
+    }
+
+    /// Answers `history` calls from an open room's log.
+    pub(super) fn answer_readers(&mut self, name: &RoomName, readers: Vec<HistoryRead>) {
+        let (now, max_age) = (self.now, self.config.history_max_age_ms);
+        let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
+            return;
+        };
+        log.trim_by_age(now, max_age);
+        let mut answers = Vec::with_capacity(readers.len());
+        for read in readers {
+            let (page, has_more) = log.page(read.before, read.limit);
+            let answer = ApiAnswer::History {
+                epoch: log.epoch.as_str().to_string(),
+                offset: log.head,
+                messages: page
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.frame).into_owned())
+                    .collect(),
+                has_more,
+            };
+            answers.push(Output::ApiAnswered {
+                ticket: read.ticket,
+                answer,
+            });
+        }
+        self.out.extend(answers);
+    }
+
     pub(super) fn on_api(&mut self, call: ApiCall) -> ApiAnswer {
         match call {
             ApiCall::Disconnect { user, code, reason } => {
@@ -61,6 +117,8 @@ impl Hub {
             ApiCall::Rooms { pattern } => ApiAnswer::Rooms {
                 rooms: self.rooms_with_members(pattern.as_deref()),
             },
+            // Answered through `api`, which may wait for the room to open.
+            ApiCall::History { .. } => ApiAnswer::Unavailable,
             ApiCall::Info => ApiAnswer::Info {
                 connections: self.conns.len(),
                 users: self.user_conns.keys().cloned().collect(),

@@ -1976,6 +1976,7 @@ fn the_invariant_check_finds_each_kind_of_corruption() {
         early: Vec::new(),
         early_presence: Vec::new(),
         presence_overflowed: false,
+        readers: Vec::new(),
     };
     assert!(
         hub.check_invariants()

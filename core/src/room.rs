@@ -50,8 +50,17 @@ pub(crate) enum RoomState {
         /// More changes came than `early_presence` holds: once open, the
         /// room is resynced, which reconciles presence from the broker.
         presence_overflowed: bool,
+        /// Server API `history` calls waiting for the room's log.
+        readers: Vec<HistoryRead>,
     },
     Open(RoomLog),
+}
+
+/// A server API `history` call: its ticket and the page it wants.
+pub(crate) struct HistoryRead {
+    pub(crate) ticket: u64,
+    pub(crate) limit: usize,
+    pub(crate) before: Option<u64>,
 }
 
 pub(crate) struct WaitingJoin {
@@ -62,15 +71,26 @@ pub(crate) struct WaitingJoin {
 
 impl Room {
     pub(crate) fn opening(first: WaitingJoin) -> Self {
+        Room::opening_for(vec![first], Vec::new())
+    }
+
+    /// A room opened for a server API `history` call alone: it closes
+    /// again once the call is answered, unless someone joined meanwhile.
+    pub(crate) fn opening_to_read(read: HistoryRead) -> Self {
+        Room::opening_for(Vec::new(), vec![read])
+    }
+
+    fn opening_for(waiting: Vec<WaitingJoin>, readers: Vec<HistoryRead>) -> Self {
         Room {
             members: IndexSet::default(),
             users: IndexMap::default(),
             remote: IndexMap::default(),
             state: RoomState::Opening {
-                waiting: vec![first],
+                waiting,
                 early: Vec::new(),
                 early_presence: Vec::new(),
                 presence_overflowed: false,
+                readers,
             },
         }
     }
@@ -110,7 +130,9 @@ impl Room {
     pub(crate) fn is_deserted(&self) -> bool {
         self.members.is_empty()
             && match &self.state {
-                RoomState::Opening { waiting, .. } => waiting.is_empty(),
+                RoomState::Opening {
+                    waiting, readers, ..
+                } => waiting.is_empty() && readers.is_empty(),
                 RoomState::Open(_) => true,
             }
     }

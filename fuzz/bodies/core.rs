@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use roomhub_core::Config;
 use roomhub_core::Hub;
 use roomhub_core::Timestamp;
+use roomhub_core::api::ApiCall;
 use roomhub_core::{
     AppendRequest, DirectMessage, Input, Output, RelayOutcome, RoomSnapshot, SequencedMessage,
 };
@@ -321,6 +322,13 @@ enum Op {
         outcome: u8,
     },
     Reconnected,
+    /// A server API call on this node.
+    Api {
+        kind: u8,
+        user: u8,
+        room: u8,
+        limit: u8,
+    },
     /// Answer the `nth` waiting token verification: refused, or a token
     /// for `u{user}` (maybe another user), maybe narrower, maybe short.
     Verified {
@@ -599,6 +607,34 @@ impl FuzzWorld {
                 });
             }
             Op::Reconnected => self.handle(Input::BrokerReconnected),
+            Op::Api {
+                kind,
+                user,
+                room,
+                limit,
+            } => {
+                let user: std::sync::Arc<str> = format!("u{}", user % 4).into();
+                let room = RoomName::parse(ROOMS[usize::from(*room) % ROOMS.len()], 64)
+                    .expect("a valid room");
+                let call = match kind % 7 {
+                    0 => ApiCall::Disconnect {
+                        user,
+                        code: 4100,
+                        reason: None,
+                    },
+                    1 => ApiCall::Subscribe { user, room },
+                    2 => ApiCall::Unsubscribe { user, room },
+                    3 => ApiCall::Presence { room },
+                    4 => ApiCall::Rooms { pattern: None },
+                    5 => ApiCall::Info,
+                    _ => ApiCall::History {
+                        room,
+                        limit: usize::from(*limit).max(1),
+                        before: None,
+                    },
+                };
+                self.handle(Input::Api { ticket: 1, call });
+            }
             Op::Verified {
                 nth,
                 refuse,

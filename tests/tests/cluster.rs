@@ -935,6 +935,26 @@ async fn api_on_every_node(redis: Option<Shards>) {
     }
     assert_eq!(bob.recv_type("user_left").await["payload"]["id"], "alice");
 
+    // History: said through one node, read through the other, which has
+    // no member in the room (read from the broker).
+    for i in 1..=3 {
+        call(
+            &n0,
+            "publish",
+            json!({"room": "archive", "payload": {"content": format!("a{i}")}}),
+        )
+        .await;
+    }
+    let h = call(&n1, "history", json!({"room": "archive", "limit": 2})).await;
+    let contents: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["a2", "a3"], "{h}");
+    assert_eq!(h["has_more"], true);
+
     let r = call(
         &n1,
         "disconnect",

@@ -265,3 +265,68 @@ async fn a_batch_is_answered_in_order() {
     assert_eq!(replies[3]["result"]["offset"], 2);
     assert_eq!(replies[4]["error"]["code"], "INVALID_PARAMS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_rooms_with_or_without_members() {
+    for durable in [false, true] {
+        let dir = std::env::temp_dir().join(format!("roomhub-api-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = TestServer::start_with(|c| {
+            c.api_key = Some(KEY.into());
+            c.core.rate_limit_per_second = 0;
+            c.data_dir = durable.then(|| dir.clone());
+        })
+        .await;
+        for i in 1..=5 {
+            ok(
+                &s,
+                "publish",
+                json!({"room": "log", "payload": {"content": format!("m{i}")}}),
+            )
+            .await;
+        }
+        // Nobody is in the room: it is read from its sequencer, then closed.
+        let h = ok(&s, "history", json!({"room": "log", "limit": 2})).await;
+        let contents: Vec<&str> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["payload"]["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, ["m4", "m5"], "durable {durable}: {h}");
+        assert_eq!(
+            (h["offset"].as_u64(), h["has_more"].as_bool()),
+            (Some(5), Some(true))
+        );
+        assert_eq!(h["messages"][0]["offset"], 4);
+        let older = ok(&s, "history", json!({"room": "log", "before": 4})).await;
+        assert_eq!(older["messages"].as_array().unwrap().len(), 3);
+        assert_eq!(older["has_more"], false);
+        assert_eq!(older["epoch"], h["epoch"]);
+        // With a member, from the open room; the same answer.
+        let _m = s.member("alice", "log").await;
+        let again = ok(&s, "history", json!({"room": "log", "limit": 2})).await;
+        assert_eq!(again["messages"], h["messages"]);
+        // A room never used: empty, not an error.
+        let none = ok(&s, "history", json!({"room": "never-used"})).await;
+        assert_eq!(
+            (
+                none["messages"].as_array().map(Vec::len),
+                none["has_more"].as_bool()
+            ),
+            (Some(0), Some(false))
+        );
+        let (status, code, message) =
+            refused(&s, "history", json!({"room": "log", "limit": 0})).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "INVALID_PARAMS"),
+            "{message}"
+        );
+        let (status, _, message) =
+            refused(&s, "history", json!({"room": "log", "before": "x"})).await;
+        assert_eq!(status, 400);
+        assert!(message.contains("before"), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -22,6 +22,9 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 const CALL_WAIT: Duration = Duration::from_secs(5);
 /// Rooms in one `broadcast` at most.
 const BROADCAST_MAX: usize = 1000;
+/// Messages in a `history` page without a `limit`, and at most.
+const HISTORY_DEFAULT: usize = 50;
+const HISTORY_MAX: usize = 1000;
 /// A close frame's reason fits in 123 bytes (RFC 6455).
 const REASON_MAX: usize = 123;
 
@@ -83,6 +86,43 @@ pub(super) async fn run(
             rooms(each_node(state, ApiCall::Rooms { pattern }).await?)
         }
         "info" => info(state, each_node(state, ApiCall::Info).await?),
+        "history" => {
+            let room = p.room("room")?;
+            let limit = match p.opt_u64("limit")? {
+                None => HISTORY_DEFAULT,
+                Some(0) => return Err(ApiError::bad("limit must be a positive integer")),
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(HISTORY_MAX),
+            };
+            let before = p.opt_u64("before")?;
+            let call = ApiCall::History {
+                room: room.clone(),
+                limit,
+                before,
+            };
+            match this_node(state, call).await? {
+                ApiAnswer::History {
+                    epoch,
+                    offset,
+                    messages,
+                    has_more,
+                } => {
+                    let messages: Vec<Value> = messages
+                        .iter()
+                        .filter_map(|m| serde_json::from_str(m).ok())
+                        .collect();
+                    Ok(json!({
+                        "room": room.as_str(),
+                        "epoch": epoch,
+                        "offset": offset,
+                        "messages": messages,
+                        "has_more": has_more,
+                    }))
+                }
+                _ => Err(ApiError::unavailable(
+                    "the room's history cannot be read now; retry",
+                )),
+            }
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UNKNOWN_METHOD",
@@ -92,6 +132,17 @@ pub(super) async fn run(
             ),
         )),
     }
+}
+
+/// The call answered by this node's hub alone (what the store or the
+/// broker holds is the same from every node).
+async fn this_node(state: &HttpState, call: ApiCall) -> Result<ApiAnswer, ApiError> {
+    let gone = || ApiError::unavailable("the server is shutting down");
+    let done = state.conn.inbox.api(call).await.map_err(|()| gone())?;
+    tokio::time::timeout(CALL_WAIT, done)
+        .await
+        .map_err(|_| ApiError::unavailable("the hub did not answer in time; retry"))?
+        .map_err(|_| gone())
 }
 
 /// The call answered by every node's hub, each for its own connections:
@@ -105,13 +156,7 @@ async fn each_node(state: &HttpState, call: ApiCall) -> Result<Vec<ApiAnswer>, A
             .await
             .map_err(|e| ApiError::unavailable(format!("{e}; retry")));
     }
-    let gone = || ApiError::unavailable("the server is shutting down");
-    let done = state.conn.inbox.api(call).await.map_err(|()| gone())?;
-    let answer = tokio::time::timeout(CALL_WAIT, done)
-        .await
-        .map_err(|_| ApiError::unavailable("the hub did not answer in time; retry"))?
-        .map_err(|_| gone())?;
-    Ok(vec![answer])
+    Ok(vec![this_node(state, call).await?])
 }
 
 fn connections(answers: Vec<ApiAnswer>) -> usize {
