@@ -179,6 +179,19 @@ pub struct ServerArgs {
     /// answers 404.
     #[arg(long, env = "ROOMHUB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Backend hook asked before every WebSocket connection (an http://
+    /// URL; docs/hooks.md): it may refuse it, or set the user's name and
+    /// rooms.
+    #[arg(long, env = "ROOMHUB_HOOK_CONNECT_URL")]
+    pub hook_connect_url: Option<String>,
+    /// How long a hook may take before it counts as failed.
+    #[arg(long, env = "ROOMHUB_HOOK_TIMEOUT_MS", default_value_t = 1000)]
+    pub hook_timeout_ms: u64,
+    /// A hook that fails (timeout, error, garbage) lets the action through
+    /// instead of refusing it with UNAVAILABLE.
+    #[arg(long, env = "ROOMHUB_HOOK_FAIL_OPEN", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set)]
+    pub hook_fail_open: bool,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ROOMHUB_LOG_JSON", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set)]
@@ -303,6 +316,24 @@ pub struct ServerConfig {
     /// Development mode only: `POST /demo/token` mints a token for a name
     /// with this HS256 secret, so the demo page can log in by name.
     pub demo_token_secret: Option<String>,
+    /// Backend hooks (`--hook-*`).
+    pub hooks: crate::hooks::HookConfig,
+}
+
+/// A hook's URL: plain `http://` (put a TLS proxy in front of an https one).
+fn hook_url(flag: &str, url: Option<&str>) -> Result<Option<hyper::Uri>, String> {
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("{flag}: {url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "{flag}: {url:?} must be an http:// URL with a host (hooks are plain HTTP; use a local TLS proxy for https)"
+        ));
+    }
+    Ok(Some(uri))
 }
 
 /// A comma-separated list of URLs: none empty, none twice.
@@ -409,6 +440,11 @@ impl ServerConfig {
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             demo: args.demo.unwrap_or(false),
             demo_token_secret: None,
+            hooks: crate::hooks::HookConfig {
+                connect: hook_url("--hook-connect-url", args.hook_connect_url.as_deref())?,
+                timeout: Duration::from_millis(args.hook_timeout_ms.max(1)),
+                fail_open: args.hook_fail_open,
+            },
         })
     }
 }

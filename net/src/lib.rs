@@ -42,6 +42,7 @@ pub mod cluster;
 pub mod config;
 mod conn;
 pub mod dev;
+pub mod hooks;
 mod http;
 mod hub;
 pub mod metrics;

@@ -202,6 +202,7 @@ impl Server {
             send_queue_bytes: config.send_queue_bytes,
             write_wait: config.write_wait,
         });
+        let config_hooks = config.hooks.clone();
         let state = Arc::new(HttpState {
             admission: Arc::new(Admission::new(
                 config.max_connections,
@@ -216,6 +217,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             metrics,
             connections: TaskTracker::new(),
+            hooks: crate::hooks::Hooks::new(config_hooks),
         });
         let hub = hub.start(state.config.io_threads, state.config.hub_thread)?;
         let done = tokio::spawn(accept_loop(listener, state.clone(), shutdown.clone(), hub));

@@ -27,4 +27,6 @@ pub(crate) struct HttpState {
     pub(crate) metrics: Metrics,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) connections: TaskTracker,
+    /// The backend hooks (`--hook-*`).
+    pub(crate) hooks: crate::hooks::Hooks,
 }

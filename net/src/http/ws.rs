@@ -13,11 +13,13 @@ use tracing::{info, warn};
 
 use crate::auth::{SUBPROTOCOL, TokenSource};
 use crate::conn::lifecycle;
+use crate::hooks::Verdict;
 use crate::http::admission::{authenticate, origin_allowed};
 use crate::http::error::json_error;
 use crate::http::peer::PeerAddr;
 use crate::http::state::HttpState;
 use crate::http::upgrade::{NotUpgrade, WsUpgrade};
+use axum::response::IntoResponse as _;
 
 pub(crate) async fn ws_handler(
     State(state): State<Arc<HttpState>>,
@@ -48,6 +50,23 @@ pub(crate) async fn ws_handler(
             state.metrics.auth_failure(e.reason());
             warn!(%addr, reason = e.reason(), "authentication failed");
             return json_error(StatusCode::UNAUTHORIZED, e.message());
+        }
+    };
+    // The app's own say, when it has a connect hook.
+    let identity = match state.hooks.connect(identity, &addr.to_string()).await {
+        Verdict::Allow(identity) => identity,
+        Verdict::Deny { code, message } => {
+            info!(%addr, code, "the connect hook refused the connection");
+            let body = axum::Json(serde_json::json!({ "error": message, "code": code }));
+            return (StatusCode::FORBIDDEN, body).into_response();
+        }
+        Verdict::Unavailable(why) => {
+            warn!(%addr, "connect hook failed: {why}");
+            let body = axum::Json(serde_json::json!({
+                "error": format!("UNAVAILABLE: {why}"),
+                "code": "UNAVAILABLE",
+            }));
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
     };
     let slot = match state.admission.reserve(&identity.user.id) {

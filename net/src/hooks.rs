@@ -1,0 +1,160 @@
+//! Backend hooks: HTTP endpoints of the app that the server asks before it
+//! lets something happen. The connect hook (`--hook-connect-url`) is asked
+//! before a WebSocket upgrade, with the verified identity; it may refuse the
+//! connection or change the user's name and `rooms`. A hook that times out
+//! (`--hook-timeout-ms`) or answers anything but the documented shape fails
+//! closed (`UNAVAILABLE`), or open with `--hook-fail-open`. See
+//! `docs/hooks.md`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use roomhub_core::{Identity, RoomAccess};
+use serde_json::{Value, json};
+
+/// The most of a hook's answer that is read.
+const ANSWER_MAX_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug, Default)]
+pub struct HookConfig {
+    /// `--hook-connect-url`.
+    pub connect: Option<Uri>,
+    /// `--hook-timeout-ms` (1000 by default).
+    pub timeout: Duration,
+    /// `--hook-fail-open`: a hook that fails lets the action through.
+    pub fail_open: bool,
+}
+
+/// What a hook decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict<T> {
+    Allow(T),
+    Deny {
+        code: String,
+        message: String,
+    },
+    /// No usable answer (timeout, an error status, garbage) and the hooks
+    /// fail closed.
+    Unavailable(String),
+}
+
+pub struct Hooks {
+    config: HookConfig,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Hooks {
+    pub fn new(config: HookConfig) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Hooks { config, client }
+    }
+
+    /// Asks the connect hook, if there is one, about a verified identity.
+    /// Allowed: the identity, with the name and `rooms` the hook gave.
+    pub async fn connect(&self, identity: Identity, remote: &str) -> Verdict<Identity> {
+        let Some(uri) = &self.config.connect else {
+            return Verdict::Allow(identity);
+        };
+        let body = json!({
+            "hook": "connect",
+            "user": {"id": &*identity.user.id, "name": &*identity.user.name},
+            "remote_addr": remote,
+        });
+        let answer = match self.ask(uri, &body).await {
+            Ok(answer) => answer,
+            Err(why) if self.config.fail_open => {
+                tracing::warn!("connect hook failed ({why}); failing open");
+                return Verdict::Allow(identity);
+            }
+            Err(why) => return Verdict::Unavailable(why),
+        };
+        match read_decision(&answer) {
+            Ok(None) => {}
+            Ok(Some((code, message))) => return Verdict::Deny { code, message },
+            Err(why) if self.config.fail_open => {
+                tracing::warn!("connect hook answered garbage ({why}); failing open");
+                return Verdict::Allow(identity);
+            }
+            Err(why) => return Verdict::Unavailable(why),
+        }
+        let mut identity = identity;
+        match answer.get("name") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(n)) if !n.is_empty() && n.len() <= 256 => {
+                identity.user.name = n.as_str().into();
+            }
+            Some(_) => return self.garbage(identity, "name must be a non-empty string"),
+        }
+        match answer.get("rooms") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(rooms)) if rooms.iter().all(Value::is_string) => {
+                identity.rooms = Some(RoomAccess::new(rooms.iter().filter_map(Value::as_str)));
+            }
+            Some(_) => return self.garbage(identity, "rooms must be a list of strings"),
+        }
+        Verdict::Allow(identity)
+    }
+
+    fn garbage<T>(&self, allowed: T, why: &str) -> Verdict<T> {
+        if self.config.fail_open {
+            Verdict::Allow(allowed)
+        } else {
+            Verdict::Unavailable(format!("the hook's answer is malformed: {why}"))
+        }
+    }
+
+    /// POSTs `body` and reads a JSON object back, within the timeout.
+    async fn ask(&self, uri: &Uri, body: &Value) -> Result<Value, String> {
+        let request = hyper::Request::post(uri.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| format!("bad hook request: {e}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("the hook could not be reached: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("the hook answered {}", response.status()));
+            }
+            let limited = http_body_util::Limited::new(response.into_body(), ANSWER_MAX_BYTES);
+            let bytes = limited
+                .collect()
+                .await
+                .map_err(|e| format!("the hook's answer could not be read: {e}"))?
+                .to_bytes();
+            match serde_json::from_slice(&bytes) {
+                Ok(Value::Object(m)) => Ok(Value::Object(m)),
+                _ => Err("the hook's answer is not a JSON object".to_string()),
+            }
+        };
+        tokio::time::timeout(self.config.timeout, exchange)
+            .await
+            .map_err(|_| format!("the hook did not answer within {:?}", self.config.timeout))?
+    }
+}
+
+/// `{"allow": true, …}` is `None`; `{"allow": false, "code"?, "message"?}`
+/// is the refusal; anything else is malformed.
+fn read_decision(answer: &Value) -> Result<Option<(String, String)>, String> {
+    match answer.get("allow") {
+        Some(Value::Bool(true)) => Ok(None),
+        Some(Value::Bool(false)) => {
+            let text = |name: &str, default: &str, max: usize| match answer.get(name) {
+                Some(Value::String(s)) if !s.is_empty() && s.len() <= max => s.clone(),
+                _ => default.to_string(),
+            };
+            Ok(Some((
+                text("code", "FORBIDDEN", 64),
+                text("message", "refused by the application", 200),
+            )))
+        }
+        _ => Err("allow must be true or false".into()),
+    }
+}
