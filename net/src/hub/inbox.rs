@@ -98,12 +98,7 @@ impl Inbox {
     /// A server API call on this node; the answer arrives on the returned
     /// receiver.
     pub(crate) async fn api(&self, call: ApiCall) -> Result<oneshot::Receiver<ApiAnswer>, ()> {
-        let (reply, done) = oneshot::channel();
-        self.0
-            .send(HubEvent::Api { call, reply })
-            .await
-            .map_err(|_| ())?;
-        Ok(done)
+        self.answers().api(call).await
     }
 
     /// The narrower handle for a sequencer.
@@ -146,7 +141,8 @@ impl Answers {
         inputs.is_empty() || self.0.send(HubEvent::Inputs(inputs)).await.is_ok()
     }
 
-    /// A server API call from another node, for this node's hub.
+    /// A server API call (from this node's API, or another node's), for
+    /// this node's hub.
     pub(crate) async fn api(&self, call: ApiCall) -> Result<oneshot::Receiver<ApiAnswer>, ()> {
         let (reply, done) = oneshot::channel();
         self.0
