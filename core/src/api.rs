@@ -103,3 +103,28 @@ pub fn room_matches(pattern: Option<&str>, room: &str) -> bool {
         },
     }
 }
+
+/// What the hub asks the app's hooks (`Output::Hook`), answered with
+/// `Input::HookAnswered` carrying the same `ticket`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookCall {
+    /// May `user` join `room`?
+    Join { user: UserRef, room: RoomName },
+    /// May `user` say `content` in `room` (and as what)?
+    Publish {
+        user: UserRef,
+        room: RoomName,
+        content: Arc<str>,
+    },
+}
+
+/// A hook's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookVerdict {
+    /// Go ahead; for a publish, with this content instead when given.
+    Allow { content: Option<Arc<str>> },
+    /// Refused: the client gets an `error` with this code and message.
+    Deny { code: Arc<str>, message: Arc<str> },
+    /// The hook failed and hooks fail closed: `UNAVAILABLE`.
+    Unavailable,
+}

@@ -44,6 +44,11 @@ pub struct Config {
     /// presence ([`crate::Output::Presence`]), merges other nodes' presence,
     /// and relays direct messages for users it does not have.
     pub clustered: bool,
+    /// The app's join hook decides every join ([`crate::Output::Hook`]).
+    pub join_hook: bool,
+    /// The app's publish hook decides every member's message (and may
+    /// replace its content).
+    pub publish_hook: bool,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             max_gap_buffer: 4096,
             max_presence_retries: 4096,
             clustered: false,
+            join_hook: false,
+            publish_hook: false,
         }
     }
 }

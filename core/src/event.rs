@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiAnswer, ApiCall};
+use crate::api::{ApiAnswer, ApiCall, HookCall, HookVerdict};
 use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomName, UserRef};
 use crate::request::Publish;
 use crate::time::Timestamp;
@@ -99,6 +99,8 @@ pub enum Input {
     /// A server API call for this node (see [`crate::api`]), answered with
     /// [`Output::ApiAnswered`] carrying the same `ticket`.
     Api { ticket: u64, call: ApiCall },
+    /// The answer to [`Output::Hook`].
+    HookAnswered { ticket: u64, verdict: HookVerdict },
     /// The answer to [`Output::VerifyToken`]: who the new token names, or
     /// why it was refused.
     TokenVerified {
@@ -161,6 +163,9 @@ pub enum Output {
     },
     /// The answer to [`Input::Api`].
     ApiAnswered { ticket: u64, answer: ApiAnswer },
+    /// Ask the app's hook (off the hub's path); answer with
+    /// [`Input::HookAnswered`]. The connection's later requests wait.
+    Hook { ticket: u64, call: HookCall },
     /// A connection asked to `refresh` its token: verify `token` (off the
     /// hub's path) and answer with [`Input::TokenVerified`].
     VerifyToken {
@@ -209,6 +214,7 @@ impl Output {
             | Output::Close { .. }
             | Output::Published { .. }
             | Output::ApiAnswered { .. }
+            | Output::Hook { .. }
             | Output::VerifyToken { .. } => false,
         }
     }

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
 
+use crate::api::HookCall;
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::event::{
@@ -33,6 +34,7 @@ use crate::room::{
 };
 use crate::time::Timestamp;
 use crate::wire;
+use hooks::PendingHook;
 
 /// The sender a backend's publish is shown with when it names none.
 pub const SERVER_USER: &str = "server";
@@ -55,6 +57,9 @@ pub struct Hub {
     shutting_down: bool,
     /// Connections whose deferred requests may run now.
     resume: Vec<ConnId>,
+    /// Hook calls waiting for their answer: ticket -> connection.
+    hook_calls: FxHashMap<u64, ConnId>,
+    next_hook: u64,
     /// Errors answered, indexed like [`ErrorCode::ALL`].
     errors_sent: [u64; ErrorCode::ALL.len()],
     /// Cluster mode: (room, user) whose presence the broker failed to take;
@@ -80,6 +85,8 @@ struct Conn {
     leave_waits: bool,
     /// A `refresh` is being verified; another waits for its answer.
     refreshing: bool,
+    /// A request waiting for the app's hook; later ones wait behind it.
+    hook: Option<(u64, Option<Arc<str>>, PendingHook)>,
     /// Rooms the backend subscribed this connection to (`/api/subscribe`):
     /// allowed whatever the token's `rooms` claim says.
     granted: Vec<RoomName>,
@@ -122,6 +129,8 @@ impl Hub {
             direct_seq: 0,
             shutting_down: false,
             resume: Vec::new(),
+            hook_calls: FxHashMap::default(),
+            next_hook: 0,
             errors_sent: [0; ErrorCode::ALL.len()],
             presence_unsynced: BTreeMap::new(),
         }
@@ -201,6 +210,7 @@ impl Hub {
                 outcome,
             } => self.on_token_verified(conn, request_id.as_deref(), outcome),
             Input::Api { ticket, call } => self.api(ticket, call),
+            Input::HookAnswered { ticket, verdict } => self.on_hook_answered(ticket, verdict),
         }
         while let Some(conn) = self.resume.pop() {
             self.run_deferred(conn);
@@ -456,6 +466,7 @@ impl Hub {
             next_seq: 0,
             leave_waits: false,
             refreshing: false,
+            hook: None,
             granted: Vec::new(),
             limiter: self.rate.new_limiter(),
             last_seen: self.now,
@@ -556,7 +567,7 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.waiting_for.is_none() && !conn.leave_waits {
+        if conn.waiting_for.is_none() && !conn.leave_waits && conn.hook.is_none() {
             self.execute(id, request);
         } else if conn.deferred.len() < self.config.max_deferred_requests {
             conn.deferred.push_back(request);
@@ -607,27 +618,21 @@ impl Hub {
                 content,
                 reply_to,
             } if is_member(&room) => {
-                let sender = conn.identity.user.clone();
-                let Some(c) = self.conns.get_mut(&id) else {
-                    return;
-                };
-                c.next_seq += 1;
-                c.in_flight.insert(c.next_seq);
-                let request = AppendRequest {
-                    room,
-                    sender,
-                    content,
-                    reply_to,
-                    timestamp: self.now,
-                    origin: Some(Origin {
-                        node: self.config.node_id,
-                        conn: id,
-                        request_id: req_id,
-                        seq: c.next_seq,
-                    }),
-                    ticket: None,
-                };
-                self.out.push_back(Output::Append(Box::new(request)));
+                if self.config.publish_hook {
+                    let user = conn.identity.user.clone();
+                    let call = HookCall::Publish {
+                        user,
+                        room: room.clone(),
+                        content: content.clone(),
+                    };
+                    let pending = PendingHook::Publish {
+                        room,
+                        content,
+                        reply_to,
+                    };
+                    return self.ask_hook(id, req_id, call, pending);
+                }
+                self.append(id, req_id, room, content, reply_to);
             }
             RequestKind::Typing { room, typing } if is_member(&room) => {
                 let frame = wire::user_typing(&room, &conn.identity.user, typing, self.now);
@@ -700,6 +705,38 @@ impl Hub {
         self.ack(id, req_id, Some(name), None);
     }
 
+    /// Hands a member's message to the sequencer; acked once stored.
+    fn append(
+        &mut self,
+        id: ConnId,
+        req_id: Option<Arc<str>>,
+        room: RoomName,
+        content: Arc<str>,
+        reply_to: Option<Arc<str>>,
+    ) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let sender = c.identity.user.clone();
+        c.next_seq += 1;
+        c.in_flight.insert(c.next_seq);
+        let request = AppendRequest {
+            room,
+            sender,
+            content,
+            reply_to,
+            timestamp: self.now,
+            origin: Some(Origin {
+                node: self.config.node_id,
+                conn: id,
+                request_id: req_id,
+                seq: c.next_seq,
+            }),
+            ticket: None,
+        };
+        self.out.push_back(Output::Append(Box::new(request)));
+    }
+
     fn join(&mut self, id: ConnId, req_id: Option<Arc<str>>, room: RoomName, since: Option<Since>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -720,6 +757,28 @@ impl Hub {
                 "room limit per connection reached; leave a room first",
             );
         }
+        if self.config.join_hook && !conn.rooms.contains(&room) && !conn.granted.contains(&room) {
+            let call = HookCall::Join {
+                user: conn.identity.user.clone(),
+                room: room.clone(),
+            };
+            return self.ask_hook(id, req_id, call, PendingHook::Join { room, since });
+        }
+        self.join_now(id, req_id, room, since);
+    }
+
+    /// Joins, the checks done: at once if the room is open here, else once
+    /// it opens.
+    fn join_now(
+        &mut self,
+        id: ConnId,
+        req_id: Option<Arc<str>>,
+        room: RoomName,
+        since: Option<Since>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let wait = WaitingJoin {
             conn: id,
             request_id: req_id,
@@ -1046,7 +1105,7 @@ impl Hub {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
-            if conn.waiting_for.is_some() || conn.leave_waits {
+            if conn.waiting_for.is_some() || conn.leave_waits || conn.hook.is_some() {
                 return;
             }
             let Some(request) = conn.deferred.pop_front() else {
@@ -1737,6 +1796,8 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
 
 #[path = "hub_api.rs"]
 mod api;
+#[path = "hub_hooks.rs"]
+mod hooks;
 #[path = "hub_refresh.rs"]
 mod refresh;
 

@@ -2507,3 +2507,113 @@ fn refresh_refuses_a_bad_token_or_another_user_and_changes_nothing() {
     w.advance_ms(60_000);
     assert_eq!(w.closed.get(&a).map(|c| c.0), Some(close::POLICY_VIOLATION));
 }
+
+fn hooked() -> TestWorld {
+    TestWorld::new(Config {
+        join_hook: true,
+        publish_hook: true,
+        rate_limit_per_second: 0,
+        ..Config::default()
+    })
+}
+
+fn answer_hook(w: &mut TestWorld, verdict: crate::api::HookVerdict) {
+    let (ticket, _) = w.hooks.remove(0);
+    w.input(Input::HookAnswered { ticket, verdict });
+}
+
+#[test]
+fn the_join_hook_decides_and_later_requests_wait_for_it() {
+    use crate::api::{HookCall, HookVerdict};
+    let mut w = hooked();
+    let a = w.connect("alice");
+    w.send_json(a, json!({"type": "join_room", "room": "g", "id": "j"}));
+    w.send_json(a, json!({"type": "online_users", "room": "g", "id": "o"}));
+    assert!(w.take(a).is_empty(), "both wait for the hook");
+    assert_eq!(
+        w.hooks[0].1,
+        HookCall::Join {
+            user: UserRef {
+                id: "alice".into(),
+                name: "alice".into()
+            },
+            room: RoomName::parse("g", 64).unwrap()
+        }
+    );
+    answer_hook(&mut w, HookVerdict::Allow { content: None });
+    let types: Vec<String> = w
+        .take(a)
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["room_info", "ack", "online_users", "ack"]);
+
+    w.send_json(a, json!({"type": "join_room", "room": "vip", "id": "j2"}));
+    answer_hook(
+        &mut w,
+        HookVerdict::Deny {
+            code: "NOT_INVITED".into(),
+            message: "ask an admin".into(),
+        },
+    );
+    let f = w.take(a);
+    assert_eq!(
+        f[0]["payload"],
+        json!({"code": "NOT_INVITED", "message": "ask an admin"})
+    );
+    assert_eq!(f[0]["id"], "j2");
+    w.send_json(a, json!({"type": "join_room", "room": "vip", "id": "j3"}));
+    answer_hook(&mut w, HookVerdict::Unavailable);
+    assert_eq!(error_code(&w.take(a)[0]), "UNAVAILABLE");
+    assert_eq!(w.node.hub.rooms_of(a), [RoomName::parse("g", 64).unwrap()]);
+}
+
+#[test]
+fn the_publish_hook_allows_replaces_or_denies_in_order() {
+    use crate::api::HookVerdict;
+    let mut w = hooked();
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    for c in [a, b] {
+        w.send_json(c, json!({"type": "join_room", "room": "g"}));
+        answer_hook(&mut w, HookVerdict::Allow { content: None });
+    }
+    w.take_all();
+    say(&mut w, a, "g", "first", "s1");
+    say(&mut w, a, "g", "second", "s2");
+    say(&mut w, a, "g", "third", "s3");
+    assert_eq!(w.hooks.len(), 1, "one at a time: the others wait, in order");
+    answer_hook(&mut w, HookVerdict::Allow { content: None });
+    answer_hook(
+        &mut w,
+        HookVerdict::Allow {
+            content: Some("second (edited)".into()),
+        },
+    );
+    answer_hook(
+        &mut w,
+        HookVerdict::Deny {
+            code: "SPAM".into(),
+            message: "no".into(),
+        },
+    );
+    let to_bob: Vec<Value> = w.take(b);
+    let contents: Vec<&str> = to_bob
+        .iter()
+        .map(|f| f["payload"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["first", "second (edited)"]);
+    let to_alice = w.take(a);
+    assert_eq!(
+        to_alice
+            .iter()
+            .map(|f| format!(
+                "{}:{}",
+                f["type"].as_str().unwrap(),
+                f["id"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        ["ack:s1", "ack:s2", "error:s3"]
+    );
+    assert_eq!(to_alice[2]["payload"]["code"], "SPAM");
+}

@@ -95,6 +95,7 @@ impl MemorySequencer {
             | Output::UnfollowUser { .. }
             | Output::Published { .. }
             | Output::ApiAnswered { .. }
+            | Output::Hook { .. }
             | Output::VerifyToken { .. } => false,
         }
     }

@@ -34,6 +34,9 @@ pub struct TestWorld {
     pub tokens: BTreeMap<String, Result<Identity, String>>,
     /// Tokens handed to the verifier and not yet answered.
     verifying: Vec<Input>,
+    /// Hook calls the hub made, in order, for the test to answer
+    /// (`Input::HookAnswered`).
+    pub hooks: Vec<(u64, crate::api::HookCall)>,
 }
 
 impl TestWorld {
@@ -49,6 +52,7 @@ impl TestWorld {
             transcript: String::new(),
             tokens: BTreeMap::new(),
             verifying: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 
@@ -143,6 +147,10 @@ impl TestWorld {
                     request_id,
                     outcome,
                 });
+            }
+            Output::Hook { ticket, call } => {
+                let _ = writeln!(self.transcript, "== the hub asks the app's hook: {call:?}");
+                self.hooks.push((ticket, call));
             }
             // SingleNode answers the sequencer's outputs itself, and a
             // single node emits no cluster outputs or publish answers here.

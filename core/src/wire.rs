@@ -302,6 +302,22 @@ pub fn ack(
     .encode()
 }
 
+#[derive(Serialize)]
+struct AppErrorPayload<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// An `error` with a code the app's hook chose.
+pub fn app_error(id: Option<&str>, code: &str, message: &str, now: Timestamp) -> Bytes {
+    Frame {
+        id,
+        payload: Some(AppErrorPayload { code, message }),
+        ..Frame::new("error", now)
+    }
+    .encode()
+}
+
 pub fn error(id: Option<&str>, code: ErrorCode, message: &str, now: Timestamp) -> Bytes {
     Frame {
         id,

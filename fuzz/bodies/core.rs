@@ -410,7 +410,8 @@ impl FuzzWorld {
                 | Output::FollowUser { .. }
                 | Output::UnfollowUser { .. }
                 | Output::Published { .. }
-                | Output::ApiAnswered { .. } => {}
+                | Output::ApiAnswered { .. }
+                | Output::Hook { .. } => {}
                 Output::VerifyToken {
                     conn, request_id, ..
                 } => self.verifying.push((conn, request_id)),

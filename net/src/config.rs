@@ -184,6 +184,14 @@ pub struct ServerArgs {
     /// rooms.
     #[arg(long, env = "ROOMHUB_HOOK_CONNECT_URL")]
     pub hook_connect_url: Option<String>,
+    /// Backend hook asked before every join (docs/hooks.md): allows it, or
+    /// refuses it with the app's own error code.
+    #[arg(long, env = "ROOMHUB_HOOK_JOIN_URL")]
+    pub hook_join_url: Option<String>,
+    /// Backend hook asked before every member's message is stored: allows
+    /// it, refuses it, or replaces its content.
+    #[arg(long, env = "ROOMHUB_HOOK_PUBLISH_URL")]
+    pub hook_publish_url: Option<String>,
     /// How long a hook may take before it counts as failed.
     #[arg(long, env = "ROOMHUB_HOOK_TIMEOUT_MS", default_value_t = 1000)]
     pub hook_timeout_ms: u64,
@@ -442,6 +450,9 @@ impl ServerConfig {
             demo_token_secret: None,
             hooks: crate::hooks::HookConfig {
                 connect: hook_url("--hook-connect-url", args.hook_connect_url.as_deref())?,
+                join: hook_url("--hook-join-url", args.hook_join_url.as_deref())?,
+                publish: hook_url("--hook-publish-url", args.hook_publish_url.as_deref())?,
+                max_content_bytes: args.max_content_bytes,
                 timeout: Duration::from_millis(args.hook_timeout_ms.max(1)),
                 fail_open: args.hook_fail_open,
             },

@@ -3,8 +3,9 @@
 //! before a WebSocket upgrade, with the verified identity; it may refuse the
 //! connection or change the user's name and `rooms`. A hook that times out
 //! (`--hook-timeout-ms`) or answers anything but the documented shape fails
-//! closed (`UNAVAILABLE`), or open with `--hook-fail-open`. See
-//! `docs/hooks.md`.
+//! closed (`UNAVAILABLE`), or open with `--hook-fail-open`. The join and
+//! publish hooks (`--hook-join-url`, `--hook-publish-url`) are asked by the
+//! hub through [`Hooks::decide`], off its thread. See `docs/hooks.md`.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use roomhub_core::api::{HookCall, HookVerdict};
 use roomhub_core::{Identity, RoomAccess};
 use serde_json::{Value, json};
 
@@ -24,6 +26,12 @@ const ANSWER_MAX_BYTES: usize = 64 * 1024;
 pub struct HookConfig {
     /// `--hook-connect-url`.
     pub connect: Option<Uri>,
+    /// `--hook-join-url`.
+    pub join: Option<Uri>,
+    /// `--hook-publish-url`.
+    pub publish: Option<Uri>,
+    /// The longest content a publish hook may put in (the protocol's limit).
+    pub max_content_bytes: usize,
     /// `--hook-timeout-ms` (1000 by default).
     pub timeout: Duration,
     /// `--hook-fail-open`: a hook that fails lets the action through.
@@ -43,6 +51,7 @@ pub enum Verdict<T> {
     Unavailable(String),
 }
 
+#[derive(Clone)]
 pub struct Hooks {
     config: HookConfig,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -98,6 +107,70 @@ impl Hooks {
             Some(_) => return self.garbage(identity, "rooms must be a list of strings"),
         }
         Verdict::Allow(identity)
+    }
+
+    /// Asks the join or publish hook what the hub asked about.
+    pub async fn decide(&self, call: &HookCall) -> HookVerdict {
+        let (uri, body) = match call {
+            HookCall::Join { user, room } => (
+                &self.config.join,
+                json!({"hook": "join", "user": {"id": &*user.id, "name": &*user.name}, "room": room.as_str()}),
+            ),
+            HookCall::Publish {
+                user,
+                room,
+                content,
+            } => (
+                &self.config.publish,
+                json!({"hook": "publish", "user": {"id": &*user.id, "name": &*user.name}, "room": room.as_str(), "payload": {"content": &**content}}),
+            ),
+        };
+        let Some(uri) = uri else {
+            return HookVerdict::Allow { content: None };
+        };
+        let failed = |why: String| {
+            if self.config.fail_open {
+                tracing::warn!("hook failed ({why}); failing open");
+                HookVerdict::Allow { content: None }
+            } else {
+                tracing::warn!("hook failed: {why}");
+                HookVerdict::Unavailable
+            }
+        };
+        let answer = match self.ask(uri, &body).await {
+            Ok(answer) => answer,
+            Err(why) => return failed(why),
+        };
+        match read_decision(&answer) {
+            Ok(None) => {}
+            Ok(Some((code, message))) => {
+                return HookVerdict::Deny {
+                    code: code.into(),
+                    message: message.into(),
+                };
+            }
+            Err(why) => return failed(why),
+        }
+        if matches!(call, HookCall::Join { .. }) {
+            return HookVerdict::Allow { content: None };
+        }
+        match answer.get("payload") {
+            None | Some(Value::Null) => HookVerdict::Allow { content: None },
+            Some(Value::Object(p)) => match p.get("content") {
+                Some(Value::String(c))
+                    if !c.is_empty() && c.len() <= self.config.max_content_bytes =>
+                {
+                    HookVerdict::Allow {
+                        content: Some(c.as_str().into()),
+                    }
+                }
+                _ => failed(format!(
+                    "payload.content must be a non-empty string of at most {} bytes",
+                    self.config.max_content_bytes
+                )),
+            },
+            Some(_) => failed("payload must be an object {content}".into()),
+        }
     }
 
     fn garbage<T>(&self, allowed: T, why: &str) -> Verdict<T> {

@@ -161,6 +161,12 @@ impl Server {
         C: Core + Send + 'static,
     {
         let local_addr = listener.local_addr()?;
+        let mut config = config;
+        // The hub waits for the app's say on joins and messages only when
+        // there is a hook to ask.
+        config.core.join_hook = config.hooks.join.is_some();
+        config.core.publish_hook = config.hooks.publish.is_some();
+        config.hooks.max_content_bytes = config.core.max_content_bytes;
         let auth = Authenticator::new(&config.auth).map_err(std::io::Error::other)?;
         if config.allowed_origins.is_empty() {
             warn!("no --allowed-origins: WebSocket upgrades from any origin are accepted");
@@ -189,6 +195,7 @@ impl Server {
             next_publish: 0,
             calls: FxHashMap::default(),
             services: Services {
+                hooks: crate::hooks::Hooks::new(config.hooks.clone()),
                 io: tokio::runtime::Handle::current(),
                 answers: inbox.answers(),
                 auth: auth.clone(),

@@ -1,7 +1,9 @@
 //! Backend hooks through the real server, against a real HTTP backend this
 //! test starts on loopback (axum): the connect hook allows, renames and
 //! narrows the rooms, denies with its own code, and fails closed on a
-//! timeout, an error status or garbage (open with `--hook-fail-open`).
+//! timeout, an error status or garbage (open with `--hook-fail-open`); the
+//! join hook allows or denies with the app's code; the publish hook allows,
+//! replaces or denies; a slow hook holds up only its own connection.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -40,11 +42,42 @@ async fn connect_hook(State(seen): State<Seen>, Json(body): Json<Value>) -> Resp
     }
 }
 
+async fn join_hook(Json(body): Json<Value>) -> Response {
+    match body["room"].as_str().unwrap_or("") {
+        "vip" => Json(json!({"allow": false, "code": "NOT_INVITED", "message": "ask an admin"}))
+            .into_response(),
+        "slow-room" => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Json(json!({"allow": true})).into_response()
+        }
+        "garbage-room" => "<html>".into_response(),
+        _ => Json(json!({"allow": true})).into_response(),
+    }
+}
+
+async fn publish_hook(Json(body): Json<Value>) -> Response {
+    let content = body["payload"]["content"].as_str().unwrap_or("");
+    if content == "spam" {
+        Json(json!({"allow": false, "code": "SPAM", "message": "not here"})).into_response()
+    } else if let Some(rest) = content.strip_prefix("shout:") {
+        Json(json!({"allow": true, "payload": {"content": rest.to_uppercase()}})).into_response()
+    } else if content == "slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Json(json!({"allow": true})).into_response()
+    } else if content == "bad replace" {
+        Json(json!({"allow": true, "payload": {"content": 42}})).into_response()
+    } else {
+        Json(json!({"allow": true})).into_response()
+    }
+}
+
 /// Starts the backend; its address and what it saw.
 async fn backend() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let app = Router::new()
         .route("/hooks/connect", post(connect_hook))
+        .route("/hooks/join", post(join_hook))
+        .route("/hooks/publish", post(publish_hook))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -140,4 +173,86 @@ async fn a_failing_connect_hook_fails_closed_or_open() {
         connect(&open, "mallory").await.err().map(|e| e.0),
         Some(403)
     );
+}
+
+async fn hooked(hook: SocketAddr) -> TestServer {
+    TestServer::start_with(|c| {
+        c.hooks.join = Some(format!("http://{hook}/hooks/join").parse().unwrap());
+        c.hooks.publish = Some(format!("http://{hook}/hooks/publish").parse().unwrap());
+        c.hooks.timeout = Duration::from_millis(2000);
+        c.core.rate_limit_per_second = 0;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_and_publish_hooks_decide_and_a_slow_one_holds_up_only_its_connection() {
+    let (hook, _) = backend().await;
+    let s = hooked(hook).await;
+    let mut alice = s.member("alice", "lobby").await;
+    let mut bob = s.member("bob", "lobby").await;
+    alice.recv_type("user_joined").await;
+
+    // Join: denied with the app's code; garbage fails closed.
+    bob.send_json(json!({"type": "join_room", "room": "vip", "id": "j1"}))
+        .await;
+    let e = bob.recv().await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str()),
+        (Some("error"), Some("j1"))
+    );
+    assert_eq!(
+        e["payload"],
+        json!({"code": "NOT_INVITED", "message": "ask an admin"})
+    );
+    bob.send_json(json!({"type": "join_room", "room": "garbage-room", "id": "j2"}))
+        .await;
+    assert_eq!(bob.recv().await["payload"]["code"], "UNAVAILABLE");
+
+    // Publish: allowed, replaced, denied (with the app's code), garbage.
+    for (text, id) in [
+        ("hello", "m1"),
+        ("shout:hey", "m2"),
+        ("spam", "m3"),
+        ("bad replace", "m4"),
+    ] {
+        alice
+            .send_json(json!({"type": "send_message", "room": "lobby", "id": id, "payload": {"content": text}}))
+            .await;
+    }
+    assert_eq!(alice.recv().await["id"], "m1");
+    assert_eq!(alice.recv().await["id"], "m2");
+    let spam = alice.recv().await;
+    assert_eq!(
+        (spam["id"].as_str(), spam["payload"]["code"].as_str()),
+        (Some("m3"), Some("SPAM"))
+    );
+    let bad = alice.recv().await;
+    assert_eq!(
+        (bad["id"].as_str(), bad["payload"]["code"].as_str()),
+        (Some("m4"), Some("UNAVAILABLE"))
+    );
+    assert_eq!(
+        bob.recv_type("new_message").await["payload"]["content"],
+        "hello"
+    );
+    assert_eq!(
+        bob.recv_type("new_message").await["payload"]["content"],
+        "HEY"
+    );
+
+    // A slow join hook (1.5 s) for alice: bob's requests go on meanwhile.
+    alice
+        .send_json(json!({"type": "join_room", "room": "slow-room", "id": "slow"}))
+        .await;
+    bob.send_json(json!({"type": "send_message", "room": "lobby", "id": "b1", "payload": {"content": "meanwhile"}}))
+        .await;
+    assert_eq!(bob.recv_type("ack").await["id"], "b1");
+    // Alice's next request waits behind her pending join: the message bob
+    // sent comes first, then her join's answer.
+    let first = alice.recv().await;
+    assert_eq!(first["payload"]["content"], "meanwhile", "{first}");
+    let info = alice.recv_type("room_info").await;
+    assert_eq!(info["payload"]["room_id"], "slow-room");
+    assert_eq!(alice.recv().await["id"], "slow");
 }

@@ -90,6 +90,7 @@ impl<B: Broker> Worker<B> {
             | Output::Close { .. }
             | Output::Published { .. }
             | Output::ApiAnswered { .. }
+            | Output::Hook { .. }
             | Output::VerifyToken { .. } => None,
         };
         match input {

@@ -1,5 +1,5 @@
 //! Work the core asks of the shell that must not run on the hub's thread:
-//! verifying a refreshed token. Each call runs as a task on the I/O
+//! verifying a refreshed token, asking the app's join and publish hooks. Each call runs as a task on the I/O
 //! runtime and answers through the hub's inbox, so a slow one delays
 //! nothing else.
 
@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::hub::inbox::Answers;
 
 pub(crate) struct Services {
+    pub(crate) hooks: crate::hooks::Hooks,
     /// The I/O runtime (the hub's own thread runs a runtime of its own).
     pub(crate) io: Handle,
     pub(crate) answers: Answers,
@@ -23,11 +24,19 @@ pub(crate) struct Services {
 impl Services {
     /// Whether `out` is one of the calls served here.
     pub(crate) fn serves(out: &Output) -> bool {
-        matches!(out, Output::VerifyToken { .. })
+        matches!(out, Output::VerifyToken { .. } | Output::Hook { .. })
     }
 
     /// Starts serving `out`; its answer reaches the hub as an input.
     pub(crate) fn call(&self, out: Output) {
+        if let Output::Hook { ticket, call } = out {
+            let (hooks, answers) = (self.hooks.clone(), self.answers.clone());
+            self.io.spawn(async move {
+                let verdict = hooks.decide(&call).await;
+                answers.send(Input::HookAnswered { ticket, verdict }).await;
+            });
+            return;
+        }
         if let Output::VerifyToken {
             conn,
             request_id,

@@ -200,7 +200,10 @@ impl Cluster {
                 self.nodes[n].subs.remove(&channel::user(&user));
             }
             // No schedule sends `refresh`.
-            Output::Published { .. } | Output::ApiAnswered { .. } | Output::VerifyToken { .. } => {}
+            Output::Published { .. }
+            | Output::ApiAnswered { .. }
+            | Output::Hook { .. }
+            | Output::VerifyToken { .. } => {}
         }
     }
 
