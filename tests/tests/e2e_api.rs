@@ -330,3 +330,132 @@ async fn history_reads_rooms_with_or_without_members() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Hostile bodies for every method: each gets a documented 4xx (never a
+/// 5xx, a hang or a crash), changes nothing, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_api_bodies_are_refused_and_change_nothing() {
+    let s = server().await;
+    let mut alice = s.member("alice", "g").await;
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let deep_obj = format!(
+        r#"{{"room":{}"g"{}}}"#,
+        "{\"a\":".repeat(300),
+        "}".repeat(300)
+    );
+    let many: Vec<Value> = (0..101).map(|_| json!({"method": "info"})).collect();
+    let huge_user = "u".repeat(300);
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("info", "\u{0}".into(), 400),
+        ("info", "null".into(), 400),
+        ("info", r#""info""#.into(), 400),
+        ("info", deep.clone(), 400),
+        ("presence", deep_obj, 400),
+        ("publish", r#"{"room":"g","payload":"hi"}"#.into(), 400),
+        (
+            "publish",
+            r#"{"room":"g\u0007","payload":{"content":"x"}}"#.into(),
+            400,
+        ),
+        (
+            "publish",
+            r#"{"room":"g","payload":{"content":"x"},"sender":{"id":""}}"#.into(),
+            400,
+        ),
+        (
+            "broadcast",
+            json!({"rooms": "g", "payload": {"content": "x"}}).to_string(),
+            400,
+        ),
+        (
+            "broadcast",
+            json!({"rooms": [], "payload": {"content": "x"}}).to_string(),
+            400,
+        ),
+        ("disconnect", json!({"user": huge_user}).to_string(), 400),
+        (
+            "disconnect",
+            json!({"user": "alice", "code": 1008}).to_string(),
+            400,
+        ),
+        (
+            "disconnect",
+            json!({"user": "alice", "code": 99999}).to_string(),
+            400,
+        ),
+        (
+            "disconnect",
+            json!({"user": "alice", "code": -1}).to_string(),
+            400,
+        ),
+        (
+            "subscribe",
+            json!({"user": "alice", "room": "x".repeat(65)}).to_string(),
+            400,
+        ),
+        (
+            "unsubscribe",
+            json!({"user": {"id": "alice"}, "room": "g"}).to_string(),
+            400,
+        ),
+        (
+            "history",
+            json!({"room": "g", "limit": 1.5}).to_string(),
+            400,
+        ),
+        (
+            "history",
+            json!({"room": "g", "before": -1}).to_string(),
+            400,
+        ),
+        (
+            "rooms",
+            json!({"pattern": "p".repeat(300)}).to_string(),
+            400,
+        ),
+        ("batch", json!({"commands": many}).to_string(), 400),
+        ("batch", json!({"commands": "info"}).to_string(), 400),
+        ("../../etc/passwd", "{}".into(), 404),
+        ("INFO", "{}".into(), 404),
+    ];
+    for (method, body, status) in cases {
+        let (got, answer) = http_post(s.addr, &format!("/api/{method}"), Some(KEY), &body).await;
+        assert_eq!(
+            got,
+            status,
+            "{method} {}: {answer}",
+            body.chars().take(80).collect::<String>()
+        );
+        let v: Value =
+            serde_json::from_str(&answer).unwrap_or_else(|_| panic!("not JSON: {answer}"));
+        // An API answer names a code; a path that is no method at all
+        // (several segments) gets the server's plain JSON 404.
+        let shaped = v["error"]["code"].is_string() && v["error"]["message"].is_string();
+        assert!(shaped || (got == 404 && v["error"].is_string()), "{answer}");
+    }
+    // A nested batch and a batch of bad commands: answered per command.
+    let r = ok(
+        &s,
+        "batch",
+        json!({"commands": [{"method": "batch", "params": {"commands": []}}, 7, {"method": 7}]}),
+    )
+    .await;
+    let codes: Vec<&str> = r["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["INVALID_PARAMS"; 3]);
+    // Nothing changed: alice is connected and alone in g, and can talk.
+    let stats = ok(&s, "presence_stats", json!({"room": "g"})).await;
+    assert_eq!(
+        (stats["users"].as_u64(), stats["connections"].as_u64()),
+        (Some(1), Some(1))
+    );
+    alice
+        .send_json(json!({"type": "send_message", "room": "g", "id": "m", "payload": {"content": "still here"}}))
+        .await;
+    assert_eq!(alice.recv_type("ack").await["id"], "m");
+    assert_eq!(s.get("/healthz").await.0, 200);
+}
