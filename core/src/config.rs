@@ -49,6 +49,58 @@ pub struct Config {
     /// The app's publish hook decides every member's message (and may
     /// replace its content).
     pub publish_hook: bool,
+    /// Rules for rooms named `<namespace>:<rest>`; other rooms keep the
+    /// defaults.
+    pub namespaces: Vec<Namespace>,
+}
+
+/// What a namespace changes for its rooms (`ns:rest`). Each rule defaults
+/// to what a room without a namespace gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: std::sync::Arc<str>,
+    /// `user_joined`/`user_left` are sent, and `room_info`/`online_users`
+    /// list the users.
+    pub presence: bool,
+    /// Members may `send_message`; otherwise only the server API publishes.
+    pub client_publish: bool,
+    /// Members may send `typing`/`stop_typing`.
+    pub typing: bool,
+    /// Users a room holds at most (across the cluster, as the node knows
+    /// them); `None`: no limit.
+    pub max_members: Option<usize>,
+    /// Whether the join and publish hooks (when configured) are asked.
+    pub join_hook: bool,
+    pub publish_hook: bool,
+}
+
+impl Namespace {
+    /// A namespace with every rule at its default.
+    pub fn new(name: &str) -> Self {
+        Namespace {
+            name: name.into(),
+            presence: true,
+            client_publish: true,
+            typing: true,
+            max_members: None,
+            join_hook: true,
+            publish_hook: true,
+        }
+    }
+}
+
+impl Config {
+    /// The rules of the namespace `room` belongs to, if it has one that is
+    /// configured.
+    pub fn namespace_of(&self, room: &str) -> Option<&Namespace> {
+        let (ns, _) = room.split_once(':')?;
+        self.namespaces.iter().find(|n| &*n.name == ns)
+    }
+
+    /// Presence events and lists in `room`.
+    pub fn presence_in(&self, room: &str) -> bool {
+        self.namespace_of(room).is_none_or(|n| n.presence)
+    }
 }
 
 impl Default for Config {
@@ -74,6 +126,7 @@ impl Default for Config {
             clustered: false,
             join_hook: false,
             publish_hook: false,
+            namespaces: Vec::new(),
         }
     }
 }

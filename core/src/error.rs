@@ -27,10 +27,12 @@ pub enum ErrorCode {
     /// A `refresh` token that does not verify (bad signature, expired,
     /// malformed claims).
     InvalidToken,
+    /// The room's namespace caps its members and it is full.
+    RoomFull,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidFormat,
         ErrorCode::UnknownType,
         ErrorCode::InvalidPayload,
@@ -45,6 +47,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedFrame,
         ErrorCode::Unavailable,
         ErrorCode::InvalidToken,
+        ErrorCode::RoomFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedFrame => "UNSUPPORTED_FRAME",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::InvalidToken => "INVALID_TOKEN",
+            ErrorCode::RoomFull => "ROOM_FULL",
         }
     }
 }

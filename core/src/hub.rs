@@ -618,7 +618,16 @@ impl Hub {
                 content,
                 reply_to,
             } if is_member(&room) => {
-                if self.config.publish_hook {
+                let ns = self.config.namespace_of(room.as_str());
+                if ns.is_some_and(|n| !n.client_publish) {
+                    return self.send_error(
+                        id,
+                        req_id.as_deref(),
+                        ErrorCode::Forbidden,
+                        "only the server publishes in this room",
+                    );
+                }
+                if self.config.publish_hook && ns.is_none_or(|n| n.publish_hook) {
                     let user = conn.identity.user.clone();
                     let call = HookCall::Publish {
                         user,
@@ -634,6 +643,19 @@ impl Hub {
                 }
                 self.append(id, req_id, room, content, reply_to);
             }
+            RequestKind::Typing { room, .. }
+                if self
+                    .config
+                    .namespace_of(room.as_str())
+                    .is_some_and(|n| !n.typing) =>
+            {
+                self.send_error(
+                    id,
+                    req_id.as_deref(),
+                    ErrorCode::Forbidden,
+                    "typing indicators are off in this room",
+                );
+            }
             RequestKind::Typing { room, typing } if is_member(&room) => {
                 let frame = wire::user_typing(&room, &conn.identity.user, typing, self.now);
                 self.broadcast(&room, Some(id), &frame, FrameKind::Ephemeral);
@@ -641,7 +663,12 @@ impl Hub {
             }
             RequestKind::OnlineUsers { room } if is_member(&room) => {
                 if let Some(r) = self.rooms.get(&room) {
-                    let frame = wire::online_users(&room, &r.user_list(), self.now);
+                    let users = if self.config.presence_in(room.as_str()) {
+                        r.user_list()
+                    } else {
+                        Vec::new()
+                    };
+                    let frame = wire::online_users(&room, &users, self.now);
                     self.send(id, frame, FrameKind::Live);
                 }
                 self.ack(id, req_id.as_deref(), Some(&room), None);
@@ -757,7 +784,14 @@ impl Hub {
                 "room limit per connection reached; leave a room first",
             );
         }
-        if self.config.join_hook && !conn.rooms.contains(&room) && !conn.granted.contains(&room) {
+        if self.config.join_hook
+            && self
+                .config
+                .namespace_of(room.as_str())
+                .is_none_or(|n| n.join_hook)
+            && !conn.rooms.contains(&room)
+            && !conn.granted.contains(&room)
+        {
             let call = HookCall::Join {
                 user: conn.identity.user.clone(),
                 room: room.clone(),
@@ -816,6 +850,23 @@ impl Hub {
             );
             return self.close_if_deserted(name);
         }
+        if let (Some(max), Some(conn), Some(room)) = (
+            self.config
+                .namespace_of(name.as_str())
+                .and_then(|n| n.max_members),
+            self.conns.get(&wait.conn),
+            self.rooms.get(name),
+        ) && !room.has_user(&conn.identity.user.id)
+            && room.user_count() >= max
+        {
+            self.send_error(
+                wait.conn,
+                wait.request_id.as_deref(),
+                ErrorCode::RoomFull,
+                "the room is full",
+            );
+            return self.close_if_deserted(name);
+        }
         if self.conns.contains_key(&wait.conn) && !self.rooms.contains_key(name) {
             // Never expected: a join is always answered, whatever happened.
             return self.send_error(
@@ -847,7 +898,7 @@ impl Hub {
             });
             presence.connections += 1;
             if presence.connections == 1 {
-                if !remote.contains_key(&user.id) {
+                if !remote.contains_key(&user.id) && self.config.presence_in(name.as_str()) {
                     let frame = wire::presence(name, user, true, now);
                     fan_out(
                         &mut self.out,
@@ -881,7 +932,11 @@ impl Hub {
             }
             Recovery::Impossible => false,
         });
-        let user_list = crate::room::user_list(users, remote);
+        let user_list = if self.config.presence_in(name.as_str()) {
+            crate::room::user_list(users, remote)
+        } else {
+            Vec::new()
+        };
         let info = wire::RoomInfo {
             room: name,
             users: &user_list,
@@ -907,7 +962,7 @@ impl Hub {
             presence.connections -= 1;
             if presence.connections == 0 {
                 room.users.swap_remove(&user.id);
-                if !room.remote.contains_key(&user.id) {
+                if !room.remote.contains_key(&user.id) && self.config.presence_in(name.as_str()) {
                     let frame = wire::presence(name, user, false, self.now);
                     fan_out(&mut self.out, &room.members, None, &frame, FrameKind::Live);
                 }
@@ -1023,7 +1078,7 @@ impl Hub {
         };
         let user = change.1.clone();
         let present = change.2;
-        if room.apply_remote(change) {
+        if room.apply_remote(change) && self.config.presence_in(name.as_str()) {
             let frame = wire::presence(name, &user, present, self.now);
             fan_out(&mut self.out, &room.members, None, &frame, FrameKind::Live);
         }

@@ -2617,3 +2617,54 @@ fn the_publish_hook_allows_replaces_or_denies_in_order() {
     );
     assert_eq!(to_alice[2]["payload"]["code"], "SPAM");
 }
+
+#[test]
+fn namespaces_set_presence_publishing_typing_and_size_for_their_rooms() {
+    let mut w = TestWorld::new(Config {
+        rate_limit_per_second: 0,
+        namespaces: vec![
+            crate::config::Namespace {
+                presence: false,
+                client_publish: false,
+                typing: false,
+                ..crate::config::Namespace::new("feed")
+            },
+            crate::config::Namespace {
+                max_members: Some(2),
+                ..crate::config::Namespace::new("duo")
+            },
+        ],
+        ..Config::default()
+    });
+    let a = w.connect("alice");
+    let b = w.connect("bob");
+    let c = w.connect("carol");
+    // feed:*: no presence, members may not publish or type.
+    let info = join(&mut w, a, "feed:news");
+    assert_eq!(info["payload"]["users"], json!([]));
+    join(&mut w, b, "feed:news");
+    assert!(w.take(a).is_empty(), "no user_joined in feed:");
+    say(&mut w, a, "feed:news", "hi", "s");
+    assert_eq!(error_code(&w.take(a)[0]), "FORBIDDEN");
+    w.send_json(a, json!({"type": "typing", "room": "feed:news", "id": "t"}));
+    assert_eq!(error_code(&w.take(a)[0]), "FORBIDDEN");
+    w.send_json(
+        a,
+        json!({"type": "online_users", "room": "feed:news", "id": "o"}),
+    );
+    assert_eq!(w.take(a)[0]["payload"]["users"], json!([]));
+    // Other rooms keep the defaults.
+    join(&mut w, a, "feedback");
+    join(&mut w, b, "feedback");
+    assert_eq!(w.take(a)[0]["type"], "user_joined");
+    // duo:*: two users at most; a second connection of one in is fine.
+    join(&mut w, a, "duo:1");
+    join(&mut w, b, "duo:1");
+    w.send_json(c, json!({"type": "join_room", "room": "duo:1", "id": "j"}));
+    let f = w.take(c);
+    assert_eq!(error_code(&f[0]), "ROOM_FULL");
+    assert_eq!(f[0]["id"], "j");
+    let a2 = w.connect("alice");
+    join(&mut w, a2, "duo:1");
+    assert_eq!(w.node.hub.room_connections("duo:1").len(), 3);
+}

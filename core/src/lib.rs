@@ -28,7 +28,7 @@ pub mod testkit;
 pub mod time;
 pub mod wire;
 
-pub use config::Config;
+pub use config::{Config, Namespace};
 pub use error::ErrorCode;
 pub use event::{
     AppendReceipt, AppendRequest, DirectMessage, FrameKind, Input, Origin, Output, Position,

@@ -100,6 +100,16 @@ impl Room {
     }
 
     /// Whether `user` is in the room on this node or any other.
+    /// Users present across the cluster, each once.
+    pub(crate) fn user_count(&self) -> usize {
+        self.users.len()
+            + self
+                .remote
+                .keys()
+                .filter(|id| !self.users.contains_key(*id))
+                .count()
+    }
+
     pub(crate) fn has_user(&self, user: &str) -> bool {
         self.users.contains_key(user) || self.remote.contains_key(user)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use roomhub_core::{Config as CoreConfig, NodeId};
+use roomhub_core::{Config as CoreConfig, Namespace as CoreNamespace, NodeId};
 
 use crate::auth::{AuthConfig, VerifyKey};
 use crate::seq::store::Fsync;
@@ -184,6 +184,12 @@ pub struct ServerArgs {
     /// rooms.
     #[arg(long, env = "ROOMHUB_HOOK_CONNECT_URL")]
     pub hook_connect_url: Option<String>,
+    /// Rules for the rooms of a namespace (rooms named `ns:rest`), as
+    /// `ns:key=value,...` with keys presence, client_publish, typing,
+    /// max_members, join_hook, publish_hook (docs/namespaces.md). Repeat
+    /// for several; in the config file, `[namespaces.<ns>]` tables.
+    #[arg(long = "namespace", env = "ROOMHUB_NAMESPACES", value_delimiter = ';')]
+    pub namespace: Vec<String>,
     /// Backend hook asked before every join (docs/hooks.md): allows it, or
     /// refuses it with the app's own error code.
     #[arg(long, env = "ROOMHUB_HOOK_JOIN_URL")]
@@ -254,6 +260,12 @@ pub fn config_text_args(text: &str, unset: impl Fn(&str) -> bool) -> Result<Vec<
     let command = Cli::command();
     let mut out = Vec::new();
     for (key, value) in table {
+        if key == "namespaces" {
+            if unset("namespace") {
+                out.extend(namespace_args(&value)?);
+            }
+            continue;
+        }
         let id = key.replace('-', "_");
         let known = command
             .get_arguments()
@@ -282,6 +294,69 @@ pub fn config_text_args(text: &str, unset: impl Fn(&str) -> bool) -> Result<Vec<
         out.push(format!("--{}={text}", key.replace('_', "-")));
     }
     Ok(out)
+}
+
+/// `[namespaces.<ns>]` tables as `--namespace=ns:key=value,...`.
+fn namespace_args(value: &toml::Value) -> Result<Vec<String>, String> {
+    let toml::Value::Table(namespaces) = value else {
+        return Err("`namespaces`: expected [namespaces.<name>] tables".into());
+    };
+    let mut out = Vec::new();
+    for (name, rules) in namespaces {
+        let toml::Value::Table(rules) = rules else {
+            return Err(format!("`namespaces.{name}`: expected a table"));
+        };
+        let mut parts = Vec::new();
+        for (key, v) in rules {
+            let text = match v {
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(format!(
+                        "`namespaces.{name}.{key}`: unsupported value {other}"
+                    ));
+                }
+            };
+            parts.push(format!("{key}={text}"));
+        }
+        out.push(format!("--namespace={name}:{}", parts.join(",")));
+    }
+    Ok(out)
+}
+
+/// One `--namespace ns:key=value,...`.
+fn parse_namespace(text: &str) -> Result<CoreNamespace, String> {
+    let (name, rules) = text.split_once(':').unwrap_or((text, ""));
+    if name.is_empty() || name.len() > 32 || name.chars().any(|c| c.is_control() || c == ':') {
+        return Err(format!(
+            "--namespace {text:?}: a name of 1-32 bytes, no ':' or control characters"
+        ));
+    }
+    let mut ns = CoreNamespace::new(name);
+    for rule in rules.split(',').filter(|r| !r.is_empty()) {
+        let (key, value) = rule
+            .split_once('=')
+            .ok_or_else(|| format!("--namespace {name}: {rule:?} is not key=value"))?;
+        let flag = |v: &str| {
+            v.parse::<bool>()
+                .map_err(|_| format!("--namespace {name}: {key} must be true or false"))
+        };
+        match key.trim() {
+            "presence" => ns.presence = flag(value)?,
+            "client_publish" => ns.client_publish = flag(value)?,
+            "typing" => ns.typing = flag(value)?,
+            "join_hook" => ns.join_hook = flag(value)?,
+            "publish_hook" => ns.publish_hook = flag(value)?,
+            "max_members" => {
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| format!("--namespace {name}: max_members must be a number"))?;
+                ns.max_members = (n > 0).then_some(n);
+            }
+            other => return Err(format!("--namespace {name}: unknown rule {other:?}")),
+        }
+    }
+    Ok(ns)
 }
 
 /// Everything a server instance needs, resolved and validated.
@@ -409,6 +484,17 @@ impl ServerConfig {
             rate_limit_per_second: args.rate_limit_per_second,
             rate_limit_burst: args.rate_limit_burst,
             clustered,
+            namespaces: {
+                let mut list = Vec::new();
+                for text in &args.namespace {
+                    let ns = parse_namespace(text)?;
+                    if list.iter().any(|n: &CoreNamespace| n.name == ns.name) {
+                        return Err(format!("--namespace {}: given twice", ns.name));
+                    }
+                    list.push(ns);
+                }
+                list
+            },
             ..CoreConfig::default()
         };
         Ok(ServerConfig {
@@ -587,5 +673,57 @@ mod tests {
             "redis://b:1",
         ];
         assert!(parse_cli(both).is_err());
+    }
+
+    #[test]
+    fn namespaces_come_from_flags_and_config_tables() {
+        let config = |extra: &[&str]| {
+            let mut args = vec!["roomhub", "--jwt-secret", "s"];
+            args.extend_from_slice(extra);
+            ServerConfig::from_args(&parse_cli(args).unwrap().server, 1)
+        };
+        let c = config(&[
+            "--namespace",
+            "feed:presence=false,typing=false",
+            "--namespace",
+            "duo:max_members=2",
+        ])
+        .unwrap();
+        assert_eq!(c.core.namespaces.len(), 2);
+        let feed = c.core.namespace_of("feed:x").unwrap();
+        assert!(!feed.presence && !feed.typing && feed.client_publish);
+        assert_eq!(c.core.namespace_of("duo:1").unwrap().max_members, Some(2));
+        assert!(c.core.namespace_of("other:1").is_none() && c.core.namespace_of("feed").is_none());
+        for bad in [
+            "feed:presence=maybe",
+            "feed:colour=red",
+            "feed:typing",
+            ":typing=false",
+            "duo:max_members=x",
+        ] {
+            assert!(config(&["--namespace", bad]).is_err(), "{bad}");
+        }
+        assert!(
+            config(&[
+                "--namespace",
+                "a:typing=false",
+                "--namespace",
+                "a:presence=false"
+            ])
+            .is_err()
+        );
+
+        let args = config_text_args(
+            "[namespaces.feed]\npresence = false\nclient_publish = false\n[namespaces.duo]\nmax_members = 2\n",
+            |_| true,
+        )
+        .unwrap();
+        assert_eq!(args.len(), 2);
+        let mut cli = vec!["roomhub", "--jwt-secret", "s"];
+        cli.extend(args.iter().map(String::as_str));
+        let c = ServerConfig::from_args(&parse_cli(cli).unwrap().server, 1).unwrap();
+        assert!(!c.core.namespace_of("feed:a").unwrap().client_publish);
+        assert_eq!(c.core.namespace_of("duo:a").unwrap().max_members, Some(2));
+        assert!(config_text_args("[namespaces.x]\npresence = \"no\"\n", |_| true).is_err());
     }
 }
