@@ -256,3 +256,49 @@ async fn the_join_and_publish_hooks_decide_and_a_slow_one_holds_up_only_its_conn
     assert_eq!(info["payload"]["room_id"], "slow-room");
     assert_eq!(alice.recv().await["id"], "slow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_garbled_join_and_publish_hooks_fail_closed_or_open() {
+    let (hook, _) = backend().await;
+    for fail_open in [false, true] {
+        let s = TestServer::start_with(|c| {
+            c.hooks.join = Some(format!("http://{hook}/hooks/join").parse().unwrap());
+            c.hooks.publish = Some(format!("http://{hook}/hooks/publish").parse().unwrap());
+            c.hooks.timeout = Duration::from_millis(300);
+            c.hooks.fail_open = fail_open;
+            c.core.rate_limit_per_second = 0;
+        })
+        .await;
+        let mut alice = s.member("alice", "lobby").await;
+        for room in ["slow-room", "garbage-room"] {
+            alice
+                .send_json(json!({"type": "join_room", "room": room, "id": room}))
+                .await;
+            let answer = alice.recv().await;
+            if fail_open {
+                assert_eq!(answer["type"], "room_info", "{room}: {answer}");
+                assert_eq!(alice.recv().await["id"], room);
+            } else {
+                assert_eq!(answer["payload"]["code"], "UNAVAILABLE", "{room}: {answer}");
+                assert_eq!(answer["id"], room);
+            }
+        }
+        for text in ["slow", "bad replace"] {
+            alice
+                .send_json(json!({"type": "send_message", "room": "lobby", "id": text, "payload": {"content": text}}))
+                .await;
+            let answer = alice.recv().await;
+            assert_eq!(answer["id"], text, "{answer}");
+            if fail_open {
+                assert_eq!(answer["type"], "ack", "{text}: {answer}");
+            } else {
+                assert_eq!(answer["payload"]["code"], "UNAVAILABLE", "{text}: {answer}");
+            }
+        }
+        // A refusal is obeyed either way.
+        alice
+            .send_json(json!({"type": "join_room", "room": "vip", "id": "v"}))
+            .await;
+        assert_eq!(alice.recv().await["payload"]["code"], "NOT_INVITED");
+    }
+}
