@@ -714,9 +714,7 @@ impl Hub {
                 "history not ready; retry",
             );
         };
-        log.trim_by_age(now, max_age);
-        let (page, has_more) = log.page(before, limit);
-        let messages: Vec<Bytes> = page.iter().map(|m| m.frame.clone()).collect();
+        let (messages, has_more) = log.page_at(now, max_age, before, limit);
         let frame = wire::history(
             &wire::History {
                 room: name,

@@ -276,9 +276,25 @@ impl RoomLog {
         Recovery::Complete(self.ring.iter().skip(skip).collect())
     }
 
+    /// A page of history as of `now` (older messages than the age limit
+    /// trimmed first): the newest `limit` retained frames below `before`
+    /// (all of them when `None`), oldest first, and whether earlier ones
+    /// are retained. What a member's `history` and the API's share.
+    pub(crate) fn page_at(
+        &mut self,
+        now: Timestamp,
+        max_age_ms: u64,
+        before: Option<u64>,
+        limit: usize,
+    ) -> (Vec<Bytes>, bool) {
+        self.trim_by_age(now, max_age_ms);
+        let (page, has_more) = self.page(before, limit);
+        (page.iter().map(|m| m.frame.clone()).collect(), has_more)
+    }
+
     /// The newest `limit` retained messages below `before` (all of them
     /// when `None`), oldest first, and whether earlier ones are retained.
-    pub(crate) fn page(&self, before: Option<u64>, limit: usize) -> (Vec<&Logged>, bool) {
+    fn page(&self, before: Option<u64>, limit: usize) -> (Vec<&Logged>, bool) {
         let Some(front) = self.ring.front() else {
             return (Vec::new(), false);
         };

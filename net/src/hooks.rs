@@ -74,39 +74,27 @@ impl Hooks {
             "user": {"id": &*identity.user.id, "name": &*identity.user.name},
             "remote_addr": remote,
         });
-        let answer = match self.ask(uri, &body).await {
-            Ok(answer) => answer,
-            Err(why) if self.config.fail_open => {
-                tracing::warn!("connect hook failed ({why}); failing open");
-                return Verdict::Allow(identity);
-            }
-            Err(why) => return Verdict::Unavailable(why),
+        let answer = match self.consult(uri, &body).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err((code, message))) => return Verdict::Deny { code, message },
+            Err(why) => return self.failed(identity, why),
         };
-        match read_decision(&answer) {
-            Ok(None) => {}
-            Ok(Some((code, message))) => return Verdict::Deny { code, message },
-            Err(why) if self.config.fail_open => {
-                tracing::warn!("connect hook answered garbage ({why}); failing open");
-                return Verdict::Allow(identity);
-            }
-            Err(why) => return Verdict::Unavailable(why),
-        }
-        let mut identity = identity;
+        let mut renamed = identity.clone();
         match answer.get("name") {
             None | Some(Value::Null) => {}
             Some(Value::String(n)) if !n.is_empty() && n.len() <= 256 => {
-                identity.user.name = n.as_str().into();
+                renamed.user.name = n.as_str().into();
             }
-            Some(_) => return self.garbage(identity, "name must be a non-empty string"),
+            Some(_) => return self.failed(identity, "name must be a non-empty string".into()),
         }
         match answer.get("rooms") {
             None | Some(Value::Null) => {}
             Some(Value::Array(rooms)) if rooms.iter().all(Value::is_string) => {
-                identity.rooms = Some(RoomAccess::new(rooms.iter().filter_map(Value::as_str)));
+                renamed.rooms = Some(RoomAccess::new(rooms.iter().filter_map(Value::as_str)));
             }
-            Some(_) => return self.garbage(identity, "rooms must be a list of strings"),
+            Some(_) => return self.failed(identity, "rooms must be a list of strings".into()),
         }
-        Verdict::Allow(identity)
+        Verdict::Allow(renamed)
     }
 
     /// Asks the join or publish hook what the hub asked about.
@@ -128,56 +116,69 @@ impl Hooks {
         let Some(uri) = uri else {
             return HookVerdict::Allow { content: None };
         };
-        let failed = |why: String| {
-            if self.config.fail_open {
-                tracing::warn!("hook failed ({why}); failing open");
-                HookVerdict::Allow { content: None }
-            } else {
-                tracing::warn!("hook failed: {why}");
-                HookVerdict::Unavailable
-            }
-        };
-        let answer = match self.ask(uri, &body).await {
-            Ok(answer) => answer,
-            Err(why) => return failed(why),
-        };
-        match read_decision(&answer) {
-            Ok(None) => {}
-            Ok(Some((code, message))) => {
+        let answer = match self.consult(uri, &body).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err((code, message))) => {
                 return HookVerdict::Deny {
                     code: code.into(),
                     message: message.into(),
                 };
             }
-            Err(why) => return failed(why),
-        }
+            Err(why) => return self.failed((), why).into(),
+        };
         if matches!(call, HookCall::Join { .. }) {
             return HookVerdict::Allow { content: None };
         }
-        match answer.get("payload") {
-            None | Some(Value::Null) => HookVerdict::Allow { content: None },
-            Some(Value::Object(p)) => match p.get("content") {
-                Some(Value::String(c))
-                    if !c.is_empty() && c.len() <= self.config.max_content_bytes =>
-                {
-                    HookVerdict::Allow {
-                        content: Some(c.as_str().into()),
-                    }
+        let replaced = match answer.get("payload") {
+            None | Some(Value::Null) => return HookVerdict::Allow { content: None },
+            Some(Value::Object(p)) => p.get("content"),
+            Some(_) => {
+                return self
+                    .failed((), "payload must be an object {content}".into())
+                    .into();
+            }
+        };
+        match replaced {
+            Some(Value::String(c)) if !c.is_empty() && c.len() <= self.config.max_content_bytes => {
+                HookVerdict::Allow {
+                    content: Some(c.as_str().into()),
                 }
-                _ => failed(format!(
-                    "payload.content must be a non-empty string of at most {} bytes",
-                    self.config.max_content_bytes
-                )),
-            },
-            Some(_) => failed("payload must be an object {content}".into()),
+            }
+            _ => self
+                .failed(
+                    (),
+                    format!(
+                        "payload.content must be a non-empty string of at most {} bytes",
+                        self.config.max_content_bytes
+                    ),
+                )
+                .into(),
         }
     }
 
-    fn garbage<T>(&self, allowed: T, why: &str) -> Verdict<T> {
+    /// A hook that failed (`why`): refused as unavailable, or, failing
+    /// open, `allowed` as if the hook had said yes and changed nothing.
+    fn failed<T>(&self, allowed: T, why: String) -> Verdict<T> {
         if self.config.fail_open {
+            tracing::warn!("hook failed ({why}); failing open");
             Verdict::Allow(allowed)
         } else {
-            Verdict::Unavailable(format!("the hook's answer is malformed: {why}"))
+            tracing::warn!("hook failed: {why}");
+            Verdict::Unavailable(why)
+        }
+    }
+
+    /// Asks a hook and reads its decision: the answer when it allowed,
+    /// its refusal (code, message), or why it failed.
+    async fn consult(
+        &self,
+        uri: &Uri,
+        body: &Value,
+    ) -> Result<Result<Value, (String, String)>, String> {
+        let answer = self.ask(uri, body).await?;
+        match read_decision(&answer)? {
+            None => Ok(Ok(answer)),
+            Some(refusal) => Ok(Err(refusal)),
         }
     }
 
@@ -229,5 +230,19 @@ fn read_decision(answer: &Value) -> Result<Option<(String, String)>, String> {
             )))
         }
         _ => Err("allow must be true or false".into()),
+    }
+}
+
+/// A join or publish hook's failure, for the hub.
+impl From<Verdict<()>> for HookVerdict {
+    fn from(v: Verdict<()>) -> Self {
+        match v {
+            Verdict::Allow(()) => HookVerdict::Allow { content: None },
+            Verdict::Deny { code, message } => HookVerdict::Deny {
+                code: code.into(),
+                message: message.into(),
+            },
+            Verdict::Unavailable(_) => HookVerdict::Unavailable,
+        }
     }
 }

@@ -43,3 +43,19 @@ pub fn epoch_seen(frames: &[Value]) -> String {
         .expect("a room_info with an epoch")
         .to_string()
 }
+
+/// The contents of a history page's messages (`messages`: a list of
+/// `new_message` frames), in order.
+pub fn contents(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|m| {
+            m["payload"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}

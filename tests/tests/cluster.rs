@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use roomhub_net::cluster::keys::tag;
 use roomhub_net::cluster::sharded::{shard_of, slot_of};
+use roomhub_tests::contents;
 use roomhub_tests::proxy::Proxy;
 use roomhub_tests::redis::{RedisCluster, RedisServer};
 use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
@@ -314,13 +315,7 @@ async fn history_on_another_node(redis: Option<Shards>) {
     bob.send_json(json!({"type": "history", "room": "g", "id": "h", "payload": {"limit": 3}}))
         .await;
     let page = bob.recv_type("history").await;
-    let contents: Vec<&str> = page["payload"]["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["payload"]["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(contents, ["m2", "m3", "m4"]);
+    assert_eq!(contents(&page["payload"]["messages"]), ["m2", "m3", "m4"]);
     assert_eq!(page["payload"]["has_more"], true);
     assert_eq!(page["payload"]["offset"], 4);
 }
@@ -946,13 +941,7 @@ async fn api_on_every_node(redis: Option<Shards>) {
         .await;
     }
     let h = call(&n1, "history", json!({"room": "archive", "limit": 2})).await;
-    let contents: Vec<&str> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["payload"]["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(contents, ["a2", "a3"], "{h}");
+    assert_eq!(contents(&h["messages"]), ["a2", "a3"], "{h}");
     assert_eq!(h["has_more"], true);
 
     let r = call(

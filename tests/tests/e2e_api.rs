@@ -287,13 +287,11 @@ async fn history_reads_rooms_with_or_without_members() {
         }
         // Nobody is in the room: it is read from its sequencer, then closed.
         let h = ok(&s, "history", json!({"room": "log", "limit": 2})).await;
-        let contents: Vec<&str> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["payload"]["content"].as_str().unwrap())
-            .collect();
-        assert_eq!(contents, ["m4", "m5"], "durable {durable}: {h}");
+        assert_eq!(
+            roomhub_tests::contents(&h["messages"]),
+            ["m4", "m5"],
+            "durable {durable}: {h}"
+        );
         assert_eq!(
             (h["offset"].as_u64(), h["has_more"].as_bool()),
             (Some(5), Some(true))

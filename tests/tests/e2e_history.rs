@@ -18,12 +18,7 @@ async fn page(c: &mut Client, room: &str, payload: Value) -> Value {
 }
 
 fn contents(page: &Value) -> Vec<String> {
-    page["payload"]["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["payload"]["content"].as_str().unwrap().to_string())
-        .collect()
+    roomhub_tests::contents(&page["payload"]["messages"])
 }
 
 async fn say_all(c: &mut Client, room: &str, texts: &[&str]) {

@@ -71,8 +71,7 @@ impl NodeCalls {
         if self.node.get() != Some(&reply.to) {
             return;
         }
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(waiting) = pending.get(&reply.id) {
+        if let Some(waiting) = self.lock().get(&reply.id) {
             let _ = waiting.send((reply.node, reply.answer));
         }
     }

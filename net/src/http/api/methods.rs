@@ -22,8 +22,8 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 const CALL_WAIT: Duration = Duration::from_secs(5);
 /// Rooms in one `broadcast` at most.
 const BROADCAST_MAX: usize = 1000;
-/// Messages in a `history` page without a `limit`, and at most.
-const HISTORY_DEFAULT: usize = 50;
+/// Messages in an API `history` page at most (a backend may read more at
+/// once than a client's 100); without a `limit`, the clients' default.
 const HISTORY_MAX: usize = 1000;
 /// A close frame's reason fits in 123 bytes (RFC 6455).
 const REASON_MAX: usize = 123;
@@ -89,7 +89,7 @@ pub(super) async fn run(
         "history" => {
             let room = p.room("room")?;
             let limit = match p.opt_u64("limit")? {
-                None => HISTORY_DEFAULT,
+                None => roomhub_core::HISTORY_DEFAULT_LIMIT,
                 Some(0) => return Err(ApiError::bad("limit must be a positive integer")),
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(HISTORY_MAX),
             };
