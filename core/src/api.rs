@@ -45,6 +45,15 @@ pub enum ApiCall {
         limit: usize,
         before: Option<u64>,
     },
+    /// End the room's history lineage in its sequencer
+    /// ([`crate::Output::EndLineage`]): its messages are gone and its next
+    /// one starts a new epoch at offset 1. Asked of one node only; every
+    /// node is then asked [`ApiCall::ResetRoom`].
+    HistoryRemove { room: RoomName },
+    /// The room's lineage may have ended: if it is open here, read its
+    /// position again, so that its members get a `room_reset` now rather
+    /// than with the room's next message.
+    ResetRoom { room: RoomName },
 }
 
 /// A user in a room, with how many of its connections are there.
@@ -89,6 +98,9 @@ pub enum ApiAnswer {
         messages: Vec<String>,
         has_more: bool,
     },
+    /// `history_remove` is done: the room's next message starts a new
+    /// lineage.
+    Removed,
     /// The room's sequencer could not be read now; retry.
     Unavailable,
 }

@@ -72,6 +72,13 @@ pub struct Namespace {
     /// Whether the join and publish hooks (when configured) are asked.
     pub join_hook: bool,
     pub publish_hook: bool,
+    /// Messages a room keeps for `history` and recovery (0: none, so a
+    /// rejoin that missed anything gets `recovered: false`); `None`: the
+    /// server's `history_max_messages`.
+    pub history_size: Option<usize>,
+    /// How long a message stays in a room's history; `None`: the server's
+    /// `history_max_age_ms`.
+    pub history_age_ms: Option<u64>,
 }
 
 impl Namespace {
@@ -85,6 +92,8 @@ impl Namespace {
             max_members: None,
             join_hook: true,
             publish_hook: true,
+            history_size: None,
+            history_age_ms: None,
         }
     }
 }
@@ -95,6 +104,32 @@ impl Config {
     pub fn namespace_of(&self, room: &str) -> Option<&Namespace> {
         let (ns, _) = room.split_once(':')?;
         self.namespaces.iter().find(|n| &*n.name == ns)
+    }
+
+    /// How much of `room`'s history is kept and shown: messages, and their
+    /// age in milliseconds.
+    pub fn history_of(&self, room: &str) -> (usize, u64) {
+        let ns = self.namespace_of(room);
+        (
+            ns.and_then(|n| n.history_size)
+                .unwrap_or(self.history_max_messages),
+            ns.and_then(|n| n.history_age_ms)
+                .unwrap_or(self.history_max_age_ms),
+        )
+    }
+
+    /// What a sequencer keeps of every room: the most any room shows (it
+    /// does not know namespaces; the hub trims each room to its own).
+    pub fn history_retained(&self) -> (usize, u64) {
+        self.namespaces.iter().fold(
+            (self.history_max_messages, self.history_max_age_ms),
+            |(n, age), ns| {
+                (
+                    n.max(ns.history_size.unwrap_or(0)),
+                    age.max(ns.history_age_ms.unwrap_or(0)),
+                )
+            },
+        )
     }
 
     /// Presence events and lists in `room`.

@@ -99,6 +99,8 @@ pub enum Input {
     /// A server API call for this node (see [`crate::api`]), answered with
     /// [`Output::ApiAnswered`] carrying the same `ticket`.
     Api { ticket: u64, call: ApiCall },
+    /// The answer to [`Output::EndLineage`]: whether the sequencer ended it.
+    LineageEnded { ticket: u64, ended: bool },
     /// The answer to [`Output::Hook`].
     HookAnswered { ticket: u64, verdict: HookVerdict },
     /// The answer to [`Output::VerifyToken`]: who the new token names, or
@@ -161,6 +163,10 @@ pub enum Output {
         ticket: u64,
         outcome: PublishOutcome,
     },
+    /// The server API's `history_remove`: the sequencer forgets `room`'s
+    /// messages and lineage, so that its next message (or open) starts a
+    /// new epoch; answer with [`Input::LineageEnded`].
+    EndLineage { room: RoomName, ticket: u64 },
     /// The answer to [`Input::Api`].
     ApiAnswered { ticket: u64, answer: ApiAnswer },
     /// Ask the app's hook (off the hub's path); answer with
@@ -204,6 +210,7 @@ impl Output {
         match self {
             Output::Append(_)
             | Output::OpenRoom { .. }
+            | Output::EndLineage { .. }
             | Output::CloseRoom { .. }
             | Output::Presence { .. }
             | Output::Relay(_)

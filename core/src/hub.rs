@@ -210,6 +210,14 @@ impl Hub {
                 outcome,
             } => self.on_token_verified(conn, request_id.as_deref(), outcome),
             Input::Api { ticket, call } => self.api(ticket, call),
+            Input::LineageEnded { ticket, ended } => {
+                let answer = if ended {
+                    crate::api::ApiAnswer::Removed
+                } else {
+                    crate::api::ApiAnswer::Unavailable
+                };
+                self.out.push_back(Output::ApiAnswered { ticket, answer });
+            }
             Input::HookAnswered { ticket, verdict } => self.on_hook_answered(ticket, verdict),
         }
         while let Some(conn) = self.resume.pop() {
@@ -704,7 +712,7 @@ impl Hub {
         before: Option<u64>,
     ) {
         let now = self.now;
-        let max_age = self.config.history_max_age_ms;
+        let (_, max_age) = self.config.history_of(name.as_str());
         let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
             // A member's room is open; answer anyway if that ever breaks.
             return self.send_error(
@@ -915,7 +923,7 @@ impl Hub {
                 }
             }
         }
-        log.trim_by_age(now, self.config.history_max_age_ms);
+        log.trim_by_age(now, self.config.history_of(name.as_str()).1);
         let recovered = wait.since.as_ref().map(|since| match log.recover(since) {
             Recovery::Complete(missed) => {
                 // A connection never gets its own messages, replayed or not.
@@ -1229,7 +1237,7 @@ impl Hub {
         }
     }
 
-    fn request_resync(&mut self, name: &RoomName) {
+    pub(super) fn request_resync(&mut self, name: &RoomName) {
         if let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state)
             && !log.resyncing
         {
@@ -1281,6 +1289,7 @@ impl Hub {
         });
         let sender_conn = acks_now.map(|o| o.conn);
         let acks_now = acks_now.is_some();
+        let (max_messages, max_age) = self.config.history_of(name.as_str());
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
@@ -1302,9 +1311,9 @@ impl Hub {
                 frame,
                 sender: sender_conn,
             },
-            self.config.history_max_messages,
+            max_messages,
         );
-        log.trim_by_age(self.now, self.config.history_max_age_ms);
+        log.trim_by_age(self.now, max_age);
         // This node's own message is stored and now in order: ack it here,
         // so the sender learns its offset exactly when the others get the
         // message, never ahead of the messages below it.
@@ -1819,6 +1828,7 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
         .messages
         .first()
         .map_or(snapshot.head + 1, |m| m.offset);
+    let (max_messages, max_age) = config.history_of(snapshot.room.as_str());
     let mut log = RoomLog::new(snapshot.epoch, first.saturating_sub(1));
     for msg in &snapshot.messages {
         if msg.offset != log.head + 1 {
@@ -1836,14 +1846,14 @@ fn log_from(config: &Config, now: Timestamp, snapshot: RoomSnapshot) -> RoomLog 
                     .filter(|o| o.node == config.node_id)
                     .map(|o| o.conn),
             },
-            config.history_max_messages,
+            max_messages,
         );
     }
     if log.head < snapshot.head {
         log.restart_at(snapshot.head);
     }
     log.opened_head = log.head;
-    log.trim_by_age(now, config.history_max_age_ms);
+    log.trim_by_age(now, max_age);
     log
 }
 

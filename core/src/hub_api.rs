@@ -36,13 +36,16 @@ impl Hub {
             }
             return;
         }
+        if let ApiCall::HistoryRemove { room } = call {
+            return self.out.push_back(Output::EndLineage { room, ticket });
+        }
         let answer = self.on_api(call);
         self.out.push_back(Output::ApiAnswered { ticket, answer });
     }
 
     /// Answers `history` calls from an open room's log.
     pub(super) fn answer_readers(&mut self, name: &RoomName, readers: Vec<HistoryRead>) {
-        let (now, max_age) = (self.now, self.config.history_max_age_ms);
+        let (now, (_, max_age)) = (self.now, self.config.history_of(name.as_str()));
         let Some(RoomState::Open(log)) = self.rooms.get_mut(name).map(|r| &mut r.state) else {
             return;
         };
@@ -116,8 +119,16 @@ impl Hub {
             ApiCall::Rooms { pattern } => ApiAnswer::Rooms {
                 rooms: self.rooms_with_members(pattern.as_deref()),
             },
-            // `api` answers it, from the room's log once open; never here.
-            ApiCall::History { .. } => ApiAnswer::Unavailable,
+            // `api` answers these (from the room's log once open; once the
+            // sequencer has ended the lineage); never here.
+            ApiCall::History { .. } | ApiCall::HistoryRemove { .. } => ApiAnswer::Unavailable,
+            ApiCall::ResetRoom { room } => {
+                let members = self.rooms.get(&room).map_or(0, |r| r.members.len());
+                self.request_resync(&room);
+                ApiAnswer::Connections {
+                    connections: members,
+                }
+            }
             ApiCall::Info => ApiAnswer::Info {
                 connections: self.conns.len(),
                 users: self.user_conns.keys().cloned().collect(),

@@ -30,10 +30,12 @@ pub struct HistoryLimits {
 }
 
 impl HistoryLimits {
+    /// Enough for every room: the most any namespace keeps.
     pub fn from_config(config: &Config) -> Self {
+        let (max_messages, max_age_ms) = config.history_retained();
         HistoryLimits {
-            max_messages: config.history_max_messages,
-            max_age_ms: config.history_max_age_ms,
+            max_messages,
+            max_age_ms,
             max_rooms: 100_000,
         }
     }
@@ -82,6 +84,14 @@ impl MemorySequencer {
                 inputs.push(Input::RoomOpened(self.snapshot(room, now)));
                 true
             }
+            Output::EndLineage { room, ticket } => {
+                self.end_lineage(room);
+                inputs.push(Input::LineageEnded {
+                    ticket: *ticket,
+                    ended: true,
+                });
+                true
+            }
             // Nothing to stop: this sequencer hands messages straight back.
             Output::CloseRoom { .. } => true,
             // Cluster outputs are the broker's; a hub that is not clustered
@@ -126,6 +136,13 @@ impl MemorySequencer {
             head: room.head,
             messages: room.history.iter().cloned().collect(),
             presence: Vec::new(),
+        }
+    }
+
+    /// Forgets the room: its next append or snapshot starts a new epoch.
+    pub fn end_lineage(&mut self, name: &RoomName) {
+        if let Some(room) = self.rooms.remove(name) {
+            self.by_use.remove(&room.used);
         }
     }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use roomhub_core::Config;
 use roomhub_core::Hub;
+use roomhub_core::Namespace;
 use roomhub_core::Timestamp;
 use roomhub_core::api::ApiCall;
 use roomhub_core::{
@@ -226,6 +227,15 @@ pub fn hub_events(data: &[u8]) {
         pong_wait_ms: 3_000,
         max_deferred_requests: 4,
         max_gap_buffer: 8,
+        namespaces: vec![Namespace {
+            presence: false,
+            client_publish: false,
+            typing: false,
+            max_members: Some(1),
+            history_size: Some(0),
+            history_age_ms: Some(1_000),
+            ..Namespace::new("ns")
+        }],
         ..Config::default()
     };
     let mut world = FuzzWorld {
@@ -237,6 +247,8 @@ pub fn hub_events(data: &[u8]) {
         rooms: BTreeMap::new(),
         connected: BTreeMap::new(),
         verifying: Vec::new(),
+        lineages: 0,
+        ended: Vec::new(),
     };
     for op in ops.iter().take(256) {
         world.apply(op);
@@ -352,7 +364,8 @@ enum Frame {
     Refresh { token: u8 },
 }
 
-const ROOMS: [&str; 4] = ["a", "b", "c", "team-x"];
+/// `ns:x` is in a namespace with rules of its own (see `hub_events`).
+const ROOMS: [&str; 5] = ["a", "b", "c", "team-x", "ns:x"];
 
 struct SeqRoom {
     epoch: Epoch,
@@ -370,13 +383,20 @@ struct FuzzWorld {
     connected: BTreeMap<ConnId, ()>,
     /// Token verifications asked for and not yet answered.
     verifying: Vec<(ConnId, Option<std::sync::Arc<str>>)>,
+    /// Lineages started, for fresh epoch names.
+    lineages: usize,
+    /// `history_remove`s done, to be answered.
+    ended: Vec<u64>,
 }
 
 impl FuzzWorld {
     fn room(&mut self, name: &RoomName) -> &mut SeqRoom {
-        let n = self.rooms.len();
+        let n = &mut self.lineages;
         self.rooms.entry(name.clone()).or_insert_with(|| SeqRoom {
-            epoch: Epoch::new(&format!("e{n}")),
+            epoch: Epoch::new(&format!("e{}", {
+                *n += 1;
+                *n
+            })),
             head: 0,
             history: Vec::new(),
         })
@@ -400,6 +420,10 @@ impl FuzzWorld {
                 Output::Ping { conn } => assert!(self.connected.contains_key(&conn)),
                 Output::Append(request) => self.appends.push(*request),
                 Output::OpenRoom { room, .. } => self.opens.push(room),
+                Output::EndLineage { room, ticket } => {
+                    self.rooms.remove(&room);
+                    self.ended.push(ticket);
+                }
                 Output::Relay(r) => {
                     if r.origin.is_some() {
                         self.relays.push(*r);
@@ -416,6 +440,12 @@ impl FuzzWorld {
                     conn, request_id, ..
                 } => self.verifying.push((conn, request_id)),
             }
+        }
+        for ticket in std::mem::take(&mut self.ended) {
+            self.handle(Input::LineageEnded {
+                ticket,
+                ended: true,
+            });
         }
     }
 
@@ -617,7 +647,9 @@ impl FuzzWorld {
                 let user: std::sync::Arc<str> = format!("u{}", user % 4).into();
                 let room = RoomName::parse(ROOMS[usize::from(*room) % ROOMS.len()], 64)
                     .expect("a valid room");
-                let call = match kind % 7 {
+                let call = match kind % 9 {
+                    7 => ApiCall::HistoryRemove { room },
+                    8 => ApiCall::ResetRoom { room },
                     0 => ApiCall::Disconnect {
                         user,
                         code: 4100,

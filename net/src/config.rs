@@ -186,7 +186,8 @@ pub struct ServerArgs {
     pub hook_connect_url: Option<String>,
     /// Rules for the rooms of a namespace (rooms named `ns:rest`), as
     /// `ns:key=value,...` with keys presence, client_publish, typing,
-    /// max_members, join_hook, publish_hook (docs/namespaces.md). Repeat
+    /// max_members, join_hook, publish_hook, history_size,
+    /// history_age_secs (docs/namespaces.md). Repeat
     /// for several; in the config file, `[namespaces.<ns>]` tables.
     #[arg(long = "namespace", env = "ROOMHUB_NAMESPACES", value_delimiter = ';')]
     pub namespace: Vec<String>,
@@ -341,6 +342,10 @@ fn parse_namespace(text: &str) -> Result<CoreNamespace, String> {
             v.parse::<bool>()
                 .map_err(|_| format!("--namespace {name}: {key} must be true or false"))
         };
+        fn number<T: std::str::FromStr>(name: &str, key: &str, v: &str) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("--namespace {name}: {key} must be a number"))
+        }
         match key.trim() {
             "presence" => ns.presence = flag(value)?,
             "client_publish" => ns.client_publish = flag(value)?,
@@ -348,10 +353,12 @@ fn parse_namespace(text: &str) -> Result<CoreNamespace, String> {
             "join_hook" => ns.join_hook = flag(value)?,
             "publish_hook" => ns.publish_hook = flag(value)?,
             "max_members" => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| format!("--namespace {name}: max_members must be a number"))?;
+                let n: usize = number(name, key, value)?;
                 ns.max_members = (n > 0).then_some(n);
+            }
+            "history_size" => ns.history_size = Some(number(name, key, value)?),
+            "history_age_secs" => {
+                ns.history_age_ms = Some(number::<u64>(name, key, value)?.saturating_mul(1000));
             }
             other => return Err(format!("--namespace {name}: unknown rule {other:?}")),
         }
@@ -686,10 +693,18 @@ mod tests {
             "--namespace",
             "feed:presence=false,typing=false",
             "--namespace",
-            "duo:max_members=2",
+            "duo:max_members=2,history_size=0",
+            "--namespace",
+            "log:history_size=5000,history_age_secs=60",
         ])
         .unwrap();
-        assert_eq!(c.core.namespaces.len(), 2);
+        assert_eq!(c.core.namespaces.len(), 3);
+        // Each room shows its namespace's history; a sequencer keeps the
+        // most any room shows.
+        assert_eq!(c.core.history_of("duo:1"), (0, 24 * 3600 * 1000));
+        assert_eq!(c.core.history_of("log:1"), (5000, 60_000));
+        assert_eq!(c.core.history_of("feed:1"), (1000, 24 * 3600 * 1000));
+        assert_eq!(c.core.history_retained(), (5000, 24 * 3600 * 1000));
         let feed = c.core.namespace_of("feed:x").unwrap();
         assert!(!feed.presence && !feed.typing && feed.client_publish);
         assert_eq!(c.core.namespace_of("duo:1").unwrap().max_members, Some(2));
@@ -700,6 +715,8 @@ mod tests {
             "feed:typing",
             ":typing=false",
             "duo:max_members=x",
+            "duo:history_size=-1",
+            "duo:history_age_secs=soon",
         ] {
             assert!(config(&["--namespace", bad]).is_err(), "{bad}");
         }

@@ -944,6 +944,37 @@ async fn api_on_every_node(redis: Option<Shards>) {
     assert_eq!(contents(&h["messages"]), ["a2", "a3"], "{h}");
     assert_eq!(h["has_more"], true);
 
+    // history_remove on one node: members on both get the reset, in the
+    // same new lineage, which the next message continues.
+    let mut carol = n1.member("carol", "archive").await;
+    let mut dan = n0.member("dan", "archive").await;
+    let r = call(&n1, "history_remove", json!({"room": "archive"})).await;
+    assert_eq!(r["connections"], 2, "{r}");
+    let mut epochs = Vec::new();
+    for c in [&mut carol, &mut dan] {
+        let reset = c.recv_type("room_reset").await;
+        assert_eq!(reset["payload"]["offset"], 0, "{reset}");
+        epochs.push(reset["payload"]["epoch"].clone());
+    }
+    assert_eq!(epochs[0], epochs[1]);
+    assert_ne!(epochs[0], h["epoch"]);
+    let h = call(&n0, "history", json!({"room": "archive"})).await;
+    assert_eq!(
+        (&h["epoch"], &h["messages"]),
+        (&epochs[0], &json!([])),
+        "{h}"
+    );
+    call(
+        &n0,
+        "publish",
+        json!({"room": "archive", "payload": {"content": "again"}}),
+    )
+    .await;
+    for c in [&mut carol, &mut dan] {
+        let m = c.recv_type("new_message").await;
+        assert_eq!(m["offset"], 1, "{m}");
+    }
+
     let r = call(
         &n1,
         "disconnect",

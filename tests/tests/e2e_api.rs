@@ -329,6 +329,103 @@ async fn history_reads_rooms_with_or_without_members() {
     }
 }
 
+/// `history_remove` ends a room's lineage on every engine: its members get
+/// a `room_reset` (and stay members), the history is empty, the next
+/// message is offset 1 of the new epoch, and a restarted durable server
+/// keeps it that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_remove_starts_the_room_over_on_every_engine() {
+    use roomhub_net::seq::store::Fsync;
+    for (engine, durable, fsync) in [
+        ("memory", false, Fsync::Background),
+        ("journal", true, Fsync::Background),
+        ("fsync always", true, Fsync::Always),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "roomhub-api-remove-{}-{}",
+            std::process::id(),
+            engine.replace(' ', "-")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let start = || {
+            TestServer::start_with(|c| {
+                c.api_key = Some(KEY.into());
+                c.core.rate_limit_per_second = 0;
+                c.data_dir = durable.then(|| dir.clone());
+                c.fsync = fsync;
+            })
+        };
+        let s = start().await;
+        let mut alice = s.member("alice", "log").await;
+        for i in 1..=3 {
+            let p = json!({"room": "log", "payload": {"content": format!("m{i}")}});
+            ok(&s, "publish", p).await;
+            alice.recv_type("new_message").await;
+        }
+        let before = ok(&s, "history", json!({"room": "log"})).await;
+        assert_eq!(before["messages"].as_array().map(Vec::len), Some(3));
+
+        let removed = ok(&s, "history_remove", json!({"room": "log"})).await;
+        assert_eq!(
+            removed,
+            json!({"room": "log", "connections": 1}),
+            "{engine}"
+        );
+        let reset = alice.recv_type("room_reset").await;
+        assert_eq!(reset["payload"]["offset"], 0, "{engine}: {reset}");
+        assert_eq!(reset["payload"]["recovered"], false);
+        let epoch = reset["payload"]["epoch"].clone();
+        assert_ne!(epoch, before["epoch"], "{engine}: a new lineage");
+        let after = ok(&s, "history", json!({"room": "log"})).await;
+        assert_eq!(
+            (
+                &after["epoch"],
+                after["offset"].as_u64(),
+                after["messages"].as_array().map(Vec::len)
+            ),
+            (&epoch, Some(0), Some(0)),
+            "{engine}: {after}"
+        );
+        // Still a member: the next message is the new lineage's first.
+        ok(
+            &s,
+            "publish",
+            json!({"room": "log", "payload": {"content": "fresh"}}),
+        )
+        .await;
+        let m = alice.recv_type("new_message").await;
+        assert_eq!(
+            (
+                &m["offset"],
+                &m["id"]
+                    .as_str()
+                    .map(|id| id.starts_with(epoch.as_str().unwrap()))
+            ),
+            (&json!(1), &Some(true)),
+            "{engine}: {m}"
+        );
+        // A room never used, or removed twice: fine, nobody to reset.
+        let none = ok(&s, "history_remove", json!({"room": "never-used"})).await;
+        assert_eq!(none["connections"], 0);
+        let (status, code, _) = refused(&s, "history_remove", json!({"room": 5})).await;
+        assert_eq!((status, code.as_str()), (400, "INVALID_PARAMS"));
+        drop(alice);
+        s.shutdown().await;
+        if durable {
+            let s = start().await;
+            let h = ok(&s, "history", json!({"room": "log"})).await;
+            assert_eq!(h["epoch"], epoch, "{engine}: the new lineage is stored");
+            assert_eq!(
+                roomhub_tests::contents(&h["messages"]),
+                ["fresh"],
+                "{engine}"
+            );
+            s.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Hostile bodies for every method: each gets a documented 4xx (never a
 /// 5xx, a hang or a crash), changes nothing, and the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,6 +501,13 @@ async fn hostile_api_bodies_are_refused_and_change_nothing() {
         (
             "history",
             json!({"room": "g", "before": -1}).to_string(),
+            400,
+        ),
+        ("history_remove", "{}".into(), 400),
+        ("history_remove", json!({"room": ["g"]}).to_string(), 400),
+        (
+            "history_remove",
+            json!({"room": "bad\u{0}name"}).to_string(),
             400,
         ),
         (

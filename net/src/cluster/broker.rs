@@ -152,6 +152,10 @@ pub trait Broker: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<RoomSnapshot, BrokerError>> + Send;
 
+    /// Forgets `room`'s epoch and messages: its next append or open starts
+    /// a new lineage (the server API's `history_remove`).
+    fn end_lineage(&self, room: &RoomName) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
     fn presence(
         &self,
         node: NodeId,

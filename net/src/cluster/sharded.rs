@@ -250,6 +250,10 @@ impl<B: Broker> Broker for ShardedBroker<B> {
         self.shard(room.as_str()).open(room, after, now).await
     }
 
+    async fn end_lineage(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.shard(room.as_str()).end_lineage(room).await
+    }
+
     async fn presence(
         &self,
         node: NodeId,

@@ -65,6 +65,16 @@ impl<B: Broker> Worker<B> {
                 present,
             } => self.presence(room, user, present).await,
             Output::Relay(message) => self.relay(message).await,
+            Output::EndLineage { room, ticket } => {
+                let ended = match self.broker.end_lineage(&room).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(room = room.as_str(), "history_remove failed: {e}");
+                        false
+                    }
+                };
+                Some(Input::LineageEnded { ticket, ended })
+            }
             Output::FollowUser { user } => {
                 // Confirmation is not awaited: a direct message sent before
                 // the subscription lands finds the user offline, as it

@@ -74,6 +74,11 @@ impl<C: Core> Journaled<C> {
                     let answer = self.store.answer_open(room, now);
                     self.hub.handle(answer, now);
                 }
+                Output::EndLineage { room, ticket } => {
+                    self.store_appends(now);
+                    let answer = self.store.answer_end_lineage(&room, ticket);
+                    self.hub.handle(answer, now);
+                }
                 // Nothing to stop or follow: this store delivers only to
                 // its own node.
                 out if out.is_for_sequencer() => {}

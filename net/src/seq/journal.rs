@@ -35,6 +35,7 @@ pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 const KIND_MESSAGES: u8 = 1;
 const KIND_ROOM: u8 = 2;
+const KIND_RESET: u8 = 3;
 /// The header before each body: its length and checksum.
 const HEADER: usize = 8;
 
@@ -43,8 +44,13 @@ const HEADER: usize = 8;
 pub(crate) enum Entry {
     /// A batch of stored messages, each the JSON the database holds.
     Messages(Vec<Vec<u8>>),
-    /// A room's lineage, created before it had any message.
-    Room { room: String, epoch: String },
+    /// A room's lineage: created before it had any message, or (`reset`)
+    /// started over by `history_remove`, its earlier messages gone.
+    Room {
+        room: String,
+        epoch: String,
+        reset: bool,
+    },
 }
 
 /// The journal file, and the thread that syncs it.
@@ -122,9 +128,9 @@ impl Journal {
         self.append(&body)
     }
 
-    /// Appends a room's new lineage.
-    pub(crate) fn append_room(&mut self, room: &str, epoch: &str) -> io::Result<()> {
-        let mut body = vec![KIND_ROOM];
+    /// Appends a room's new lineage (`reset`: it replaces an earlier one).
+    pub(crate) fn append_room(&mut self, room: &str, epoch: &str, reset: bool) -> io::Result<()> {
+        let mut body = vec![if reset { KIND_RESET } else { KIND_ROOM }];
         put_field(&mut body, room.as_bytes());
         put_field(&mut body, epoch.as_bytes());
         self.append(&body)
@@ -285,11 +291,12 @@ fn decode_record(raw: &[u8]) -> Option<(Entry, usize)> {
     }
     let entry = match kind {
         KIND_MESSAGES => Entry::Messages(fields),
-        KIND_ROOM => {
+        KIND_ROOM | KIND_RESET => {
             let [room, epoch]: [Vec<u8>; 2] = fields.try_into().ok()?;
             Entry::Room {
                 room: String::from_utf8(room).ok()?,
                 epoch: String::from_utf8(epoch).ok()?,
+                reset: kind == KIND_RESET,
             }
         }
         _ => return None,
@@ -315,7 +322,7 @@ mod tests {
         {
             let (mut j, old) = Journal::open(&path).unwrap();
             assert!(old.is_empty());
-            j.append_room("g", "e1").unwrap();
+            j.append_room("g", "e1", false).unwrap();
             j.append_messages([&b"{\"a\":1}"[..], b"{\"b\":2}"])
                 .unwrap();
             assert!(j.len() > 0);
@@ -326,7 +333,8 @@ mod tests {
             [
                 Entry::Room {
                     room: "g".into(),
-                    epoch: "e1".into()
+                    epoch: "e1".into(),
+                    reset: false,
                 },
                 Entry::Messages(vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]),
             ]
@@ -334,14 +342,15 @@ mod tests {
         let aside = path.with_extension("aside");
         j.rotate(&aside).unwrap();
         assert_eq!(j.len(), 0);
-        j.append_room("h", "e2").unwrap();
+        j.append_room("h", "e2", false).unwrap();
         drop(j);
         let (_, entries) = Journal::open(&path).unwrap();
         assert_eq!(
             entries,
             [Entry::Room {
                 room: "h".into(),
-                epoch: "e2".into()
+                epoch: "e2".into(),
+                reset: false,
             }]
         );
         assert_eq!(read_segment(&aside).unwrap().len(), 2);
@@ -357,8 +366,8 @@ mod tests {
         let path = scratch("torn");
         {
             let (mut j, _) = Journal::open(&path).unwrap();
-            j.append_room("g", "e1").unwrap();
-            j.append_room("h", "e2").unwrap();
+            j.append_room("g", "e1", false).unwrap();
+            j.append_room("h", "e2", false).unwrap();
         }
         let whole = std::fs::read(&path).unwrap();
         // Half of the second record, as a crash mid-write leaves it.
@@ -368,7 +377,7 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert_eq!(j.len(), first_len as u64);
         // What is appended next follows the last whole record.
-        j.append_room("k", "e3").unwrap();
+        j.append_room("k", "e3", false).unwrap();
         drop(j);
         let (_, entries) = Journal::open(&path).unwrap();
         assert_eq!(entries.len(), 2);
@@ -384,7 +393,7 @@ mod tests {
     fn the_sync_thread_syncs_what_was_written() {
         let path = scratch("sync");
         let (mut j, _) = Journal::open(&path).unwrap();
-        j.append_room("g", "e1").unwrap();
+        j.append_room("g", "e1", false).unwrap();
         assert!(j.unsynced.load(Ordering::Acquire));
         j.sync_in_background(Duration::from_millis(5)).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -31,8 +31,8 @@ use crate::seq::epoch::new_epoch;
 use crate::seq::journal::{self, Journal};
 use crate::seq::store::{
     History, JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained,
-    head_of, journal_failed, open_database, snapshot_of, stored_head, stored_history, table_failed,
-    txn_failed,
+    head_of, journal_failed, open_database, restart_room, snapshot_of, stored_head, stored_history,
+    table_failed, txn_failed,
 };
 
 /// How often, at most, the journal is checkpointed into the database.
@@ -52,6 +52,9 @@ struct Tail {
     /// Its latest messages, at most the retained count: offset and the
     /// stored JSON.
     messages: VecDeque<(u64, Vec<u8>)>,
+    /// `history_remove` started this lineage over: what the database holds
+    /// of the room goes when this segment is written.
+    reset: bool,
 }
 
 impl Tail {
@@ -155,6 +158,7 @@ impl History for JournaledStore {
                     epoch: msg.epoch.as_str().to_string(),
                     first: msg.offset,
                     messages: VecDeque::new(),
+                    reset: false,
                 });
             tail.messages.push_back((msg.offset, json));
             if tail.messages.len() > max {
@@ -171,12 +175,13 @@ impl History for JournaledStore {
         let Some((epoch, head)) = self.head(name)? else {
             let epoch = new_epoch();
             self.journal
-                .append_room(name, &epoch)
+                .append_room(name, &epoch, false)
                 .map_err(journal_failed)?;
             let tail = Tail {
                 epoch: epoch.clone(),
                 first: 1,
                 messages: VecDeque::new(),
+                reset: false,
             };
             self.pending.insert(name.to_string(), tail);
             self.checkpoint_if_due()?;
@@ -194,7 +199,9 @@ impl History for JournaledStore {
             }
         }
         let tails = self.in_flight.iter().map(|t| &**t).chain([&self.pending]);
-        for tail in tails.filter_map(|tails| tails.get(name)) {
+        // A segment may still hold a lineage `history_remove` ended.
+        let tails = tails.filter_map(|tails| tails.get(name));
+        for tail in tails.filter(|tail| tail.epoch == epoch) {
             for (offset, json) in tail.messages.iter().filter(|(o, _)| *o >= first) {
                 let msg = serde_json::from_slice(json).map_err(codec_failed)?;
                 history.insert(*offset, msg);
@@ -202,6 +209,24 @@ impl History for JournaledStore {
         }
         let history = history.into_values().collect();
         Ok(snapshot_of(room, &epoch, head, history, now, self.limits))
+    }
+
+    /// One journal record; the database forgets the room when the
+    /// segment is checkpointed (or the journal replayed).
+    fn end_lineage(&mut self, room: &RoomName) -> Result<(), StoreError> {
+        self.note_checkpoint_done();
+        let (name, epoch) = (room.as_str(), new_epoch());
+        self.journal
+            .append_room(name, &epoch, true)
+            .map_err(journal_failed)?;
+        let tail = Tail {
+            epoch,
+            first: 1,
+            messages: VecDeque::new(),
+            reset: true,
+        };
+        self.pending.insert(name.to_string(), tail);
+        self.checkpoint_if_due()
     }
 }
 
@@ -327,6 +352,9 @@ fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), St
         let max = limits.max_messages as u64;
         for (room, tail) in segment {
             let room = room.as_str();
+            if tail.reset {
+                restart_room(&mut rooms, &mut messages, room, &tail.epoch)?;
+            }
             if tail.messages.is_empty() {
                 // A room created with no message yet: its lineage.
                 if head_of(&rooms, room)?.is_none() {
@@ -466,5 +494,40 @@ mod tests {
         assert_eq!((next[0].offset, &next[0].epoch), (21, &epoch));
         drop(reopened);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// `history_remove` in the journal: the new lineage wins whether the
+    /// process crashes before a checkpoint (the journal is replayed) or
+    /// after one (the database is rewritten), and no message of the old
+    /// lineage comes back.
+    #[test]
+    fn an_ended_lineage_stays_ended_through_checkpoints_and_crashes() {
+        let base = scratch("lineage");
+        let room = RoomName::parse("g", 64).unwrap();
+        for every in [Duration::from_secs(3600), Duration::ZERO] {
+            let (dir, crashed) = (base.join("live"), base.join("crashed"));
+            let _ = std::fs::remove_dir_all(&base);
+            let mut store = open(&dir, 10, every);
+            let old = store
+                .append_batch((1..=4).map(|t| append_request("g", t)).collect())
+                .unwrap();
+            store.end_lineage(&room).unwrap();
+            let fresh = store.snapshot(&room, Timestamp(5)).unwrap();
+            assert_ne!(fresh.epoch, old[0].epoch);
+            assert_eq!((fresh.head, fresh.messages.len()), (0, 0));
+            let new = store.append_batch(vec![append_request("g", 6)]).unwrap();
+            assert_eq!((new[0].offset, &new[0].epoch), (1, &fresh.epoch));
+            crash_image(&dir, &crashed);
+            drop(store);
+            for d in [&dir, &crashed] {
+                let mut reopened = open(d, 10, every);
+                let snap = reopened.snapshot(&room, Timestamp(7)).unwrap();
+                assert_eq!((&snap.epoch, snap.head), (&fresh.epoch, 1), "{every:?}");
+                assert_eq!(snap.messages, new, "{every:?} {}", d.display());
+            }
+            let db = open_database(&dir, limits(10)).unwrap();
+            assert_eq!(offsets(&stored_history(&db, "g", 1, 10).unwrap()), [1]);
+        }
+        std::fs::remove_dir_all(&base).ok();
     }
 }

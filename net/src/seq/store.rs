@@ -149,7 +149,12 @@ fn replay(db: &Database, limits: HistoryLimits, entries: Vec<Entry>) -> Result<u
         let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
         for entry in entries {
             match entry {
-                Entry::Room { room, epoch } => {
+                Entry::Room {
+                    room,
+                    epoch,
+                    reset: true,
+                } => restart_room(&mut rooms, &mut messages, &room, &epoch)?,
+                Entry::Room { room, epoch, .. } => {
                     if rooms.get(room.as_str()).map_err(table_failed)?.is_none() {
                         rooms
                             .insert(room.as_str(), (epoch.as_str(), 0))
@@ -182,6 +187,21 @@ fn replay(db: &Database, limits: HistoryLimits, entries: Vec<Entry>) -> Result<u
     }
     txn.commit().map_err(txn_failed)?;
     Ok(replayed)
+}
+
+/// Ends a room's lineage in the database (`history_remove`): its messages
+/// go, and it starts over at offset 0 in `epoch`.
+pub(crate) fn restart_room(
+    rooms: &mut redb::Table<&'static str, (&'static str, u64)>,
+    messages: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    room: &str,
+    epoch: &str,
+) -> Result<(), StoreError> {
+    messages
+        .retain_in((room, 0u64)..=(room, u64::MAX), |_, _| false)
+        .map_err(table_failed)?;
+    rooms.insert(room, (epoch, 0)).map_err(table_failed)?;
+    Ok(())
 }
 
 /// Stores a message at its position: the room's head moves to it, and the
@@ -272,6 +292,22 @@ pub trait History {
     /// recover); a room never seen gets a new lineage.
     fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError>;
 
+    /// Ends the room's lineage: its messages are gone, and its next
+    /// message (or open) is offset 1 of a new epoch.
+    fn end_lineage(&mut self, room: &RoomName) -> Result<(), StoreError>;
+
+    /// Ends a lineage; the hub's answer.
+    fn answer_end_lineage(&mut self, room: &RoomName, ticket: u64) -> Input {
+        let ended = match self.end_lineage(room) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(room = %room, "store cannot remove the history: {e}");
+                false
+            }
+        };
+        Input::LineageEnded { ticket, ended }
+    }
+
     /// Stores a batch; the hub's answers: each message and its sender's
     /// receipt, or a failure for each.
     fn answer_appends(&mut self, batch: Vec<AppendRequest>) -> Vec<Input> {
@@ -351,6 +387,17 @@ impl History for Store {
         }
         txn.commit().map_err(txn_failed)?;
         Ok(stored)
+    }
+
+    /// One synced commit.
+    fn end_lineage(&mut self, room: &RoomName) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(txn_failed)?;
+        {
+            let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
+            let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+            restart_room(&mut rooms, &mut messages, room.as_str(), &new_epoch())?;
+        }
+        txn.commit().map_err(txn_failed)
     }
 
     fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError> {
@@ -443,7 +490,7 @@ pub(crate) mod tests {
         let json = |m: &SequencedMessage| serde_json::to_vec(m).unwrap();
         {
             let (mut aside, _) = Journal::open(&dir.join(SET_ASIDE)).unwrap();
-            aside.append_room("g", "e1").unwrap();
+            aside.append_room("g", "e1", false).unwrap();
             aside
                 .append_messages([json(&msgs[0]).as_slice(), &json(&msgs[1])])
                 .unwrap();

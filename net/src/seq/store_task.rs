@@ -41,6 +41,9 @@ pub(crate) fn spawn(
                         Step::Other(Output::OpenRoom { room, .. }) => {
                             replies.push(store.answer_open(room, clock.now()));
                         }
+                        Step::Other(Output::EndLineage { room, ticket }) => {
+                            replies.push(store.answer_end_lineage(&room, ticket));
+                        }
                         // Nothing to stop or follow: this store delivers
                         // only to its own node.
                         Step::Other(_) => {}

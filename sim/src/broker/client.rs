@@ -154,6 +154,14 @@ impl Broker for SimBroker {
         }
     }
 
+    async fn end_lineage(&self, room: &RoomName) -> Result<(), BrokerError> {
+        let request = Request::EndLineage { room: room.clone() };
+        match self.call(&request).await? {
+            Reply::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn heartbeat(&self, node: NodeId, online: u64) -> Result<Heartbeat, BrokerError> {
         match self.call(&Request::Heartbeat { node, online }).await? {
             Reply::Live { live, was_gone } => Ok(Heartbeat { live, was_gone }),

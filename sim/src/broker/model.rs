@@ -168,6 +168,11 @@ impl BrokerModel {
         }
     }
 
+    /// Forgets the room's epoch and messages, as `DEL` of its keys does.
+    pub fn end_lineage(&mut self, room: &RoomName) {
+        self.rooms.remove(room.as_str());
+    }
+
     /// Records or withdraws one user of one node in a room.
     pub fn presence(
         &mut self,

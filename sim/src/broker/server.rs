@@ -34,6 +34,10 @@ pub(crate) enum Request {
         user: UserRef,
         present: bool,
     },
+    /// Forget a room's epoch and messages (`history_remove`).
+    EndLineage {
+        room: RoomName,
+    },
     Heartbeat {
         node: NodeId,
         online: u64,
@@ -131,6 +135,10 @@ impl State {
             } => {
                 let p = self.model.presence(node, &room, &user, present);
                 self.publish(p);
+                Reply::Done
+            }
+            Request::EndLineage { room } => {
+                self.model.end_lineage(&room);
                 Reply::Done
             }
             Request::Heartbeat { node, online } => {

@@ -162,6 +162,14 @@ impl Cluster {
             Output::CloseRoom { room } => {
                 self.nodes[n].subs.remove(&channel::room(room.as_str()));
             }
+            Output::EndLineage { room, ticket } => {
+                if up {
+                    self.broker.end_lineage(&room);
+                }
+                let ended = up;
+                self.work
+                    .push_back((n, Input::LineageEnded { ticket, ended }));
+            }
             Output::Presence {
                 room,
                 user,

@@ -196,6 +196,10 @@ impl Broker for RedisClusterBroker {
         self.masters().await?.open(room, after, now).await
     }
 
+    async fn end_lineage(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.masters().await?.end_lineage(room).await
+    }
+
     async fn presence(
         &self,
         node: NodeId,

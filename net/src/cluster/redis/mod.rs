@@ -275,6 +275,18 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
+    /// Both keys carry the room's hash tag: one `DEL`, one slot.
+    async fn end_lineage(&self, room: &RoomName) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let name = room.as_str();
+        redis::cmd("DEL")
+            .arg(keys::room_meta(name))
+            .arg(keys::room_log(name))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     async fn open(
         &self,
         room: &RoomName,

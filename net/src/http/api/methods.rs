@@ -123,6 +123,21 @@ pub(super) async fn run(
                 )),
             }
         }
+        "history_remove" => {
+            // The lineage ends where the room's order is kept (the store or
+            // the broker, the same from every node); then every node that
+            // has the room open reads its position again, so its members
+            // get a `room_reset` now.
+            let room = p.room("room")?;
+            let call = ApiCall::HistoryRemove { room: room.clone() };
+            let ApiAnswer::Removed = this_node(state, call).await? else {
+                return Err(ApiError::unavailable(
+                    "the room's history cannot be removed now; retry",
+                ));
+            };
+            let reset = each_node(state, ApiCall::ResetRoom { room: room.clone() }).await?;
+            Ok(json!({"room": room.as_str(), "connections": connections(reset)}))
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UNKNOWN_METHOD",
