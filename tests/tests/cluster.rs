@@ -975,6 +975,33 @@ async fn api_on_every_node(redis: Option<Shards>) {
         assert_eq!(m["offset"], 1, "{m}");
     }
 
+    // broadcast and batch on one node reach members on both.
+    let r = call(
+        &n1,
+        "broadcast",
+        json!({"rooms": ["archive", "team-1"], "payload": {"content": "to all"}}),
+    )
+    .await;
+    assert_eq!(r["results"].as_array().map(Vec::len), Some(2), "{r}");
+    for c in [&mut carol, &mut dan, &mut bob] {
+        let m = c.recv_type("new_message").await;
+        assert_eq!(m["payload"]["content"], "to all", "{m}");
+    }
+    let r = call(
+        &n0,
+        "batch",
+        json!({"commands": [
+            {"method": "publish", "params": {"room": "archive", "payload": {"content": "batched"}}},
+            {"method": "presence_stats", "params": {"room": "archive"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(r["replies"][1]["result"]["users"], 2, "{r}");
+    assert_eq!(
+        carol.recv_type("new_message").await["payload"]["content"],
+        "batched"
+    );
+
     let r = call(
         &n1,
         "disconnect",
