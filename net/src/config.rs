@@ -97,6 +97,19 @@ pub struct ServerArgs {
     /// Connections per user at most; more are refused with 429. 0: no limit.
     #[arg(long, env = "ROOMHUB_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub max_connections_per_user: usize,
+    /// WebSocket connections one client address (an IPv6 /64) may hold at
+    /// once; more are refused with 429. 0: no limit (the default: behind a
+    /// proxy every client has the proxy's address).
+    #[arg(long, env = "ROOMHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// New WebSocket connections one client address may open per second;
+    /// more are refused with 429. 0: no limit.
+    #[arg(long, env = "ROOMHUB_CONNECTION_RATE_PER_IP", default_value_t = 0)]
+    pub connection_rate_per_ip: u32,
+    /// The per-address limits do not apply to loopback clients (a local
+    /// proxy, a benchmark on the same machine).
+    #[arg(long, env = "ROOMHUB_PER_IP_EXEMPT_LOOPBACK")]
+    pub per_ip_exempt_loopback: bool,
     /// Time from TCP accept to a complete upgrade request.
     #[arg(long, env = "ROOMHUB_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
@@ -366,6 +379,18 @@ fn parse_namespace(text: &str) -> Result<CoreNamespace, String> {
     Ok(ns)
 }
 
+/// What one client address may open (see `--max-connections-per-ip`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerIpLimits {
+    /// WebSocket connections one address may hold at once.
+    pub max_connections: usize,
+    /// New WebSocket connections one address may open per second (and at
+    /// once, after a quiet second).
+    pub connections_per_second: u32,
+    /// Loopback clients (a local proxy, a benchmark) are not limited.
+    pub exempt_loopback: bool,
+}
+
 /// Everything a server instance needs, resolved and validated.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -374,6 +399,7 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
+    pub per_ip: PerIpLimits,
     pub handshake_timeout: Duration,
     pub send_queue_bytes: usize,
     pub write_wait: Duration,
@@ -521,6 +547,11 @@ impl ServerConfig {
                 .collect(),
             max_connections: args.max_connections,
             max_connections_per_user: args.max_connections_per_user,
+            per_ip: PerIpLimits {
+                max_connections: args.max_connections_per_ip,
+                connections_per_second: args.connection_rate_per_ip,
+                exempt_loopback: args.per_ip_exempt_loopback,
+            },
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             send_queue_bytes: args.send_queue_bytes,
             write_wait: Duration::from_millis(args.write_wait_ms),

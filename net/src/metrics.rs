@@ -88,6 +88,11 @@ impl Metrics {
             Unit::Count,
             "Upgrades refused for their token, by reason",
         );
+        describe(
+            "roomhub_connections_refused_total",
+            Unit::Count,
+            "Upgrades refused by a connection limit (per_ip, server_full, per_user)",
+        );
         recorder.describe_gauge(
             "roomhub_connections_active".into(),
             Some(Unit::Count),
@@ -184,6 +189,17 @@ impl Metrics {
         {
             self.inner.queue_peak.set(bytes as f64);
         }
+    }
+
+    pub fn refused(&self, limit: &'static str) {
+        let key = Key::from_parts(
+            "roomhub_connections_refused_total",
+            vec![Label::new("limit", limit)],
+        );
+        self.inner
+            .recorder
+            .register_counter(&key, &META)
+            .increment(1);
     }
 
     pub fn auth_failure(&self, reason: &'static str) {

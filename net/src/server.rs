@@ -214,6 +214,7 @@ impl Server {
             admission: Arc::new(Admission::new(
                 config.max_connections,
                 config.max_connections_per_user,
+                config.per_ip,
             )),
             config,
             auth,

@@ -799,3 +799,72 @@ fn catalog_text_inputs_are_fuzz_seeds() {
         "catalog inputs missing from fuzz/seeds/parse_bytes: {missing:?} (run with ROOMHUB_WRITE_SEEDS=1)"
     );
 }
+
+/// Connection floods from one address: hundreds of upgrade requests that
+/// never finish, then a burst of upgrades. The half-open ones are dropped
+/// at the handshake timeout; the burst is held to the per-address limits
+/// (each refusal a 429 with a JSON body, never a 5xx); the server keeps
+/// serving, and once the flood is gone it holds nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_from_one_address_are_bounded() {
+    use roomhub_net::config::PerIpLimits;
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::start_with(|c| {
+        c.handshake_timeout = Duration::from_millis(500);
+        c.max_connections_per_user = 0;
+        c.per_ip = PerIpLimits {
+            max_connections: 40,
+            connections_per_second: 60,
+            exempt_loopback: false,
+        };
+    })
+    .await;
+    let mut half_open = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        half_open.push(tcp);
+    }
+    let attempts = (0..150).map(|i| {
+        let url = format!("{}?token={}", s.url(), s.token(&format!("f{i}")));
+        tokio::spawn(async move { Client::connect(url).await })
+    });
+    let mut held = Vec::new();
+    for attempt in futures_util::future::join_all(attempts).await {
+        match attempt.unwrap() {
+            Ok(c) => held.push(c),
+            Err(r) => {
+                assert_eq!(r.status, 429, "{:?}", r.body);
+                assert!(r.body["error"].is_string(), "{:?}", r.body);
+            }
+        }
+    }
+    assert!(
+        !held.is_empty() && held.len() <= 40,
+        "{} connections held",
+        held.len()
+    );
+    // The half-open requests are dropped at the timeout.
+    for tcp in &mut half_open {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a half-open request outlived its timeout");
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while s.online() != held.len() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.online(), held.len());
+    drop(held);
+    // A second later the address is welcome again, and nothing is left.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut c = s.client("after").await;
+    c.join("g").await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while s.online() != 1 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.online(), 1, "only the last client is left");
+}

@@ -1,6 +1,7 @@
-//! Admission before the upgrade: the origin check, the token, and the
-//! connection slots (`--max-connections`, `--max-connections-per-user`)
-//! held from the upgrade until the socket is gone.
+//! Admission before the upgrade: the client address's limits, the origin
+//! check, the token, and the connection slots (`--max-connections`,
+//! `--max-connections-per-user`) held from the upgrade until the socket is
+//! gone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::auth::{AuthError, Authenticator, TokenSource, extract_token};
 use crate::clock::Clock;
+use crate::http::per_ip::{PerIp, PerIpLimits};
 
 /// The connection slots of one server.
 pub(crate) struct Admission {
@@ -21,6 +23,8 @@ pub(crate) struct Admission {
     max_connections: usize,
     /// 0: no limit.
     max_per_user: usize,
+    /// What one client address may open, checked first.
+    pub(crate) per_ip: Arc<PerIp>,
 }
 
 /// A reserved connection slot, released when dropped: whether the upgrade
@@ -44,12 +48,13 @@ impl Drop for Slot {
 }
 
 impl Admission {
-    pub(crate) fn new(max_connections: usize, max_per_user: usize) -> Self {
+    pub(crate) fn new(max_connections: usize, max_per_user: usize, per_ip: PerIpLimits) -> Self {
         Admission {
             sockets: AtomicUsize::new(0),
             per_user: Mutex::default(),
             max_connections,
             max_per_user,
+            per_ip: Arc::new(PerIp::new(per_ip)),
         }
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod api;
 pub(crate) mod error;
 pub(crate) mod pages;
 pub(crate) mod peer;
+pub(crate) mod per_ip;
 pub(crate) mod router;
 pub(crate) mod state;
 pub(crate) mod upgrade;

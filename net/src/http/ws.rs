@@ -40,6 +40,15 @@ pub(crate) async fn ws_handler(
     if state.shutting_down.load(Ordering::Relaxed) {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
+    // Before anything costly: a flood from one address stops here.
+    let ip_slot = match state.admission.per_ip.admit(addr.ip()) {
+        Ok(slot) => slot,
+        Err((status, why)) => {
+            state.metrics.refused("per_ip");
+            warn!(%addr, why, "connection refused");
+            return json_error(status, why);
+        }
+    };
     if !origin_allowed(&state.config.allowed_origins, &headers) {
         warn!(%addr, origin = ?headers.get(ORIGIN), "origin refused");
         return json_error(StatusCode::FORBIDDEN, "origin not allowed");
@@ -72,6 +81,12 @@ pub(crate) async fn ws_handler(
     let slot = match state.admission.reserve(&identity.user.id) {
         Ok(slot) => slot,
         Err((status, why)) => {
+            let limit = if status == StatusCode::TOO_MANY_REQUESTS {
+                "per_user"
+            } else {
+                "server_full"
+            };
+            state.metrics.refused(limit);
             warn!(%addr, user = %identity.user.id, why, "connection refused");
             return json_error(status, why);
         }
@@ -96,7 +111,7 @@ pub(crate) async fn ws_handler(
             Ok(upgraded) => lifecycle::run(upgraded, max_message, conn, identity, cx).await,
             Err(e) => warn!(%conn, "upgrade failed: {e}"),
         }
-        drop(slot);
+        drop((slot, ip_slot));
     }));
     response
 }
