@@ -24,6 +24,9 @@ pub struct Config {
     pub history_max_messages: usize,
     /// How long a message stays recoverable.
     pub history_max_age_ms: u64,
+    /// Every room's kept messages together, in bytes (0: no bound); over
+    /// it, the least recently active rooms lose their history first.
+    pub history_max_bytes: usize,
     pub ping_interval_ms: u64,
     /// No traffic (pong or anything else) for this long closes the connection.
     pub pong_wait_ms: u64,
@@ -151,6 +154,7 @@ impl Default for Config {
             max_rooms_per_connection: 100,
             history_max_messages: 1000,
             history_max_age_ms: 24 * 60 * 60 * 1000,
+            history_max_bytes: 0,
             ping_interval_ms: 54_000,
             pong_wait_ms: 60_000,
             rate_limit_per_second: 1,

@@ -65,6 +65,10 @@ pub struct Hub {
     /// Cluster mode: (room, user) whose presence the broker failed to take;
     /// the current truth is sent again when it is back.
     presence_unsynced: BTreeMap<(RoomName, Arc<str>), UserRef>,
+    /// Messages delivered so far: each open room's `last_active`.
+    activity: u64,
+    /// History bytes added since the bound was last checked.
+    history_added: usize,
 }
 
 struct Conn {
@@ -133,6 +137,8 @@ impl Hub {
             next_hook: 0,
             errors_sent: [0; ErrorCode::ALL.len()],
             presence_unsynced: BTreeMap::new(),
+            activity: 0,
+            history_added: 0,
         }
     }
 
@@ -1297,6 +1303,7 @@ impl Hub {
             return;
         };
         let frame = wire::new_message(msg);
+        let frame_len = frame.len();
         fan_out(
             &mut self.out,
             &room.members,
@@ -1314,6 +1321,9 @@ impl Hub {
             max_messages,
         );
         log.trim_by_age(self.now, max_age);
+        self.activity += 1;
+        log.last_active = self.activity;
+        self.history_added += frame_len;
         // This node's own message is stored and now in order: ack it here,
         // so the sender learns its offset exactly when the others get the
         // message, never ahead of the messages below it.
@@ -1331,6 +1341,44 @@ impl Hub {
                     Some((&msg.id, Some(msg.offset))),
                 );
                 self.append_answered(origin);
+            }
+        }
+        self.check_history_bound();
+    }
+
+    /// Keeps every open room's history within `history_max_bytes`
+    /// together: checked after each sixteenth of the bound added, and when
+    /// over, the rooms with the oldest latest message lose their history
+    /// first (whole rooms, down to nine tenths of the bound). A member who
+    /// rejoins such a room from before its head is told `recovered: false`.
+    fn check_history_bound(&mut self) {
+        let bound = self.config.history_max_bytes;
+        if bound == 0 || self.history_added <= bound / 16 {
+            return;
+        }
+        self.history_added = 0;
+        let mut total = 0;
+        let mut held: Vec<(u64, RoomName)> = Vec::new();
+        for (name, room) in &self.rooms {
+            if let RoomState::Open(log) = &room.state
+                && log.bytes() > 0
+            {
+                total += log.bytes();
+                held.push((log.last_active, name.clone()));
+            }
+        }
+        if total <= bound {
+            return;
+        }
+        held.sort_unstable();
+        let target = bound - bound / 10;
+        for (_, name) in held {
+            if total <= target {
+                break;
+            }
+            if let Some(RoomState::Open(log)) = self.rooms.get_mut(&name).map(|r| &mut r.state) {
+                total -= log.bytes();
+                log.forget_history();
             }
         }
     }
@@ -1502,7 +1550,10 @@ impl Hub {
                 for change in early_presence {
                     room.apply_remote(change);
                 }
-                room.state = RoomState::Open(log_from(&self.config, self.now, snapshot));
+                let mut log = log_from(&self.config, self.now, snapshot);
+                log.last_active = self.activity;
+                self.history_added += log.bytes();
+                room.state = RoomState::Open(log);
                 for msg in early {
                     self.accept(&name, msg);
                 }

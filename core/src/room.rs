@@ -176,6 +176,14 @@ pub(crate) struct Logged {
     pub(crate) sender: Option<ConnId>,
 }
 
+impl Logged {
+    /// The memory a retained message holds: its frame, its entry in the
+    /// ring, and the frame's allocation header.
+    pub(crate) fn cost(&self) -> usize {
+        self.frame.len() + std::mem::size_of::<Logged>() + 32
+    }
+}
+
 /// The contiguous tail of a room's history up to `head`, bounded by count and
 /// age, plus messages that arrived ahead of a gap.
 pub(crate) struct RoomLog {
@@ -203,6 +211,11 @@ pub(crate) struct RoomLog {
     /// The head when the room was opened: messages up to it came with the
     /// snapshot, not through delivery, so their receipts ack at once.
     pub(crate) opened_head: u64,
+    /// What the retained messages hold, as [`Logged::cost`] counts it.
+    bytes: usize,
+    /// The hub's activity count at this room's latest message: the history
+    /// bound trims the rooms with the oldest first.
+    pub(crate) last_active: u64,
 }
 
 /// What a rejoining connection can be given.
@@ -226,6 +239,8 @@ impl RoomLog {
             pending_acks: BTreeMap::new(),
             foreign_acks: Vec::new(),
             opened_head: head,
+            bytes: 0,
+            last_active: 0,
         }
     }
 
@@ -233,16 +248,35 @@ impl RoomLog {
     pub(crate) fn push(&mut self, logged: Logged, max_messages: usize) {
         debug_assert_eq!(logged.offset, self.head + 1, "log must stay contiguous");
         self.head = logged.offset;
+        self.bytes += logged.cost();
         self.ring.push_back(logged);
         while self.ring.len() > max_messages {
-            self.ring.pop_front();
+            self.pop_oldest();
         }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(gone) = self.ring.pop_front() {
+            self.bytes -= gone.cost();
+        }
+    }
+
+    /// What the retained messages hold.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Forgets the retained tail: the history continues after a hole.
     pub(crate) fn restart_at(&mut self, head: u64) {
         self.ring.clear();
+        self.bytes = 0;
         self.head = head;
+    }
+
+    /// Forgets every retained message (the history bound): a rejoin from
+    /// before the head is told `recovered: false`.
+    pub(crate) fn forget_history(&mut self) {
+        self.restart_at(self.head);
     }
 
     /// Drops messages older than the retention age.
@@ -252,7 +286,7 @@ impl RoomLog {
             .front()
             .is_some_and(|m| now.ms_since(m.timestamp) > max_age_ms)
         {
-            self.ring.pop_front();
+            self.pop_oldest();
         }
     }
 

@@ -27,6 +27,9 @@ pub struct HistoryLimits {
     pub max_age_ms: u64,
     /// Rooms remembered; the least recently used is forgotten beyond this.
     pub max_rooms: usize,
+    /// Every room's kept messages together (0: no bound); over it, the
+    /// least recently used rooms lose their history first.
+    pub max_bytes: usize,
 }
 
 impl HistoryLimits {
@@ -37,6 +40,7 @@ impl HistoryLimits {
             max_messages,
             max_age_ms,
             max_rooms: 100_000,
+            max_bytes: config.history_max_bytes,
         }
     }
 }
@@ -45,8 +49,41 @@ struct SeqRoom {
     epoch: Epoch,
     head: u64,
     history: VecDeque<SequencedMessage>,
+    /// What `history` holds, as [`cost`] counts it.
+    bytes: usize,
     /// Key in `MemorySequencer::by_use`.
     used: u64,
+}
+
+/// The memory a kept message holds: its text, its sender, and the rest.
+fn cost(msg: &SequencedMessage) -> usize {
+    msg.content.len()
+        + msg.sender.id.len()
+        + msg.sender.name.len()
+        + msg.id.len()
+        + std::mem::size_of::<SequencedMessage>()
+        + 96
+}
+
+impl SeqRoom {
+    fn pop_oldest(&mut self) -> usize {
+        let freed = self.history.pop_front().map_or(0, |m| cost(&m));
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Drops messages older than `max_age_ms`; returns the bytes freed.
+    fn trim_by_age(&mut self, now: Timestamp, max_age_ms: u64) -> usize {
+        let mut freed = 0;
+        while self
+            .history
+            .front()
+            .is_some_and(|m| now.ms_since(m.timestamp) > max_age_ms)
+        {
+            freed += self.pop_oldest();
+        }
+        freed
+    }
 }
 
 pub struct MemorySequencer {
@@ -56,6 +93,8 @@ pub struct MemorySequencer {
     use_counter: u64,
     rng: ChaCha8Rng,
     limits: HistoryLimits,
+    /// Every room's `bytes` together.
+    bytes: usize,
 }
 
 impl MemorySequencer {
@@ -66,6 +105,7 @@ impl MemorySequencer {
             use_counter: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
             limits,
+            bytes: 0,
         }
     }
 
@@ -116,12 +156,42 @@ impl MemorySequencer {
         let room = self.room_mut(&request.room);
         room.head += 1;
         let msg = SequencedMessage::new(request, room.epoch.clone(), room.head);
+        let added = cost(&msg);
+        room.bytes += added;
         room.history.push_back(msg.clone());
+        let mut freed = 0;
         while room.history.len() > limits.max_messages {
-            room.history.pop_front();
+            freed += room.pop_oldest();
         }
-        trim_by_age(&mut room.history, msg.timestamp, limits.max_age_ms);
+        freed += room.trim_by_age(msg.timestamp, limits.max_age_ms);
+        self.bytes = self.bytes + added - freed;
+        if limits.max_bytes > 0 && self.bytes > limits.max_bytes {
+            self.trim_to_bound();
+        }
         msg
+    }
+
+    /// Over the byte bound: the least recently used rooms lose their
+    /// history (whole rooms, down to nine tenths of the bound); their
+    /// epochs and heads stay, so a rejoin from before is `recovered: false`.
+    fn trim_to_bound(&mut self) {
+        let target = self.limits.max_bytes - self.limits.max_bytes / 10;
+        let oldest_first: Vec<RoomName> = self.by_use.values().cloned().collect();
+        for name in oldest_first {
+            if self.bytes <= target {
+                break;
+            }
+            if let Some(room) = self.rooms.get_mut(&name) {
+                self.bytes -= room.bytes;
+                room.history.clear();
+                room.bytes = 0;
+            }
+        }
+    }
+
+    /// Every room's kept messages together, in bytes.
+    pub fn history_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The room's epoch, head and retained history (a new lineage if the
@@ -129,20 +199,23 @@ impl MemorySequencer {
     pub fn snapshot(&mut self, name: &RoomName, now: Timestamp) -> RoomSnapshot {
         let max_age_ms = self.limits.max_age_ms;
         let room = self.room_mut(name);
-        trim_by_age(&mut room.history, now, max_age_ms);
-        RoomSnapshot {
+        let freed = room.trim_by_age(now, max_age_ms);
+        let room = RoomSnapshot {
             room: name.clone(),
             epoch: room.epoch.clone(),
             head: room.head,
             messages: room.history.iter().cloned().collect(),
             presence: Vec::new(),
-        }
+        };
+        self.bytes -= freed;
+        room
     }
 
     /// Forgets the room: its next append or snapshot starts a new epoch.
     pub fn end_lineage(&mut self, name: &RoomName) {
         if let Some(room) = self.rooms.remove(name) {
             self.by_use.remove(&room.used);
+            self.bytes -= room.bytes;
         }
     }
 
@@ -156,8 +229,9 @@ impl MemorySequencer {
         if !self.rooms.contains_key(name) {
             if self.rooms.len() >= self.limits.max_rooms
                 && let Some((_, oldest)) = self.by_use.pop_first()
+                && let Some(gone) = self.rooms.remove(&oldest)
             {
-                self.rooms.remove(&oldest);
+                self.bytes -= gone.bytes;
             }
             let epoch = Epoch(Arc::from(format!("{:016x}", self.rng.next_u64())));
             self.rooms.insert(
@@ -166,6 +240,7 @@ impl MemorySequencer {
                     epoch,
                     head: 0,
                     history: VecDeque::new(),
+                    bytes: 0,
                     used,
                 },
             );
@@ -181,15 +256,6 @@ impl MemorySequencer {
     }
 }
 
-fn trim_by_age(history: &mut VecDeque<SequencedMessage>, now: Timestamp, max_age_ms: u64) {
-    while history
-        .front()
-        .is_some_and(|m| now.ms_since(m.timestamp) > max_age_ms)
-    {
-        history.pop_front();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +266,47 @@ mod tests {
             max_messages,
             max_age_ms: 10_000,
             max_rooms,
+            max_bytes: 0,
         }
+    }
+
+    /// Over the byte bound the least recently used room loses its history
+    /// first, and keeps its epoch and head; the count stays exact.
+    #[test]
+    fn the_byte_bound_trims_the_least_recently_used_rooms_first() {
+        // What one message of these costs (same-length texts and ids).
+        let mut probe = MemorySequencer::new(1, limits(100, 10));
+        probe.append(append_request("z", 0));
+        let one = probe.history_bytes();
+        let mut s = MemorySequencer::new(
+            1,
+            HistoryLimits {
+                max_bytes: one * 10,
+                ..limits(100, 10)
+            },
+        );
+        for t in 0..4 {
+            for room in ["a", "b"] {
+                s.append(append_request(room, t));
+            }
+        }
+        assert_eq!(s.history_bytes(), one * 8);
+        // "a" was used last before "b"'s latest: more messages to "c" push
+        // the total over the bound, and "a" goes first.
+        s.append(append_request("b", 5));
+        for t in 6..9 {
+            s.append(append_request("c", t));
+        }
+        let (a, b, c) = ["a", "b", "c"]
+            .map(|r| RoomName::parse(r, 64).unwrap())
+            .into();
+        let snap_a = s.snapshot(&a, Timestamp(9));
+        assert_eq!((snap_a.head, snap_a.messages.len()), (4, 0));
+        assert_eq!(s.snapshot(&b, Timestamp(9)).messages.len(), 5);
+        assert_eq!(s.snapshot(&c, Timestamp(9)).messages.len(), 3);
+        assert_eq!(s.history_bytes(), one * 8);
+        s.end_lineage(&b);
+        assert_eq!(s.history_bytes(), one * 3);
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn limits() -> HistoryLimits {
         max_messages: 100,
         max_age_ms: 60_000,
         max_rooms: 1000,
+        max_bytes: 0,
     }
 }
 

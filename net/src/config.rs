@@ -146,6 +146,12 @@ pub struct ServerArgs {
     /// How long messages stay recoverable.
     #[arg(long, env = "ROOMHUB_HISTORY_MAX_AGE_SECS", default_value_t = 86_400)]
     pub history_max_age_secs: u64,
+    /// Bytes every room's kept messages may hold in memory together; over
+    /// it, the least recently active rooms lose their history first (a
+    /// rejoin from before is told `recovered: false`). 0: no bound.
+    /// Default: a quarter of the machine's memory.
+    #[arg(long, env = "ROOMHUB_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
     /// On shutdown, time allowed for queues to drain after the 1001 close.
     #[arg(long, env = "ROOMHUB_DRAIN_TIMEOUT_MS", default_value_t = 5_000)]
     pub drain_timeout_ms: u64,
@@ -512,6 +518,9 @@ impl ServerConfig {
             max_rooms_per_connection: args.max_rooms_per_connection,
             history_max_messages: args.history_max_messages,
             history_max_age_ms: args.history_max_age_secs.saturating_mul(1000),
+            history_max_bytes: args
+                .history_max_bytes
+                .unwrap_or_else(crate::os::default_history_bytes),
             ping_interval_ms: args.ping_interval_ms,
             pong_wait_ms: args.pong_wait_ms,
             rate_limit_per_second: args.rate_limit_per_second,

@@ -10,6 +10,17 @@ use std::net::SocketAddr;
 /// retried a second later.
 const LISTEN_BACKLOG: u32 = 65_535;
 
+/// The default bound on history held in memory: a quarter of the
+/// machine's memory (`MemTotal`), or 1 GiB where that cannot be read.
+pub fn default_history_bytes() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
+    total_kib.map_or(1 << 30, |kib| kib.saturating_mul(1024) / 4)
+}
+
 /// Raises the open-file limit as far as this process may: the hard limit
 /// too when privileged (up to `fs.nr_open`), else the soft limit to the
 /// hard one. Returns the limit now in force.

@@ -395,6 +395,7 @@ async fn two_redis_shards_keep_the_contract() {
         max_messages: MAX_MESSAGES,
         max_age_ms: MAX_AGE_MS,
         max_rooms: 1000,
+        max_bytes: 0,
     };
     let shard = |r: &RedisServer| RedisBroker::new(&r.url(), limits, TTL).unwrap();
     let broker = ShardedBroker::new(vec![shard(&r1), shard(&r2)]);
@@ -416,6 +417,7 @@ async fn a_redis_cluster_keeps_the_contract() {
         max_messages: MAX_MESSAGES,
         max_age_ms: MAX_AGE_MS,
         max_rooms: 1000,
+        max_bytes: 0,
     };
     let seeds: Vec<String> = cluster.nodes.iter().map(RedisServer::url).collect();
     let broker = RedisClusterBroker::new(&seeds, limits, TTL).unwrap();
@@ -466,6 +468,7 @@ async fn the_redis_broker_keeps_the_contract() {
         max_messages: MAX_MESSAGES,
         max_age_ms: MAX_AGE_MS,
         max_rooms: 1000,
+        max_bytes: 0,
     };
     let broker = RedisBroker::new(&redis.url(), limits, TTL).unwrap();
     suite(&broker).await;

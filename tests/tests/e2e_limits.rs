@@ -95,3 +95,94 @@ async fn loopback_is_exempt_only_when_configured() {
         held.push(attempt(&s, user).await.expect("loopback is exempt"));
     }
 }
+
+/// `--history-max-bytes`: a flood of 2 KB messages over many rooms keeps
+/// the history within the bound by trimming the least recently active
+/// room first. Its member, rejoining from before, is told
+/// `recovered: false`; a member of the latest room recovers everything.
+/// In memory mode (the sequencer's rooms) and the default store (the open
+/// rooms the hub holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_bound_trims_the_least_recently_active_room_first() {
+    use serde_json::json;
+    for durable in [false, true] {
+        let dir = std::env::temp_dir().join(format!("roomhub-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = TestServer::start_with(|c| {
+            c.api_key = Some("k".into());
+            c.core.rate_limit_per_second = 0;
+            c.core.history_max_bytes = 40_000;
+            c.data_dir = durable.then(|| dir.clone());
+        })
+        .await;
+        let publish = |room: String, n: usize| {
+            let addr = s.addr;
+            async move {
+                let content = format!("{n:04}{}", "x".repeat(1990));
+                let body = json!({"room": room, "payload": {"content": content}});
+                let (status, reply) = roomhub_tests::server::http_post(
+                    addr,
+                    "/api/publish",
+                    Some("k"),
+                    &body.to_string(),
+                )
+                .await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        };
+        // Members keep every room open on the hub; alice and bob each step
+        // out of one at offset 0, to come back with `since`.
+        let mut keeper = s.client("keeper").await;
+        let rooms: Vec<String> = std::iter::once("old".to_string())
+            .chain((0..10).map(|i| format!("new{i}")))
+            .collect();
+        for room in &rooms {
+            keeper.join(room).await;
+        }
+        let mut alice = s.client("alice").await;
+        let old_epoch = alice.join("old").await["payload"]["epoch"].clone();
+        let mut bob = s.client("bob").await;
+        let new_epoch = bob.join("new9").await["payload"]["epoch"].clone();
+        for (who, room) in [(&mut alice, "old"), (&mut bob, "new9")] {
+            who.send_json(json!({"type": "leave_room", "room": room, "id": "bye"}))
+                .await;
+            who.recv_type("ack").await;
+        }
+        for room in &rooms {
+            for n in 1..=5 {
+                publish(room.clone(), n).await;
+            }
+        }
+        // Every message reached the keeper (the hub delivered them all).
+        for _ in 0..rooms.len() * 5 {
+            keeper.recv_type("new_message").await;
+        }
+        let rejoin = |room: &str, epoch: &serde_json::Value| json!({"type": "join_room", "payload": {"room_id": room, "since": {"offset": 0, "epoch": epoch}}});
+        alice.send_json(rejoin("old", &old_epoch)).await;
+        let info = alice.recv_type("room_info").await;
+        assert_eq!(
+            (
+                info["payload"]["recovered"].as_bool(),
+                info["payload"]["offset"].as_u64()
+            ),
+            (Some(false), Some(5)),
+            "durable {durable}: the oldest room was trimmed: {info}"
+        );
+        bob.send_json(rejoin("new9", &new_epoch)).await;
+        let mut replayed = 0;
+        loop {
+            let f = bob.recv().await;
+            match f["type"].as_str() {
+                Some("new_message") => replayed += 1,
+                Some("room_info") => {
+                    assert_eq!(f["payload"]["recovered"], true, "durable {durable}: {f}");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(replayed, 5, "durable {durable}");
+        s.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -431,6 +431,7 @@ pub(crate) mod tests {
             max_messages,
             max_age_ms: 60_000,
             max_rooms: 1000,
+            max_bytes: 0,
         }
     }
 
