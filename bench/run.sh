@@ -31,7 +31,7 @@
 #       # (`--redis-cluster`)
 #
 # Scenarios: rooms10 rooms10half room2000 room2000half pairs500 pairsmax idle10k idle19k
-# idle50k storm10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
+# idle50k storm10k churn1m drops2k drops10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
 # (<server>-<scenario>.jsonl for every server but roomhub in MODE's mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -261,6 +261,18 @@ for s in $scenarios; do
     idle50k) run_scenario idle50k "50000 idle" -- idle --connections 50000 --hold 3s --concurrency 1024 ;;
     storm10k) run_scenario storm10k "10000 in 100 rooms drop and rejoin, rate limit off" -- \
       storm --connections 10000 --rooms 100 --missed 5 --concurrency 1024 ;;
+    # A million connect/join/leave/disconnect cycles, 64 at a time: the
+    # server's RSS after against after a 100,000-cycle warm-up, and its
+    # rooms and connections once all are gone (roomhub only).
+    churn1m) run_scenario churn1m "1,000,000 connect/join/leave/disconnect cycles over 100 rooms" -- \
+      churn --cycles 1000000 --warmup 100000 --rooms 100 --concurrency 64 ;;
+    # Network drops, the published shape (AnyCable's): 120 messages per
+    # room at 2/s, each member's socket reset every 10-20 s (about 15 s)
+    # and away 2 s, rejoining with `since`; 100 members per room.
+    drops2k) run_scenario drops2k "2000 in 20 rooms, resets every 10-20 s, 2 s away" -- \
+      drops --clients 2000 --rooms 20 --messages 120 --rate 2 --concurrency 256 ;;
+    drops10k) run_scenario drops10k "10000 in 100 rooms, resets every 10-20 s, 2 s away" -- \
+      drops --clients 10000 --rooms 100 --messages 120 --rate 2 --concurrency 1024 ;;
     max) max_rate ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac

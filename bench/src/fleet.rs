@@ -73,6 +73,11 @@ pub async fn write_counters(target: &Target) -> Option<(f64, f64)> {
     ))
 }
 
+/// The server's `/metrics` text.
+pub async fn metrics(target: &Target) -> Option<String> {
+    http_get(target, "/metrics").await
+}
+
 async fn http_get(target: &Target, path: &str) -> Option<String> {
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),

@@ -7,11 +7,18 @@
 //!   server's CPU per delivered message;
 //! - `idle`: N connections held open; the server's memory per connection;
 //! - `storm`: N members drop at once and rejoin with `since`; the time until
-//!   all have recovered what they missed.
+//!   all have recovered what they missed;
+//! - `churn`: connect/join/leave/disconnect cycles; whether the server gives
+//!   back its memory, rooms and connections;
+//! - `drops`: members whose sockets are reset and kept away, over and over,
+//!   rejoining with `since`; delivery of what was acked, duplicates,
+//!   offsets backwards, replay latency.
 //!
 //! It runs on one thread (pin it with `taskset` beside a pinned server).
 
+mod churn;
 mod client;
+mod drops;
 mod fleet;
 mod idle;
 mod procstat;
@@ -102,6 +109,37 @@ enum Mode {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         hold: Duration,
     },
+    /// Connect, join, leave, disconnect, over and over: the server's memory
+    /// after against after a warm-up, and its rooms once all are gone.
+    Churn {
+        #[arg(long, default_value_t = 1_000_000)]
+        cycles: usize,
+        #[arg(long, default_value_t = 20_000)]
+        warmup: usize,
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+    },
+    /// Reset every member's socket every U(a, b) s, away for c s, rejoining
+    /// with `since`, while one publisher per room sends.
+    Drops {
+        #[arg(long, default_value_t = 2_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        #[arg(long, default_value_t = 120)]
+        messages: usize,
+        /// Messages per second per room.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        reset_min: Duration,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        reset_max: Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        offline: Duration,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        drain: Duration,
+    },
     /// Drop every member at once and time their recovery with `since`.
     Storm {
         #[arg(long, default_value_t = 10_000)]
@@ -188,6 +226,46 @@ fn main() -> ExitCode {
                     concurrency: c.concurrency,
                 };
                 idle::run(&target, &opts, c.server_pid, label)
+                    .await
+                    .map(|r| emit(r.table(), &r))
+            }
+            Mode::Drops {
+                clients,
+                rooms,
+                messages,
+                rate,
+                reset_min,
+                reset_max,
+                offline,
+                drain,
+            } => {
+                let opts = drops::Opts {
+                    clients: *clients,
+                    rooms: *rooms,
+                    messages: *messages,
+                    rate: *rate,
+                    reset_min: *reset_min,
+                    reset_max: *reset_max,
+                    offline: *offline,
+                    drain: *drain,
+                    concurrency: c.concurrency,
+                };
+                drops::run(&target, &opts, c.server_pid, label)
+                    .await
+                    .map(|r| emit(r.table(), &r))
+            }
+            Mode::Churn {
+                cycles,
+                warmup,
+                rooms,
+            } => {
+                let opts = churn::Opts {
+                    cycles: *cycles,
+                    warmup: *warmup,
+                    rooms: *rooms,
+                    concurrency: c.concurrency,
+                };
+                churn::run(&target, &opts, c.server_pid, label)
                     .await
                     .map(|r| emit(r.table(), &r))
             }

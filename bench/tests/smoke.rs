@@ -177,3 +177,49 @@ async fn a_tiny_idle_run_is_counted_online() {
     assert_eq!(report["online"], 30, "{report}");
     assert!(report["server_bytes_per_connection"].as_f64().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_drops_run_delivers_every_acked_message() {
+    let server = server().await;
+    let report = bench(
+        &server,
+        &[
+            "drops",
+            "--clients",
+            "40",
+            "--rooms",
+            "4",
+            "--messages",
+            "15",
+            "--rate",
+            "10",
+            "--reset-min",
+            "300ms",
+            "--reset-max",
+            "600ms",
+            "--offline",
+            "200ms",
+            "--drain",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(report["acked"], 60, "{report}");
+    assert_eq!(report["delivered"], report["expected"], "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["backwards"], 0, "{report}");
+    assert!(report["resets"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_churn_leaves_no_room_or_connection() {
+    let server = server().await;
+    let report = bench(
+        &server,
+        &["churn", "--cycles", "300", "--warmup", "30", "--rooms", "5"],
+    )
+    .await;
+    assert_eq!(report["failures"], 0, "{report}");
+    assert_eq!(report["online_after"], 0, "{report}");
+    assert_eq!(report["rooms_after"], 0, "{report}");
+}

@@ -186,3 +186,61 @@ async fn the_history_bound_trims_the_least_recently_active_room_first() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Churn gives everything back: connect, join, leave, disconnect cycles,
+/// a few at a time, leave no connection, room or address slot behind (the
+/// million cycles and the memory are `roomhub-bench churn`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_leaves_nothing_behind() {
+    use futures_util::StreamExt;
+    use serde_json::json;
+    let s = TestServer::start_with(|c| {
+        c.max_connections_per_user = 0;
+        c.per_ip = PerIpLimits {
+            max_connections: 8,
+            ..PerIpLimits::default()
+        };
+    })
+    .await;
+    let cycles: usize = 1_000;
+    futures_util::stream::iter(0..cycles)
+        .for_each_concurrent(8, |i| {
+            let s = &s;
+            async move {
+                let room = format!("churn-{}", i % 50);
+                let mut c = loop {
+                    // The address's 8 slots are given back as sockets end.
+                    match attempt(s, &format!("u{}", i % 20)).await {
+                        Ok(c) => break c,
+                        Err((429, _)) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                        }
+                        Err(other) => panic!("cycle {i}: {other:?}"),
+                    }
+                };
+                c.join(&room).await;
+                c.send_json(json!({"type": "leave_room", "room": room, "id": "l"}))
+                    .await;
+                c.recv_type("ack").await;
+                drop(c);
+            }
+        })
+        .await;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while (s.online(), s.metric("roomhub_rooms").await) != (0, 0)
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!((s.online(), s.metric("roomhub_rooms").await), (0, 0));
+    // Every address slot came back: the limit admits a full 8 again.
+    let mut held = Vec::new();
+    for i in 0..8 {
+        held.push(
+            attempt(&s, &format!("again{i}"))
+                .await
+                .expect("a free slot"),
+        );
+    }
+    assert!(attempt(&s, "one-more").await.is_err());
+}
