@@ -280,10 +280,17 @@ fn single_node<C: Core>(
 ) -> std::io::Result<Built<C>> {
     let config = parts.config;
     let engine = match &config.data_dir {
-        None => Engine::Memory(Box::new(SingleNode::with_core(
-            make_core(config.core.clone()),
-            config.sequencer_seed,
-        ))),
+        None => {
+            // Two copies of history live in memory here: the sequencer's
+            // (every room) and each open room's on the hub. Each gets half
+            // of `--history-max-bytes`, so that together they keep to it.
+            let mut core = config.core.clone();
+            core.history_max_bytes /= 2;
+            Engine::Memory(Box::new(SingleNode::with_core(
+                make_core(core),
+                config.sequencer_seed,
+            )))
+        }
         Some(dir) => {
             let limits = HistoryLimits::from_config(&config.core);
             info!(dir = %dir.display(), fsync = ?config.fsync, "durable history in the data directory");
