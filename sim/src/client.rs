@@ -42,6 +42,9 @@ pub struct ClientPlan {
     pub slow: Vec<(u64, u64)>,
     /// Times at which it drops its connection without a close.
     pub abrupt: Vec<u64>,
+    /// How long it stays away after a disconnect (default: a random
+    /// backoff of 100 to 600 ms).
+    pub offline_ms: Option<u64>,
     /// The reconnect storm: everyone drops at this time and reconnects at once.
     pub storm_at: Option<u64>,
     /// Its first token expires this many ms after connecting.
@@ -98,7 +101,8 @@ pub async fn run(plan: ClientPlan, trace: Trace) -> turmoil::Result {
                 }
                 if !immediate {
                     let backoff = 100 + client.rng.next_u64() % 500;
-                    sleep(Duration::from_millis(backoff)).await;
+                    let away = client.plan.offline_ms.unwrap_or(backoff);
+                    sleep(Duration::from_millis(away)).await;
                 }
             }
             None => sleep(Duration::from_millis(200 + client.rng.next_u64() % 300)).await,

@@ -56,6 +56,10 @@ pub enum FaultKind {
     /// without persistence), so its rooms start new epochs under members
     /// that stay connected.
     BrokerWipe,
+    /// Every client's connection is dropped (no close) every 1.5 to 3 s
+    /// and stays away 400 ms before it reconnects with `since`: the shape
+    /// of `roomhub-bench drops`, in simulated seconds.
+    RepeatedDrops,
 }
 
 impl FaultKind {
@@ -111,6 +115,7 @@ impl FaultKind {
             FaultKind::BrokerPartition => "broker-partition",
             FaultKind::NodeCrash => "node-crash",
             FaultKind::BrokerWipe => "broker-wipe",
+            FaultKind::RepeatedDrops => "repeated-drops",
         }
     }
 
@@ -118,7 +123,7 @@ impl FaultKind {
         FaultKind::ALL
             .into_iter()
             .chain(FaultKind::CLUSTER)
-            .chain([FaultKind::BrokerWipe])
+            .chain([FaultKind::BrokerWipe, FaultKind::RepeatedDrops])
             .find(|k| k.name() == name)
     }
 }
@@ -182,6 +187,21 @@ impl WorldConfig {
             tick_ms: 10,
             nodes: 0,
             brokers: 1,
+        }
+    }
+
+    /// Repeated network drops for every client (the `drops` benchmark's
+    /// shape): one server, or (`nodes` 2) a two-node cluster.
+    pub fn drops(seed: u64, clients: usize, nodes: usize) -> Self {
+        WorldConfig {
+            seed,
+            clients,
+            rooms: 3,
+            faults: vec![FaultKind::RepeatedDrops],
+            every_fault: true,
+            send_queue_bytes: 64 * 1024,
+            nodes,
+            ..WorldConfig::standard(seed)
         }
     }
 
@@ -339,6 +359,7 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                 act_every_ms: (150, 700),
                 slow: Vec::new(),
                 abrupt: Vec::new(),
+                offline_ms: None,
                 storm_at: None,
                 short_token_ms: None,
                 bursts: Vec::new(),
@@ -417,6 +438,16 @@ pub fn run_world_traced(world: &WorldConfig) -> (Outcome, Vec<crate::trace::Reco
                 }
             }
             FaultKind::AbruptDisconnect => plans[client].abrupt.push(at),
+            FaultKind::RepeatedDrops => {
+                for plan in &mut plans {
+                    let mut t = 500 + rng.next_u64() % 1_500;
+                    while t < active_until {
+                        plan.abrupt.push(t);
+                        t += 1_500 + rng.next_u64() % 1_500;
+                    }
+                    plan.offline_ms = Some(400);
+                }
+            }
             FaultKind::ReconnectStorm => {
                 for plan in &mut plans {
                     plan.storm_at = Some(at);
