@@ -191,22 +191,17 @@ impl Metrics {
         }
     }
 
+    /// An upgrade refused by a connection limit.
     pub fn refused(&self, limit: &'static str) {
-        let key = Key::from_parts(
-            "roomhub_connections_refused_total",
-            vec![Label::new("limit", limit)],
-        );
-        self.inner
-            .recorder
-            .register_counter(&key, &META)
-            .increment(1);
+        self.count_labelled("roomhub_connections_refused_total", ("limit", limit));
     }
 
     pub fn auth_failure(&self, reason: &'static str) {
-        let key = Key::from_parts(
-            "roomhub_auth_failures_total",
-            vec![Label::new("reason", reason)],
-        );
+        self.count_labelled("roomhub_auth_failures_total", ("reason", reason));
+    }
+
+    fn count_labelled(&self, name: &'static str, (key, value): (&'static str, &'static str)) {
+        let key = Key::from_parts(name, vec![Label::new(key, value)]);
         self.inner
             .recorder
             .register_counter(&key, &META)
