@@ -406,6 +406,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub per_ip: PerIpLimits,
+    /// Tests only: makes the embedded store's writes fail as on a full
+    /// disk while set. Never set from flags.
+    pub disk_faults: Option<crate::seq::faults::DiskFaults>,
     pub handshake_timeout: Duration,
     pub send_queue_bytes: usize,
     pub write_wait: Duration,
@@ -561,6 +564,7 @@ impl ServerConfig {
                 connections_per_second: args.connection_rate_per_ip,
                 exempt_loopback: args.per_ip_exempt_loopback,
             },
+            disk_faults: None,
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             send_queue_bytes: args.send_queue_bytes,
             write_wait: Duration::from_millis(args.write_wait_ms),

@@ -33,6 +33,7 @@ use crate::hub::inbox::{self, Answers};
 use crate::hub::services::Services;
 use crate::hub::task::HubTask;
 use crate::metrics::Metrics;
+use crate::seq::faults::StoreHealth;
 use crate::seq::journaled::JournaledStore;
 use crate::seq::store::{Fsync, Store};
 use crate::seq::store_task;
@@ -56,6 +57,8 @@ struct Parts<'a> {
     answers: Answers,
     online: &'a Online,
     store_closed: tokio::sync::oneshot::Sender<()>,
+    /// Whether the embedded store's writes succeed (the health check).
+    store_health: StoreHealth,
 }
 
 type Built<C> = (Engine<C>, Option<Arc<ClusterView>>);
@@ -178,12 +181,14 @@ impl Server {
         // Resolves once the store (if any) has closed its database, so a
         // restart in the same process can open it again.
         let (closed_tx, store_closed) = tokio::sync::oneshot::channel();
+        let store_health = StoreHealth::default();
         let (engine, cluster) = make_engine(Parts {
             config: &config,
             clock,
             answers: inbox.answers(),
             online: &online,
             store_closed: closed_tx,
+            store_health: store_health.clone(),
         })?;
         let hub = HubTask {
             engine,
@@ -226,6 +231,7 @@ impl Server {
             metrics,
             connections: TaskTracker::new(),
             hooks: crate::hooks::Hooks::new(config_hooks),
+            store_health,
         });
         let hub = hub.start(state.config.io_threads, state.config.hub_thread)?;
         let done = tokio::spawn(accept_loop(listener, state.clone(), shutdown.clone(), hub));
@@ -298,12 +304,16 @@ fn single_node<C: Core>(
             match config.fsync {
                 Fsync::Background => {
                     let closed = Some(parts.store_closed);
-                    let store =
-                        JournaledStore::open(dir, limits, closed).map_err(std::io::Error::other)?;
+                    let faults = config.disk_faults.as_ref();
+                    let health = parts.store_health;
+                    let store = JournaledStore::open_with(dir, limits, closed, faults, health)
+                        .map_err(std::io::Error::other)?;
                     Engine::Journaled(Box::new(Journaled::new(hub, store)))
                 }
                 Fsync::Always => {
-                    let store = Store::open(dir, limits).map_err(std::io::Error::other)?;
+                    let faults = config.disk_faults.as_ref();
+                    let store = Store::open_with(dir, limits, faults, parts.store_health)
+                        .map_err(std::io::Error::other)?;
                     let (clock, answers) = (parts.clock, parts.answers);
                     Engine::Delegated {
                         hub: Box::new(hub),

@@ -275,11 +275,20 @@ fn io_threads_are_named_and_counted_as_asked() {
     let server = start(&dir, &args);
     wait_for_port(port);
     let pid = server.child.id();
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim_end().to_string())
-        .collect();
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    };
+    // The port opens as the threads start: wait until the hub's is there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut names = threads();
+    while !names.iter().any(|n| n == "roomhub-hub") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        names = threads();
+    }
     for expected in ["roomhub-hub", "roomhub-io-0", "roomhub-io-1"] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -110,6 +110,12 @@ pub(crate) async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
     } else if state.cluster.as_ref().is_some_and(|c| !c.is_healthy()) {
         // Joins and sends would get UNAVAILABLE: keep load balancers away.
         json_error(StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
+    } else if let Some(why) = state.store_health.failing() {
+        // Messages get UNAVAILABLE (reads and recovery still work).
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store cannot write: {why}"),
+        )
     } else {
         axum::Json(json!({ "status": "ok" })).into_response()
     }

@@ -29,4 +29,6 @@ pub(crate) struct HttpState {
     pub(crate) connections: TaskTracker,
     /// The backend hooks (`--hook-*`).
     pub(crate) hooks: crate::hooks::Hooks,
+    /// Whether the embedded store's writes succeed.
+    pub(crate) store_health: crate::seq::faults::StoreHealth,
 }

@@ -30,6 +30,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::seq::faults::DiskFaults;
+
 /// How often unsynced journal writes are synced, at most.
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -68,6 +70,8 @@ pub(crate) struct Journal {
     /// record: nothing more may be appended until a rotation starts a new
     /// file.
     broken: bool,
+    /// Tests: writes fail as on a full disk while set.
+    faults: Option<DiskFaults>,
 }
 
 impl Journal {
@@ -93,8 +97,14 @@ impl Journal {
             unsynced: Arc::new(AtomicBool::new(false)),
             syncer: None,
             broken: false,
+            faults: None,
         };
         Ok((journal, entries))
+    }
+
+    /// Tests: fail writes while `faults` says the disk is full.
+    pub(crate) fn inject(&mut self, faults: Option<DiskFaults>) {
+        self.faults = faults;
     }
 
     /// Starts the thread that syncs what is appended, at most `every`
@@ -170,7 +180,14 @@ impl Journal {
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
         record.extend_from_slice(body);
-        if let Err(e) = (&*self.file).write_all(&record) {
+        let written = match &self.faults {
+            // A full disk takes part of a record, then refuses the rest.
+            Some(faults) if faults.full() => (&*self.file)
+                .write_all(&record[..record.len() / 2])
+                .and_then(|()| faults.check()),
+            _ => (&*self.file).write_all(&record),
+        };
+        if let Err(e) = written {
             // A partial record would hide every later one from recovery:
             // cut the file back to its last whole record.
             if self.file.set_len(self.len).is_err() {

@@ -22,6 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::Database;
+
+use crate::seq::faults::{DiskFaults, StoreHealth};
 use roomhub_core::{
     AppendRequest, Epoch, HistoryLimits, RoomName, RoomSnapshot, SequencedMessage, Timestamp,
 };
@@ -30,7 +32,7 @@ use rustc_hash::FxHashMap;
 use crate::seq::epoch::new_epoch;
 use crate::seq::journal::{self, Journal};
 use crate::seq::store::{
-    History, JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained,
+    Db, History, JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained,
     head_of, journal_failed, open_database, restart_room, snapshot_of, stored_head, stored_history,
     table_failed, txn_failed,
 };
@@ -72,7 +74,8 @@ type Tails = FxHashMap<String, Tail>;
 
 /// The default store; see the module's documentation.
 pub struct JournaledStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
+    health: StoreHealth,
     limits: HistoryLimits,
     journal: Journal,
     aside: PathBuf,
@@ -97,18 +100,32 @@ impl JournaledStore {
         limits: HistoryLimits,
         closed: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<JournaledStore, StoreError> {
-        let db = Arc::new(open_database(dir, limits)?);
+        JournaledStore::open_with(dir, limits, closed, None, StoreHealth::default())
+    }
+
+    /// The same, reporting to `health`, on a disk that fails writes on
+    /// demand (tests).
+    pub fn open_with(
+        dir: &Path,
+        limits: HistoryLimits,
+        closed: Option<tokio::sync::oneshot::Sender<()>>,
+        faults: Option<&DiskFaults>,
+        health: StoreHealth,
+    ) -> Result<JournaledStore, StoreError> {
+        let db = open_database(dir, limits, faults)?;
         let path = dir.join(JOURNAL);
         let (mut journal, _) = Journal::open(&path)
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        journal.inject(faults.cloned());
         journal
             .sync_in_background(journal::SYNC_INTERVAL)
             .map_err(journal_failed)?;
         let aside = dir.join(SET_ASIDE);
-        let checkpointer = Checkpointer::spawn(db.clone(), limits, aside.clone())
+        let checkpointer = Checkpointer::spawn(db.clone(), limits, aside.clone(), health.clone())
             .map_err(|e| StoreError::Open(format!("the checkpoint thread: {e}")))?;
         Ok(JournaledStore {
             db,
+            health,
             limits,
             journal,
             aside,
@@ -123,6 +140,10 @@ impl JournaledStore {
 }
 
 impl History for JournaledStore {
+    fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
     /// One journal write.
     fn append_batch(
         &mut self,
@@ -191,12 +212,14 @@ impl History for JournaledStore {
         // The database's part (it may already hold some of the tails'),
         // then the tails', oldest segment first.
         let mut history: BTreeMap<u64, SequencedMessage> = BTreeMap::new();
-        if let Some((stored_epoch, stored_head)) = stored_head(&self.db, name)?
-            && stored_epoch == epoch
-        {
-            for msg in stored_history(&self.db, name, first, stored_head)? {
-                history.insert(msg.offset, msg);
+        let stored = self.db.with(|db| match stored_head(db, name)? {
+            Some((stored_epoch, stored_head)) if stored_epoch == epoch => {
+                stored_history(db, name, first, stored_head)
             }
+            _ => Ok(Vec::new()),
+        })?;
+        for msg in stored {
+            history.insert(msg.offset, msg);
         }
         let tails = self.in_flight.iter().map(|t| &**t).chain([&self.pending]);
         // A segment may still hold a lineage `history_remove` ended.
@@ -238,7 +261,7 @@ impl JournaledStore {
         if let Some(tail) = tails.into_iter().flatten().find_map(|t| t.get(room)) {
             return Ok(Some((tail.epoch.clone(), tail.head())));
         }
-        stored_head(&self.db, room)
+        self.db.with(|db| stored_head(db, room))
     }
 
     /// Forgets the set-aside segment once the database has it.
@@ -288,7 +311,7 @@ impl Drop for JournaledStore {
             .journal
             .rotate(&self.aside)
             .map_err(journal_failed)
-            .and_then(|()| apply(&self.db, self.limits, &self.pending))
+            .and_then(|()| self.db.with(|db| apply(db, self.limits, &self.pending)))
             .and_then(|()| journal::remove_segment(&self.aside).map_err(journal_failed));
         if let Err(e) = written {
             tracing::error!("store cannot checkpoint on close (the journal keeps it): {e}");
@@ -305,7 +328,12 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn spawn(db: Arc<Database>, limits: HistoryLimits, aside: PathBuf) -> std::io::Result<Self> {
+    fn spawn(
+        db: Arc<Db>,
+        limits: HistoryLimits,
+        aside: PathBuf,
+        health: StoreHealth,
+    ) -> std::io::Result<Self> {
         let (jobs, queued) = mpsc::channel::<Arc<Tails>>();
         let (report, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -313,11 +341,19 @@ impl Checkpointer {
             .spawn(move || {
                 while let Ok(segment) = queued.recv() {
                     loop {
-                        let written = apply(&db, limits, &segment)
+                        // A failed write reopens the database (`Db::with`),
+                        // so the retry finds it usable once the disk is.
+                        let written = db
+                            .with(|db| apply(db, limits, &segment))
                             .and_then(|()| journal::remove_segment(&aside).map_err(journal_failed));
                         match written {
-                            Ok(()) => break,
-                            Err(e) => tracing::error!("checkpoint failed, retrying: {e}"),
+                            Ok(()) => {
+                                health.wrote();
+                                break;
+                            }
+                            Err(e) => {
+                                health.failed(&format!("checkpoint failed, retrying: {e}"));
+                            }
                         }
                         // Retried a second later; a store that stops
                         // meanwhile leaves it to the journal.
@@ -480,7 +516,7 @@ mod tests {
             assert_eq!(offsets(&snap.messages), want, "after {n}");
         }
         drop(store);
-        let db = open_database(&dir, limits(3)).unwrap();
+        let db = open_database(&dir, limits(3), None).unwrap().get().unwrap();
         // Nothing older than the retained count is left behind.
         assert_eq!(
             offsets(&stored_history(&db, "g", 1, 20).unwrap()),
@@ -525,7 +561,10 @@ mod tests {
                 assert_eq!((&snap.epoch, snap.head), (&fresh.epoch, 1), "{every:?}");
                 assert_eq!(snap.messages, new, "{every:?} {}", d.display());
             }
-            let db = open_database(&dir, limits(10)).unwrap();
+            let db = open_database(&dir, limits(10), None)
+                .unwrap()
+                .get()
+                .unwrap();
             assert_eq!(offsets(&stored_history(&db, "g", 1, 10).unwrap()), [1]);
         }
         std::fs::remove_dir_all(&base).ok();

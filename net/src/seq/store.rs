@@ -14,7 +14,9 @@
 //! so if the data directory is lost, clients are told `recovered: false`
 //! rather than handed offsets from a different history.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use roomhub_core::{
@@ -22,6 +24,7 @@ use roomhub_core::{
 };
 
 use crate::seq::epoch::new_epoch;
+use crate::seq::faults::{DiskFaults, FaultyFile, StoreHealth};
 use crate::seq::journal::{self, Entry};
 
 /// room → (epoch, head offset).
@@ -110,15 +113,136 @@ pub(crate) fn codec_failed(e: impl std::fmt::Display) -> StoreError {
     StoreError::Codec(e.to_string())
 }
 
+impl StoreError {
+    /// A failure of the database's own reads or writes (a full disk, an
+    /// I/O error), after which redb must be opened again.
+    fn is_io(&self) -> bool {
+        matches!(self, StoreError::Transaction(_) | StoreError::Table(_))
+    }
+}
+
+/// The database file in a data directory.
+const DATABASE: &str = "roomhub.redb";
+
+/// Opens (or creates) the database file, through the test's failing disk
+/// when there is one.
+fn create_database(path: &Path, faults: Option<&DiskFaults>) -> Result<Database, StoreError> {
+    let opened = match faults {
+        None => Database::create(path),
+        Some(faults) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+            let backend = FaultyFile::new(file, faults.clone())
+                .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+            redb::Builder::new().create_with_backend(backend)
+        }
+    };
+    opened.map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))
+}
+
+/// The database, opened again after a failed read or write: once a write
+/// fails (a full disk), redb refuses every later transaction
+/// (`PreviousIo`) until it is reopened, which repairs it to its last
+/// commit. Each user takes a handle for one operation.
+pub(crate) struct Db {
+    path: PathBuf,
+    faults: Option<DiskFaults>,
+    slot: Mutex<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for the handles in use to be given back.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+impl Db {
+    fn new(path: PathBuf, db: Database, faults: Option<DiskFaults>) -> Arc<Db> {
+        Arc::new(Db {
+            path,
+            faults,
+            slot: Mutex::new(Some(Arc::new(db))),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Database>>> {
+        // A panic while holding the lock leaves a plain value; go on.
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A handle for one operation; a database closed by a reopen that
+    /// failed is opened again first.
+    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = self.lock();
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(create_database(&self.path, self.faults.as_ref())?);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `op` on the database; an I/O failure reopens it, so that the
+    /// next operation finds it usable again (if the disk is).
+    pub(crate) fn with<T>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.get()?;
+        let result = op(&db);
+        drop(db);
+        if let Err(e) = &result
+            && e.is_io()
+            && let Err(again) = self.reopen()
+        {
+            tracing::warn!("cannot reopen the database after \"{e}\": {again}");
+        }
+        result
+    }
+
+    /// Closes the database (once every handle is given back) and opens it
+    /// again.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.lock();
+        if let Some(mut db) = slot.take() {
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        db = shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(StoreError::Open("the database is still in use".into()));
+                    }
+                }
+            }
+        }
+        // Left closed if this fails: the next `get` tries again.
+        *slot = Some(Arc::new(create_database(&self.path, self.faults.as_ref())?));
+        Ok(())
+    }
+}
+
 /// Opens (or creates) the database in `dir` and applies what an earlier
 /// run journaled past its last checkpoint (the segment set aside, then the
 /// journal), in one synced commit; both are empty afterwards.
-pub(crate) fn open_database(dir: &Path, limits: HistoryLimits) -> Result<Database, StoreError> {
+pub(crate) fn open_database(
+    dir: &Path,
+    limits: HistoryLimits,
+    faults: Option<&DiskFaults>,
+) -> Result<Arc<Db>, StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
-    let path = dir.join("roomhub.redb");
-    let db = Database::create(&path)
-        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    let path = dir.join(DATABASE);
+    let db = create_database(&path, faults)?;
     let txn = db.begin_write().map_err(txn_failed)?;
     txn.open_table(ROOMS).map_err(table_failed)?;
     txn.open_table(MESSAGES).map_err(table_failed)?;
@@ -136,7 +260,7 @@ pub(crate) fn open_database(dir: &Path, limits: HistoryLimits) -> Result<Databas
     if current.exists() {
         std::fs::File::create(&current).map_err(|e| unreadable(&current, e))?;
     }
-    Ok(db)
+    Ok(Db::new(path, db, faults.cloned()))
 }
 
 /// Applies journal entries the database may have lost, in one synced
@@ -281,6 +405,9 @@ pub(crate) fn snapshot_of(
 /// What both durable stores answer for the hub: its appends and its room
 /// opens.
 pub trait History {
+    /// Whether its writes succeed, for the health check.
+    fn health(&self) -> &StoreHealth;
+
     /// Sequences and stores a batch, stored as [`Fsync`] says before this
     /// returns. All or nothing: on error none of them is stored.
     fn append_batch(
@@ -312,7 +439,12 @@ pub trait History {
     /// receipt, or a failure for each.
     fn answer_appends(&mut self, batch: Vec<AppendRequest>) -> Vec<Input> {
         let mut answers = Vec::with_capacity(batch.len() * 2);
-        match self.append_batch(batch.clone()) {
+        let result = self.append_batch(batch.clone());
+        match &result {
+            Ok(_) => self.health().wrote(),
+            Err(e) => self.health().failed(e),
+        }
+        match result {
             Ok(stored) => {
                 for msg in stored {
                     let receipt = msg.receipt();
@@ -344,78 +476,103 @@ pub trait History {
 /// it is acknowledged. It runs on its own thread
 /// ([`crate::seq::store_task`]), so the hub goes on while the disk syncs.
 pub struct Store {
-    db: Database,
+    db: Arc<Db>,
     limits: HistoryLimits,
+    health: StoreHealth,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`, applying what a journal left
     /// by an earlier run in the default mode holds.
     pub fn open(dir: &Path, limits: HistoryLimits) -> Result<Store, StoreError> {
+        Store::open_with(dir, limits, None, StoreHealth::default())
+    }
+
+    /// The same, reporting to `health`, on a disk that fails writes on
+    /// demand (tests).
+    pub fn open_with(
+        dir: &Path,
+        limits: HistoryLimits,
+        faults: Option<&DiskFaults>,
+        health: StoreHealth,
+    ) -> Result<Store, StoreError> {
         Ok(Store {
-            db: open_database(dir, limits)?,
+            db: open_database(dir, limits, faults)?,
             limits,
+            health,
         })
     }
 }
 
 impl History for Store {
+    fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
     /// One synced commit.
     fn append_batch(
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<SequencedMessage>, StoreError> {
-        let txn = self.db.begin_write().map_err(txn_failed)?;
-        let mut stored = Vec::with_capacity(batch.len());
-        {
-            let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
-            let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
-            for request in batch {
-                let name = request.room.as_str().to_string();
-                let (epoch, head) = head_of(&rooms, &name)?.unwrap_or_else(|| (new_epoch(), 0));
-                let offset = head + 1;
-                let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
-                let json = serde_json::to_vec(&msg).map_err(codec_failed)?;
-                let at = Position {
-                    room: &name,
-                    epoch: &epoch,
-                    offset,
-                };
-                put(&mut rooms, &mut messages, self.limits, at, &json)?;
-                stored.push(msg);
+        let limits = self.limits;
+        self.db.with(|db| {
+            let txn = db.begin_write().map_err(txn_failed)?;
+            let mut stored = Vec::with_capacity(batch.len());
+            {
+                let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
+                let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+                for request in batch {
+                    let name = request.room.as_str().to_string();
+                    let (epoch, head) = head_of(&rooms, &name)?.unwrap_or_else(|| (new_epoch(), 0));
+                    let offset = head + 1;
+                    let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
+                    let json = serde_json::to_vec(&msg).map_err(codec_failed)?;
+                    let at = Position {
+                        room: &name,
+                        epoch: &epoch,
+                        offset,
+                    };
+                    put(&mut rooms, &mut messages, limits, at, &json)?;
+                    stored.push(msg);
+                }
             }
-        }
-        txn.commit().map_err(txn_failed)?;
-        Ok(stored)
+            txn.commit().map_err(txn_failed)?;
+            Ok(stored)
+        })
     }
 
     /// One synced commit.
     fn end_lineage(&mut self, room: &RoomName) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(txn_failed)?;
-        {
-            let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
-            let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
-            restart_room(&mut rooms, &mut messages, room.as_str(), &new_epoch())?;
-        }
-        txn.commit().map_err(txn_failed)
+        self.db.with(|db| {
+            let txn = db.begin_write().map_err(txn_failed)?;
+            {
+                let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
+                let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+                restart_room(&mut rooms, &mut messages, room.as_str(), &new_epoch())?;
+            }
+            txn.commit().map_err(txn_failed)
+        })
     }
 
     fn snapshot(&mut self, room: &RoomName, now: Timestamp) -> Result<RoomSnapshot, StoreError> {
-        let name = room.as_str();
-        let Some((epoch, head)) = stored_head(&self.db, name)? else {
-            let epoch = new_epoch();
-            let txn = self.db.begin_write().map_err(txn_failed)?;
-            {
-                let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
-                rooms
-                    .insert(name, (epoch.as_str(), 0))
-                    .map_err(table_failed)?;
-            }
-            txn.commit().map_err(txn_failed)?;
-            return Ok(snapshot_of(room, &epoch, 0, Vec::new(), now, self.limits));
-        };
-        let history = stored_history(&self.db, name, first_retained(head, self.limits), head)?;
-        Ok(snapshot_of(room, &epoch, head, history, now, self.limits))
+        let limits = self.limits;
+        self.db.with(|db| {
+            let name = room.as_str();
+            let Some((epoch, head)) = stored_head(db, name)? else {
+                let epoch = new_epoch();
+                let txn = db.begin_write().map_err(txn_failed)?;
+                {
+                    let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
+                    rooms
+                        .insert(name, (epoch.as_str(), 0))
+                        .map_err(table_failed)?;
+                }
+                txn.commit().map_err(txn_failed)?;
+                return Ok(snapshot_of(room, &epoch, 0, Vec::new(), now, limits));
+            };
+            let history = stored_history(db, name, first_retained(head, limits), head)?;
+            Ok(snapshot_of(room, &epoch, head, history, now, limits))
+        })
     }
 }
 

@@ -1,0 +1,136 @@
+//! A full disk under the embedded store, through the real server: the
+//! store's writes fail on demand (the journal's, and the database's through
+//! a redb storage backend), never the test machine's disk. Messages get
+//! `UNAVAILABLE` and nothing else breaks: reads and recovery keep working,
+//! the health check says so, and writes succeed again once there is room;
+//! what was acknowledged is all there after a restart, and nothing else.
+
+use std::time::Duration;
+
+use roomhub_net::seq::faults::DiskFaults;
+use roomhub_net::seq::store::Fsync;
+use roomhub_tests::server::{Client, TestServer};
+use serde_json::{Value, json};
+
+async fn say(c: &mut Client, content: &str) -> Value {
+    c.send_json(json!({"type": "send_message", "room": "g", "id": content, "payload": {"content": content}}))
+        .await;
+    loop {
+        let f = c.recv().await;
+        if f["id"] == content && (f["type"] == "ack" || f["type"] == "error") {
+            return f;
+        }
+    }
+}
+
+async fn healthz(s: &TestServer) -> u16 {
+    s.get("/healthz").await.0
+}
+
+async fn history(c: &mut Client) -> Vec<String> {
+    c.send_json(json!({"type": "history", "room": "g", "id": "h", "payload": {"limit": 100}}))
+        .await;
+    let page = c.recv_type("history").await;
+    roomhub_tests::contents(&page["payload"]["messages"])
+}
+
+/// Polls `check` for up to 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_messages_and_recovers() {
+    for fsync in [Fsync::Background, Fsync::Always] {
+        let dir =
+            std::env::temp_dir().join(format!("roomhub-disk-{}-{fsync:?}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let faults = DiskFaults::default();
+        let start = |faults: Option<DiskFaults>| {
+            let dir = dir.clone();
+            TestServer::start_with(move |c| {
+                c.core.rate_limit_per_second = 0;
+                c.data_dir = Some(dir);
+                c.fsync = fsync;
+                c.disk_faults = faults;
+            })
+        };
+        let s = start(Some(faults.clone())).await;
+        let mut alice = s.member("alice", "g").await;
+        let mut bob = s.member("bob", "g").await;
+        assert_eq!(say(&mut alice, "m1").await["type"], "ack");
+
+        if fsync == Fsync::Background {
+            // The disk fills between a journal write and its checkpoint:
+            // acks go on (the journal has them); the checkpoint fails and
+            // is retried; the health check reports it.
+            faults.set_database_full(true);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert_eq!(say(&mut alice, "m2").await["type"], "ack");
+            eventually("the failed checkpoint is reported", async || {
+                healthz(&s).await == 503
+            })
+            .await;
+            assert_eq!(say(&mut alice, "m3").await["type"], "ack");
+            faults.set_database_full(false);
+            eventually("the retried checkpoint succeeds", async || {
+                healthz(&s).await == 200
+            })
+            .await;
+        }
+
+        // The whole disk is full: messages are refused, nothing else is.
+        faults.set_full(true);
+        let refused = say(&mut alice, "lost").await;
+        assert_eq!(
+            refused["payload"]["code"], "UNAVAILABLE",
+            "{fsync:?}: {refused}"
+        );
+        assert_eq!(healthz(&s).await, 503);
+        let kept = if fsync == Fsync::Background {
+            vec!["m1", "m2", "m3"]
+        } else {
+            vec!["m1"]
+        };
+        assert_eq!(history(&mut bob).await, kept, "{fsync:?}: reads work");
+        // Recovery from an open room works too.
+        bob.send_json(json!({"type": "leave_room", "room": "g", "id": "bye"}))
+            .await;
+        bob.recv_type("ack").await;
+        let epoch = alice.join("g").await["payload"]["epoch"].clone();
+        bob.send_json(json!({"type": "join_room", "payload": {"room_id": "g", "since": {"offset": 0, "epoch": epoch}}}))
+            .await;
+        let info = bob.recv_type("room_info").await;
+        assert_eq!(info["payload"]["recovered"], true, "{fsync:?}: {info}");
+
+        // Room again: the next message is stored, after the last acked.
+        faults.set_full(false);
+        let ack = say(&mut alice, "m4").await;
+        assert_eq!(ack["type"], "ack", "{fsync:?}: {ack}");
+        assert_eq!(
+            ack["payload"]["offset"].as_u64(),
+            Some(kept.len() as u64 + 1),
+            "{ack}"
+        );
+        eventually("healthy again", async || healthz(&s).await == 200).await;
+        drop((alice, bob));
+        s.shutdown().await;
+
+        let s = start(None).await;
+        let mut carol = s.member("carol", "g").await;
+        let mut want = kept.clone();
+        want.push("m4");
+        assert_eq!(
+            history(&mut carol).await,
+            want,
+            "{fsync:?}: after a restart"
+        );
+        drop(carol);
+        s.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
