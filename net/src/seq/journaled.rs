@@ -212,7 +212,7 @@ impl History for JournaledStore {
         // The database's part (it may already hold some of the tails'),
         // then the tails', oldest segment first.
         let mut history: BTreeMap<u64, SequencedMessage> = BTreeMap::new();
-        let stored = self.db.with(|db| match stored_head(db, name)? {
+        let stored = self.db.read(|db| match stored_head(db, name)? {
             Some((stored_epoch, stored_head)) if stored_epoch == epoch => {
                 stored_history(db, name, first, stored_head)
             }
@@ -261,7 +261,7 @@ impl JournaledStore {
         if let Some(tail) = tails.into_iter().flatten().find_map(|t| t.get(room)) {
             return Ok(Some((tail.epoch.clone(), tail.head())));
         }
-        self.db.with(|db| stored_head(db, room))
+        self.db.read(|db| stored_head(db, room))
     }
 
     /// Forgets the set-aside segment once the database has it.
@@ -339,7 +339,16 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("roomhub-checkpoint".into())
             .spawn(move || {
-                while let Ok(segment) = queued.recv() {
+                loop {
+                    let segment = match queued.recv_timeout(CHECKPOINT_INTERVAL) {
+                        Ok(segment) => segment,
+                        // Idle: a reopen the hub's reads asked for.
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            db.reopen_if_asked();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
                     loop {
                         // A failed write reopens the database (`Db::with`),
                         // so the retry finds it usable once the disk is.

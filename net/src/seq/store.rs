@@ -153,6 +153,9 @@ pub(crate) struct Db {
     path: PathBuf,
     faults: Option<DiskFaults>,
     slot: Mutex<Option<Arc<Database>>>,
+    /// A read on the hub's thread failed: the checkpoint thread reopens
+    /// the database (the hub never waits for that).
+    reopen_asked: std::sync::atomic::AtomicBool,
 }
 
 /// How long a reopen waits for the handles in use to be given back.
@@ -164,7 +167,41 @@ impl Db {
             path,
             faults,
             slot: Mutex::new(Some(Arc::new(db))),
+            reopen_asked: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Runs a read for the hub's thread: never waits for a reopen; a
+    /// failure asks the checkpoint thread for one
+    /// ([`Db::reopen_if_asked`]).
+    pub(crate) fn read<T>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self
+            .lock()
+            .clone()
+            .ok_or_else(|| StoreError::Open("the database is being reopened; retry".into()))?;
+        let result = op(&db);
+        if result.as_ref().is_err_and(StoreError::is_io) {
+            self.reopen_asked
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        result
+    }
+
+    /// Reopens the database if a read asked for it (or it is closed).
+    pub(crate) fn reopen_if_asked(&self) {
+        let asked = self
+            .reopen_asked
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if (asked || self.lock().is_none())
+            && let Err(e) = self.reopen()
+        {
+            tracing::warn!("cannot reopen the database: {e}");
+            self.reopen_asked
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Database>>> {
