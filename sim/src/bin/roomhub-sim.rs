@@ -19,9 +19,9 @@ struct Args {
     start: u64,
     /// Fault kinds to draw from, comma-separated (default: all). Kinds:
     /// latency, partition, hold, slow-consumer, half-open, abrupt-disconnect,
-    /// reconnect-storm, bounce, token-expiry, rate-burst, and for cluster
-    /// worlds broker-partition, node-crash (and with several brokers,
-    /// broker-wipe).
+    /// reconnect-storm, bounce, token-expiry, rate-burst, repeated-drops,
+    /// and for cluster worlds broker-partition, node-crash (and with several
+    /// brokers, broker-wipe).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Clients per world.
@@ -38,6 +38,16 @@ struct Args {
     /// Cluster worlds: broker hosts the rooms are sharded over.
     #[arg(long, default_value_t = 1)]
     brokers: usize,
+    /// The server's per-connection send queue, in bytes (default: the
+    /// standard world's 2 KiB, small so that slow consumers are closed
+    /// within seconds; worlds with many clients per room need more for
+    /// their presence bursts).
+    #[arg(long)]
+    send_queue_bytes: Option<usize>,
+    /// Every fault kind listed is injected (otherwise each with
+    /// probability 1/2).
+    #[arg(long)]
+    every_fault: bool,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +88,8 @@ fn main() -> ExitCode {
         let world = WorldConfig {
             faults: faults.clone(),
             clients: args.clients,
+            send_queue_bytes: args.send_queue_bytes.unwrap_or(base.send_queue_bytes),
+            every_fault: args.every_fault || base.every_fault,
             ..base
         };
         let outcome = run_world(&world);
