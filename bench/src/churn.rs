@@ -82,14 +82,6 @@ async fn churn(target: &Target, range: std::ops::Range<usize>, opts: &Opts) -> V
         .await
 }
 
-/// The server's `roomhub_rooms` gauge.
-async fn rooms_now(target: &Target) -> Option<u64> {
-    let body = fleet::metrics(target).await?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("roomhub_rooms ")?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
 pub async fn run(
     target: &Target,
     opts: &Opts,
@@ -107,7 +99,9 @@ pub async fn run(
     let online_after = fleet::wait_online(target, 0, Duration::from_secs(10)).await;
     // The hub closes a deserted room at once; its gauge is copied each pass.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rooms_after = rooms_now(target).await;
+    let rooms_after = fleet::metric_now(target, "roomhub_rooms")
+        .await
+        .map(|v| v as u64);
     let after = rss();
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     Ok(Report {

@@ -10,7 +10,6 @@
 //! measured against (what was acked is what must arrive).
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -103,10 +102,7 @@ impl Totals {
         self.first_failure.borrow_mut().get_or_insert(why);
     }
 
-    fn record(&self, seen: &mut Seen, frame: &str) {
-        let Some(offset) = client::number(frame, "\"offset\":") else {
-            return;
-        };
+    fn record(&self, seen: &mut Seen, offset: u64) {
         let Ok(at) = usize::try_from(offset) else {
             return;
         };
@@ -147,18 +143,34 @@ fn reset(ws: Ws) {
 
 /// One member: connect, join (with `since` after the first time), read
 /// until its reset falls due, reset, stay away, again, until `stop`.
-async fn member(
-    target: &Target,
-    index: usize,
-    room: String,
-    opts: &Opts,
-    publishing: &Cell<bool>,
-    stop: &Cell<bool>,
-    totals: &Totals,
-) -> Seen {
+/// What every member shares.
+struct Shared<'a> {
+    target: &'a Target,
+    opts: &'a Opts,
+    publishing: &'a Cell<bool>,
+    stop: &'a Cell<bool>,
+    totals: &'a Totals,
+    /// First connections in flight at most (`--concurrency`).
+    first_joins: &'a tokio::sync::Semaphore,
+}
+
+async fn member(shared: &Shared<'_>, index: usize, room: String) -> Seen {
+    let Shared {
+        target,
+        opts,
+        publishing,
+        stop,
+        totals,
+        first_joins,
+    } = *shared;
     let mut seen = Seen::new(opts.messages);
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0x2545_F491));
     while !stop.get() {
+        // Before the first join, a place among the handshakes in flight.
+        let permit = match seen.epoch {
+            None => first_joins.acquire().await.ok(),
+            Some(_) => None,
+        };
         let started = Instant::now();
         let mut ws = match target.connect(index, &fleet::user(index)).await {
             Ok(ws) => ws,
@@ -169,59 +181,43 @@ async fn member(
             }
         };
         let since = seen.epoch.clone().map(|e| (e, seen.last));
-        let request = match &since {
-            Some((epoch, offset)) => format!(
-                r#"{{"type":"join_room","payload":{{"room_id":"{room}","since":{{"epoch":"{epoch}","offset":{offset}}}}}}}"#
-            ),
-            None => format!(r#"{{"type":"join_room","payload":{{"room_id":"{room}"}}}}"#),
-        };
-        if let Err(e) = client::send(&mut ws, request).await {
-            totals.failed(format!("client {index}: {e}"));
-            continue;
-        }
-        // Until the room_info: the replay.
-        let joined = loop {
-            let Some(frame) = client::next_text(&mut ws).await else {
-                break false;
-            };
-            match client::kind(&frame) {
-                Kind::NewMessage => totals.record(&mut seen, &frame),
-                Kind::RoomInfo => {
-                    if since.is_some() {
-                        let us = started.elapsed().as_micros() as u64;
-                        if let Some(h) = totals.replay_us.borrow_mut().as_mut() {
-                            let _ = h.record(us.max(1));
-                        }
-                        if !frame.contains("\"recovered\":true") {
-                            Totals::bump(&totals.not_recovered);
-                        }
-                    }
-                    let epoch = client::string(&frame, "\"epoch\":\"").map(str::to_string);
-                    if epoch != seen.epoch && seen.epoch.is_some() {
-                        // A new lineage: what came before cannot be compared.
-                        seen = Seen::new(opts.messages);
-                    }
-                    seen.epoch = epoch;
-                    break true;
-                }
-                Kind::Error => {
-                    totals.failed(format!("client {index}: {}", frame.as_str()));
-                    break false;
-                }
-                _ => {}
+        let since_ref = since.as_ref().map(|(e, o)| (e.as_str(), *o));
+        let (info, replayed) = match client::join(&mut ws, &room, since_ref).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                totals.failed(format!("client {index}: {e}"));
+                continue;
             }
         };
-        if !joined {
-            continue;
+        drop(permit);
+        for offset in replayed {
+            totals.record(&mut seen, offset);
         }
+        if since.is_some() {
+            let us = started.elapsed().as_micros() as u64;
+            if let Some(h) = totals.replay_us.borrow_mut().as_mut() {
+                let _ = h.record(us.max(1));
+            }
+            if !info.contains("\"recovered\":true") {
+                Totals::bump(&totals.not_recovered);
+            }
+        }
+        let epoch = client::string(&info, "\"epoch\":\"").map(str::to_string);
+        if epoch != seen.epoch && seen.epoch.is_some() {
+            // A new lineage: what came before cannot be compared.
+            seen = Seen::new(opts.messages);
+        }
+        seen.epoch = epoch;
         let mut reset_at =
             tokio::time::Instant::now() + rng.between(opts.reset_min, opts.reset_max);
         let due = loop {
             tokio::select! {
                 frame = client::next_text(&mut ws) => match frame {
                     Some(frame) => {
-                        if client::kind(&frame) == Kind::NewMessage {
-                            totals.record(&mut seen, &frame);
+                        if client::kind(&frame) == Kind::NewMessage
+                            && let Some(offset) = client::number(&frame, "\"offset\":")
+                        {
+                            totals.record(&mut seen, offset);
                         }
                         if stop.get() {
                             break false;
@@ -311,24 +307,19 @@ pub async fn run(
     let generator_before = procstat::own();
     let started = Instant::now();
     // Members join first, a few at a time.
-    let gate = Rc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
-    let members = futures_util::future::join_all((0..opts.clients).map(|i| {
-        let gate = gate.clone();
-        async move {
-            let permit = gate.acquire().await.ok();
-            drop(permit);
-            member(
-                target,
-                i,
-                fleet::room(i % rooms),
-                opts,
-                publishing,
-                stop,
-                totals,
-            )
-            .await
-        }
-    }));
+    let first_joins = tokio::sync::Semaphore::new(opts.concurrency.max(1));
+    let shared = Shared {
+        target,
+        opts,
+        publishing,
+        stop,
+        totals,
+        first_joins: &first_joins,
+    };
+    let shared = &shared;
+    let members = futures_util::future::join_all(
+        (0..opts.clients).map(|i| member(shared, i, fleet::room(i % rooms))),
+    );
     let run = async {
         // Everyone in before the first message.
         fleet::wait_online(target, opts.clients as u64, Duration::from_secs(60)).await;

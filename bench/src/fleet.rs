@@ -58,24 +58,26 @@ pub async fn online(target: &Target) -> Option<u64> {
 /// (`None` for a server without them, such as `roomhub-floor`).
 pub async fn write_counters(target: &Target) -> Option<(f64, f64)> {
     let body = http_get(target, "/metrics").await?;
-    let value = |name: &str| {
-        body.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
     Some((
-        value("roomhub_messages_sent_total")?,
-        value("roomhub_socket_writes_total")?,
+        metric(&body, "roomhub_messages_sent_total")?,
+        metric(&body, "roomhub_socket_writes_total")?,
     ))
 }
 
-/// The server's `/metrics` text.
-pub async fn metrics(target: &Target) -> Option<String> {
-    http_get(target, "/metrics").await
+/// The server's unlabelled `/metrics` value `name`.
+pub async fn metric_now(target: &Target, name: &str) -> Option<f64> {
+    metric(&http_get(target, "/metrics").await?, name)
+}
+
+/// An unlabelled counter or gauge in a `/metrics` text.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    })
 }
 
 async fn http_get(target: &Target, path: &str) -> Option<String> {

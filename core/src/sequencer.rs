@@ -200,7 +200,7 @@ impl MemorySequencer {
         let max_age_ms = self.limits.max_age_ms;
         let room = self.room_mut(name);
         let freed = room.trim_by_age(now, max_age_ms);
-        let room = RoomSnapshot {
+        let snapshot = RoomSnapshot {
             room: name.clone(),
             epoch: room.epoch.clone(),
             head: room.head,
@@ -208,7 +208,7 @@ impl MemorySequencer {
             presence: Vec::new(),
         };
         self.bytes -= freed;
-        room
+        snapshot
     }
 
     /// Forgets the room: its next append or snapshot starts a new epoch.

@@ -189,6 +189,23 @@ impl TestServer {
     }
 }
 
+/// Polls `check` until it holds, for at most [`PATIENCE`]; panics naming
+/// `what` otherwise.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}
+
 pub fn token_for(user: &str, ttl: Duration) -> String {
     let spec = TokenSpec {
         user: user.to_string(),

@@ -12,7 +12,7 @@ use roomhub_net::cluster::sharded::{shard_of, slot_of};
 use roomhub_tests::contents;
 use roomhub_tests::proxy::Proxy;
 use roomhub_tests::redis::{RedisCluster, RedisServer};
-use roomhub_tests::server::{Client, PATIENCE, TestServer, http_post};
+use roomhub_tests::server::{Client, PATIENCE, TestServer, eventually, http_post};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -110,22 +110,6 @@ async fn say(c: &mut Client, room: &str, content: &str, id: &str) {
         json!({"type": "send_message", "room": room, "id": id, "payload": {"content": content}}),
     )
     .await;
-}
-
-/// Polls `check` until it holds, for at most [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 async fn online(node: &TestServer) -> u64 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use roomhub_net::seq::faults::DiskFaults;
 use roomhub_net::seq::store::Fsync;
-use roomhub_tests::server::{Client, TestServer};
+use roomhub_tests::server::{Client, TestServer, eventually};
 use serde_json::{Value, json};
 
 async fn say(c: &mut Client, content: &str) -> Value {
@@ -32,15 +32,6 @@ async fn history(c: &mut Client) -> Vec<String> {
         .await;
     let page = c.recv_type("history").await;
     roomhub_tests::contents(&page["payload"]["messages"])
-}
-
-/// Polls `check` for up to 10 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! per-address connection limits.
 
 use roomhub_net::config::PerIpLimits;
-use roomhub_tests::server::{Client, TestServer};
+use roomhub_tests::server::{Client, TestServer, eventually};
 
 async fn attempt(s: &TestServer, user: &str) -> Result<Client, (u16, serde_json::Value)> {
     Client::connect(format!("{}?token={}", s.url(), s.token(user)))
@@ -230,12 +230,10 @@ async fn churn_leaves_nothing_behind() {
             }
         })
         .await;
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while (s.online(), s.metric("roomhub_rooms").await) != (0, 0)
-        && tokio::time::Instant::now() < until
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("no connection and no room left", async || {
+        (s.online(), s.metric("roomhub_rooms").await) == (0, 0)
+    })
+    .await;
     assert_eq!((s.online(), s.metric("roomhub_rooms").await), (0, 0));
     // Every address slot came back: the limit admits a full 8 again.
     let mut held = Vec::new();

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use roomhub_tests::server::{Client, TestServer};
+use roomhub_tests::server::{Client, TestServer, eventually};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -852,19 +852,16 @@ async fn connection_floods_from_one_address_are_bounded() {
         let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "a half-open request outlived its timeout");
     }
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while s.online() != held.len() && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the held connections counted online", async || {
+        s.online() == held.len()
+    })
+    .await;
     assert_eq!(s.online(), held.len());
     drop(held);
     // A second later the address is welcome again, and nothing is left.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut c = s.client("after").await;
     c.join("g").await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while s.online() != 1 && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("only the last client online", async || s.online() == 1).await;
     assert_eq!(s.online(), 1, "only the last client is left");
 }
