@@ -1347,15 +1347,19 @@ impl Hub {
     }
 
     /// Keeps every open room's history within `history_max_bytes`
-    /// together: checked after each sixteenth of the bound added, and when
-    /// over, the rooms with the oldest latest message lose their history
-    /// first (whole rooms, down to nine tenths of the bound). A member who
-    /// rejoins such a room from before its head is told `recovered: false`.
+    /// together: counted after each sixteenth of the bound added, and when
+    /// over fifteen sixteenths (so that what arrives before the next count
+    /// stays within the bound), the rooms with the oldest latest message
+    /// lose their history first (whole rooms, down to nine tenths of that).
+    /// A member who rejoins such a room from before its head is told
+    /// `recovered: false`.
     fn check_history_bound(&mut self) {
         let bound = self.config.history_max_bytes;
-        if bound == 0 || self.history_added <= bound / 16 {
+        let step = bound / 16;
+        if bound == 0 || self.history_added <= step {
             return;
         }
+        let bound = bound - step;
         self.history_added = 0;
         let mut total = 0;
         let mut held: Vec<(u64, RoomName)> = Vec::new();

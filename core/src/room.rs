@@ -177,10 +177,10 @@ pub(crate) struct Logged {
 }
 
 impl Logged {
-    /// The memory a retained message holds: its frame, its entry in the
-    /// ring, and the frame's allocation header.
+    /// The heap a retained message holds besides its slot in the ring:
+    /// its frame and the frame's allocation headers.
     pub(crate) fn cost(&self) -> usize {
-        self.frame.len() + std::mem::size_of::<Logged>() + 32
+        self.frame.len() + 32
     }
 }
 
@@ -211,7 +211,8 @@ pub(crate) struct RoomLog {
     /// The head when the room was opened: messages up to it came with the
     /// snapshot, not through delivery, so their receipts ack at once.
     pub(crate) opened_head: u64,
-    /// What the retained messages hold, as [`Logged::cost`] counts it.
+    /// What the retained messages hold, as [`Logged::cost`] counts it
+    /// (their slots in `ring` are counted by its capacity).
     bytes: usize,
     /// The hub's activity count at this room's latest message: the history
     /// bound trims the rooms with the oldest first.
@@ -261,14 +262,16 @@ impl RoomLog {
         }
     }
 
-    /// What the retained messages hold.
+    /// What the retained messages hold, with every slot the ring has
+    /// allocated (a ring grown to a thousand slots keeps them when it
+    /// empties by age or count).
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.ring.capacity() * std::mem::size_of::<Logged>()
     }
 
     /// Forgets the retained tail: the history continues after a hole.
     pub(crate) fn restart_at(&mut self, head: u64) {
-        self.ring.clear();
+        self.ring = VecDeque::new();
         self.bytes = 0;
         self.head = head;
     }

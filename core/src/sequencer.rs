@@ -49,20 +49,22 @@ struct SeqRoom {
     epoch: Epoch,
     head: u64,
     history: VecDeque<SequencedMessage>,
-    /// What `history` holds, as [`cost`] counts it.
+    /// What `history` holds, as [`cost`] counts it, and every slot
+    /// `history` has allocated.
     bytes: usize,
     /// Key in `MemorySequencer::by_use`.
     used: u64,
 }
 
-/// The memory a kept message holds: its text, its sender, and the rest.
+/// The heap a kept message holds besides its slot in a room's history:
+/// its text, its sender, its id and their allocation headers.
 fn cost(msg: &SequencedMessage) -> usize {
-    msg.content.len()
-        + msg.sender.id.len()
-        + msg.sender.name.len()
-        + msg.id.len()
-        + std::mem::size_of::<SequencedMessage>()
-        + 96
+    msg.content.len() + msg.sender.id.len() + msg.sender.name.len() + msg.id.len() + 96
+}
+
+/// The heap a room's history holds for its slots.
+fn slots(history: &VecDeque<SequencedMessage>) -> usize {
+    history.capacity() * std::mem::size_of::<SequencedMessage>()
 }
 
 impl SeqRoom {
@@ -156,9 +158,10 @@ impl MemorySequencer {
         let room = self.room_mut(&request.room);
         room.head += 1;
         let msg = SequencedMessage::new(request, room.epoch.clone(), room.head);
-        let added = cost(&msg);
-        room.bytes += added;
+        let slots_before = slots(&room.history);
         room.history.push_back(msg.clone());
+        let added = cost(&msg) + slots(&room.history) - slots_before;
+        room.bytes += added;
         let mut freed = 0;
         while room.history.len() > limits.max_messages {
             freed += room.pop_oldest();
@@ -183,7 +186,7 @@ impl MemorySequencer {
             }
             if let Some(room) = self.rooms.get_mut(&name) {
                 self.bytes -= room.bytes;
-                room.history.clear();
+                room.history = VecDeque::new();
                 room.bytes = 0;
             }
         }
@@ -270,43 +273,57 @@ mod tests {
         }
     }
 
-    /// Over the byte bound the least recently used room loses its history
-    /// first, and keeps its epoch and head; the count stays exact.
-    #[test]
-    fn the_byte_bound_trims_the_least_recently_used_rooms_first() {
-        // What one message of these costs (same-length texts and ids).
-        let mut probe = MemorySequencer::new(1, limits(100, 10));
-        probe.append(append_request("z", 0));
-        let one = probe.history_bytes();
-        let mut s = MemorySequencer::new(
-            1,
-            HistoryLimits {
-                max_bytes: one * 10,
-                ..limits(100, 10)
-            },
-        );
+    /// What the rooms' histories hold, counted again from scratch.
+    fn recount(s: &MemorySequencer) -> usize {
+        s.rooms
+            .values()
+            .map(|r| r.history.iter().map(cost).sum::<usize>() + slots(&r.history))
+            .sum()
+    }
+
+    /// Four messages each to "a" and "b", one more to "b", then `c` to "c".
+    fn fill(s: &mut MemorySequencer, c: u64) {
         for t in 0..4 {
             for room in ["a", "b"] {
                 s.append(append_request(room, t));
             }
         }
-        assert_eq!(s.history_bytes(), one * 8);
-        // "a" was used last before "b"'s latest: more messages to "c" push
-        // the total over the bound, and "a" goes first.
         s.append(append_request("b", 5));
-        for t in 6..9 {
+        for t in 6..6 + c {
             s.append(append_request("c", t));
         }
+    }
+
+    /// Over the byte bound the least recently used room loses its history
+    /// first, and keeps its epoch and head; the count (messages and the
+    /// slots their rooms allocated) stays exact.
+    #[test]
+    fn the_byte_bound_trims_the_least_recently_used_rooms_first() {
+        // The bound is crossed by the first message to "c".
+        let mut probe = MemorySequencer::new(1, limits(100, 10));
+        fill(&mut probe, 1);
+        let mut s = MemorySequencer::new(
+            1,
+            HistoryLimits {
+                max_bytes: probe.history_bytes() - 1,
+                ..limits(100, 10)
+            },
+        );
+        fill(&mut s, 3);
         let (a, b, c) = ["a", "b", "c"]
             .map(|r| RoomName::parse(r, 64).unwrap())
             .into();
+        // "a" was used last before "b"'s latest: it goes first, and alone.
         let snap_a = s.snapshot(&a, Timestamp(9));
         assert_eq!((snap_a.head, snap_a.messages.len()), (4, 0));
         assert_eq!(s.snapshot(&b, Timestamp(9)).messages.len(), 5);
         assert_eq!(s.snapshot(&c, Timestamp(9)).messages.len(), 3);
-        assert_eq!(s.history_bytes(), one * 8);
+        assert_eq!(s.history_bytes(), recount(&s));
+        assert!(s.history_bytes() < probe.history_bytes());
         s.end_lineage(&b);
-        assert_eq!(s.history_bytes(), one * 3);
+        assert_eq!(s.history_bytes(), recount(&s));
+        s.end_lineage(&c);
+        assert_eq!(s.history_bytes(), 0);
     }
 
     #[test]
