@@ -146,10 +146,12 @@ pub struct ServerArgs {
     /// How long messages stay recoverable.
     #[arg(long, env = "ROOMHUB_HISTORY_MAX_AGE_SECS", default_value_t = 86_400)]
     pub history_max_age_secs: u64,
-    /// Bytes every room's kept messages may hold in memory together; over
-    /// it, the least recently active rooms lose their history first (a
-    /// rejoin from before is told `recovered: false`). 0: no bound.
-    /// Default: a quarter of the machine's memory.
+    /// Bytes every room's kept messages may take together, where they are
+    /// kept: in memory with --memory (default: a quarter of the machine's
+    /// memory), on disk with the store (default: half the data directory's
+    /// free space, at most a quarter of its file system). Over it, the
+    /// least recently active rooms lose their history first (a rejoin from
+    /// before is told `recovered: false`). 0: no bound.
     #[arg(long, env = "ROOMHUB_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
     /// On shutdown, time allowed for queues to drain after the 1001 close.
@@ -419,6 +421,10 @@ pub struct ServerConfig {
     pub sequencer_seed: u64,
     /// The store's directory; `None` keeps history in memory.
     pub data_dir: Option<PathBuf>,
+    /// The store's disk budget: every room's stored messages together
+    /// (0: none). The hub's copy of open rooms' history is bounded by
+    /// `core.history_max_bytes`.
+    pub store_max_bytes: u64,
     /// When the store acks (with a data directory).
     pub fsync: Fsync,
     /// I/O shards: threads in the binary's runtime, and the tasks that
@@ -511,6 +517,7 @@ impl ServerConfig {
         let redis = url_list("--redis", args.redis.as_deref())?;
         let redis_cluster = url_list("--redis-cluster", args.redis_cluster.as_deref())?;
         let clustered = !redis.is_empty() || !redis_cluster.is_empty();
+        let durable = !args.memory && !clustered;
         let core = CoreConfig {
             // Unique per process start: stored messages name their sender by
             // (node, connection), and connection numbers restart at 1.
@@ -521,9 +528,15 @@ impl ServerConfig {
             max_rooms_per_connection: args.max_rooms_per_connection,
             history_max_messages: args.history_max_messages,
             history_max_age_ms: args.history_max_age_secs.saturating_mul(1000),
-            history_max_bytes: args
-                .history_max_bytes
-                .unwrap_or_else(crate::os::default_history_bytes),
+            history_max_bytes: match args.history_max_bytes {
+                None => crate::os::default_history_bytes(),
+                Some(bound) if durable && bound > 0 => {
+                    // The flag budgets the disk; the hub's copy of open
+                    // rooms stays within the memory default too.
+                    bound.min(crate::os::default_history_bytes())
+                }
+                Some(bound) => bound,
+            },
             ping_interval_ms: args.ping_interval_ms,
             pong_wait_ms: args.pong_wait_ms,
             rate_limit_per_second: args.rate_limit_per_second,
@@ -571,7 +584,12 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-            data_dir: (!args.memory && !clustered).then(|| args.data_dir.clone()),
+            data_dir: durable.then(|| args.data_dir.clone()),
+            store_max_bytes: match (durable, args.history_max_bytes) {
+                (false, _) => 0,
+                (true, Some(bound)) => bound as u64,
+                (true, None) => crate::os::default_disk_budget(&args.data_dir),
+            },
             fsync: args.fsync,
             io_threads: match args.io_threads {
                 Some(0) => return Err("--io-threads must be at least 1".into()),

@@ -28,6 +28,8 @@ struct Inner {
     pub ephemeral_dropped: Counter,
     pub rooms: Gauge,
     pub uptime: Gauge,
+    /// What the store's history takes, as its disk budget counts it.
+    store_bytes: Gauge,
     /// The most bytes any one connection has had queued; never above the bound.
     queue_peak: Gauge,
     queue_peak_bytes: std::sync::atomic::AtomicUsize,
@@ -104,6 +106,11 @@ impl Metrics {
             "Rooms with members on this node".into(),
         );
         recorder.describe_gauge(
+            "roomhub_store_history_bytes".into(),
+            Some(Unit::Bytes),
+            "Every room's stored messages together, as the disk budget counts them (0 without a store)".into(),
+        );
+        recorder.describe_gauge(
             "roomhub_uptime_seconds".into(),
             Some(Unit::Seconds),
             "Seconds since start".into(),
@@ -134,6 +141,7 @@ impl Metrics {
             rooms: gauge("roomhub_rooms"),
             uptime: gauge("roomhub_uptime_seconds"),
             queue_peak: gauge("roomhub_send_queue_peak_bytes"),
+            store_bytes: gauge("roomhub_store_history_bytes"),
             queue_peak_bytes: std::sync::atomic::AtomicUsize::new(0),
             errors,
             started: Instant::now(),
@@ -214,6 +222,11 @@ impl Metrics {
         for ((_, counter), (_, n)) in self.inner.errors.iter().zip(errors) {
             counter.absolute(n);
         }
+    }
+
+    /// Copies what the store's history takes.
+    pub fn store_state(&self, stored_bytes: u64) {
+        self.inner.store_bytes.set(stored_bytes as f64);
     }
 
     /// Seconds since the server started.

@@ -21,6 +21,25 @@ pub fn default_history_bytes() -> usize {
     total_kib.map_or(1 << 30, |kib| kib.saturating_mul(1024) / 4)
 }
 
+/// The default disk budget of the store in `dir`: half of what its file
+/// system has free (counting what the store's database already takes), at
+/// most a quarter of the file system; 10 GiB where that cannot be read.
+pub fn default_disk_budget(dir: &std::path::Path) -> u64 {
+    let existing = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(std::path::Path::new("."));
+    let held = std::fs::metadata(dir.join(crate::seq::store::DATABASE)).map_or(0, |m| m.len());
+    match rustix::fs::statvfs(existing) {
+        Ok(fs) => {
+            let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            (total / 4).min(free.saturating_add(held) / 2)
+        }
+        Err(_) => 10 << 30,
+    }
+}
+
 /// Raises the open-file limit as far as this process may: the hard limit
 /// too when privileged (up to `fs.nr_open`), else the soft limit to the
 /// hard one. Returns the limit now in force.

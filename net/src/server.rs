@@ -298,8 +298,16 @@ fn single_node<C: Core>(
             )))
         }
         Some(dir) => {
-            let limits = HistoryLimits::from_config(&config.core);
-            info!(dir = %dir.display(), fsync = ?config.fsync, "durable history in the data directory");
+            let limits = HistoryLimits {
+                max_bytes: usize::try_from(config.store_max_bytes).unwrap_or(usize::MAX),
+                ..HistoryLimits::from_config(&config.core)
+            };
+            info!(
+                dir = %dir.display(),
+                fsync = ?config.fsync,
+                disk_budget = config.store_max_bytes,
+                "durable history in the data directory"
+            );
             let hub = make_core(config.core.clone());
             match config.fsync {
                 Fsync::Background => {

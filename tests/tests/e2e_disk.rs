@@ -4,6 +4,8 @@
 //! `UNAVAILABLE` and nothing else breaks: reads and recovery keep working,
 //! the health check says so, and writes succeed again once there is room;
 //! what was acknowledged is all there after a restart, and nothing else.
+//! And the store's disk budget (`--history-max-bytes` with a data
+//! directory): the rooms written least recently lose their stored history.
 
 use std::time::Duration;
 
@@ -121,6 +123,95 @@ async fn a_full_disk_refuses_messages_and_recovers() {
             "{fsync:?}: after a restart"
         );
         drop(carol);
+        s.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The store's disk budget: a flood of 2 KB messages over eleven rooms,
+/// with no member to keep them open on the hub, leaves what the store
+/// holds within the budget (`roomhub_store_history_bytes`); the room
+/// written first lost its history, so its member rejoining from before is
+/// told `recovered: false`, while the latest room's member recovers all.
+/// In both durability modes (the default one trims at its checkpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_budget_trims_the_rooms_written_least_recently() {
+    const BUDGET: u64 = 40_000;
+    for fsync in [Fsync::Background, Fsync::Always] {
+        let dir =
+            std::env::temp_dir().join(format!("roomhub-budget-{}-{fsync:?}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = TestServer::start_with(|c| {
+            c.api_key = Some("k".into());
+            c.core.rate_limit_per_second = 0;
+            c.data_dir = Some(dir.clone());
+            c.fsync = fsync;
+            c.store_max_bytes = BUDGET;
+        })
+        .await;
+        let rooms: Vec<String> = std::iter::once("old".to_string())
+            .chain((0..10).map(|i| format!("new{i}")))
+            .collect();
+        let mut alice = s.client("alice").await;
+        let old_epoch = alice.join("old").await["payload"]["epoch"].clone();
+        let mut bob = s.client("bob").await;
+        let new_epoch = bob.join("new9").await["payload"]["epoch"].clone();
+        for (who, room) in [(&mut alice, "old"), (&mut bob, "new9")] {
+            who.send_json(json!({"type": "leave_room", "room": room, "id": "bye"}))
+                .await;
+            who.recv_type("ack").await;
+        }
+        for room in &rooms {
+            for n in 1..=5 {
+                let content = format!("{n:04}{}", "x".repeat(1990));
+                let body = json!({"room": room, "payload": {"content": content}});
+                let (status, reply) = roomhub_tests::server::http_post(
+                    s.addr,
+                    "/api/publish",
+                    Some("k"),
+                    &body.to_string(),
+                )
+                .await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        }
+        let rejoin = |room: &str, epoch: &Value| json!({"type": "join_room", "payload": {"room_id": room, "since": {"offset": 0, "epoch": epoch}}});
+        // The default store trims when it next writes to its database.
+        let mut tries = 0;
+        loop {
+            alice.send_json(rejoin("old", &old_epoch)).await;
+            let info = alice.recv_type("room_info").await;
+            assert_eq!(info["payload"]["offset"], 5, "{fsync:?}: {info}");
+            alice
+                .send_json(json!({"type": "leave_room", "room": "old", "id": "bye"}))
+                .await;
+            alice.recv_type("ack").await;
+            if info["payload"]["recovered"] == false {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 500, "{fsync:?}: the oldest room kept its history");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stored = s.metric("roomhub_store_history_bytes").await;
+        assert!(
+            stored > 10_000 && stored <= BUDGET,
+            "{fsync:?}: {stored} bytes stored"
+        );
+        bob.send_json(rejoin("new9", &new_epoch)).await;
+        let mut replayed = 0;
+        loop {
+            let f = bob.recv().await;
+            match f["type"].as_str() {
+                Some("new_message") => replayed += 1,
+                Some("room_info") => {
+                    assert_eq!(f["payload"]["recovered"], true, "{fsync:?}: {f}");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(replayed, 5, "{fsync:?}");
         s.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

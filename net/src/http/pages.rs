@@ -94,6 +94,7 @@ pub(crate) async fn online(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 pub(crate) async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    state.metrics.store_state(state.store_health.stored_bytes());
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -61,6 +61,7 @@ impl<C: Core> Journaled<C> {
     fn handle(&mut self, input: Input, now: Timestamp) {
         self.hub.handle(input, now);
         self.take_outputs(now);
+        self.store.checkpoint_when_idle();
     }
 
     /// Moves the core's outputs aside: appends to be stored, the rest

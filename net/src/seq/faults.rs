@@ -6,20 +6,37 @@
 use std::fmt;
 use std::io;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
-/// Whether the store can write now, shared with the health check.
+/// Whether the store can write now, shared with the health check, and
+/// what its history takes (for `/metrics`).
 #[derive(Clone, Debug, Default)]
-pub struct StoreHealth(Arc<Mutex<Option<String>>>);
+pub struct StoreHealth(Arc<Health>);
+
+#[derive(Debug, Default)]
+struct Health {
+    failing: Mutex<Option<String>>,
+    stored_bytes: AtomicU64,
+}
 
 impl StoreHealth {
     /// Why the store's last write failed; `None` while writes succeed.
     pub fn failing(&self) -> Option<String> {
         self.lock().clone()
+    }
+
+    /// Every room's stored messages together, as the disk budget counts
+    /// them, at the latest commit.
+    pub fn stored_bytes(&self) -> u64 {
+        self.0.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_stored_bytes(&self, bytes: u64) {
+        self.0.stored_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn wrote(&self) {
@@ -40,7 +57,7 @@ impl StoreHealth {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         // A panic while holding the lock leaves a plain value; go on.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.failing.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -36,6 +36,7 @@ use crate::seq::store::{
     head_of, journal_failed, open_database, restart_room, snapshot_of, stored_head, stored_history,
     table_failed, txn_failed,
 };
+use crate::seq::usage::{Usage, entry_bytes};
 
 /// How often, at most, the journal is checkpointed into the database.
 const CHECKPOINT_INTERVAL: Duration = journal::SYNC_INTERVAL;
@@ -57,6 +58,10 @@ struct Tail {
     /// `history_remove` started this lineage over: what the database holds
     /// of the room goes when this segment is written.
     reset: bool,
+    /// The store's append count at this room's latest message: a
+    /// checkpoint writes rooms in this order, so that the disk budget
+    /// knows which was written least recently.
+    written: u64,
 }
 
 impl Tail {
@@ -81,6 +86,8 @@ pub struct JournaledStore {
     aside: PathBuf,
     /// What the journal's current file holds.
     pending: Tails,
+    /// Batches appended since the store opened (orders [`Tail::written`]).
+    appends: u64,
     /// The set-aside segment, until the checkpoint thread has written it.
     in_flight: Option<Arc<Tails>>,
     last_checkpoint: Instant,
@@ -112,7 +119,7 @@ impl JournaledStore {
         faults: Option<&DiskFaults>,
         health: StoreHealth,
     ) -> Result<JournaledStore, StoreError> {
-        let db = open_database(dir, limits, faults)?;
+        let db = open_database(dir, limits, faults, &health)?;
         let path = dir.join(JOURNAL);
         let (mut journal, _) = Journal::open(&path)
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
@@ -130,6 +137,7 @@ impl JournaledStore {
             journal,
             aside,
             pending: Tails::default(),
+            appends: 0,
             in_flight: None,
             last_checkpoint: Instant::now(),
             checkpoint_every: CHECKPOINT_INTERVAL,
@@ -171,6 +179,7 @@ impl History for JournaledStore {
             .append_messages(jsons.iter().map(Vec::as_slice))
             .map_err(journal_failed)?;
         let max = self.limits.max_messages;
+        self.appends += 1;
         for (msg, json) in stored.iter().zip(jsons) {
             let tail = self
                 .pending
@@ -180,7 +189,9 @@ impl History for JournaledStore {
                     first: msg.offset,
                     messages: VecDeque::new(),
                     reset: false,
+                    written: 0,
                 });
+            tail.written = self.appends;
             tail.messages.push_back((msg.offset, json));
             if tail.messages.len() > max {
                 tail.messages.pop_front();
@@ -203,6 +214,7 @@ impl History for JournaledStore {
                 first: 1,
                 messages: VecDeque::new(),
                 reset: false,
+                written: 0,
             };
             self.pending.insert(name.to_string(), tail);
             self.checkpoint_if_due()?;
@@ -247,6 +259,7 @@ impl History for JournaledStore {
             first: 1,
             messages: VecDeque::new(),
             reset: true,
+            written: 0,
         };
         self.pending.insert(name.to_string(), tail);
         self.checkpoint_if_due()
@@ -254,6 +267,16 @@ impl History for JournaledStore {
 }
 
 impl JournaledStore {
+    /// Between appends (any input to the hub): a checkpoint that came due
+    /// while no message was written starts now, so that the database, and
+    /// its disk budget, catch up with the journal of an idle store too.
+    pub(crate) fn checkpoint_when_idle(&mut self) {
+        self.note_checkpoint_done();
+        if let Err(e) = self.checkpoint_if_due() {
+            self.health.failed(&e);
+        }
+    }
+
     /// A room's epoch and head: the newest segment that holds the room,
     /// else the database.
     fn head(&self, room: &str) -> Result<Option<(String, u64)>, StoreError> {
@@ -311,7 +334,10 @@ impl Drop for JournaledStore {
             .journal
             .rotate(&self.aside)
             .map_err(journal_failed)
-            .and_then(|()| self.db.with(|db| apply(db, self.limits, &self.pending)))
+            .and_then(|()| {
+                self.db
+                    .with(|db| apply(db, self.limits, &self.pending, &self.health))
+            })
             .and_then(|()| journal::remove_segment(&self.aside).map_err(journal_failed));
         if let Err(e) = written {
             tracing::error!("store cannot checkpoint on close (the journal keeps it): {e}");
@@ -353,7 +379,7 @@ impl Checkpointer {
                         // A failed write reopens the database (`Db::with`),
                         // so the retry finds it usable once the disk is.
                         let written = db
-                            .with(|db| apply(db, limits, &segment))
+                            .with(|db| apply(db, limits, &segment, &health))
                             .and_then(|()| journal::remove_segment(&aside).map_err(journal_failed));
                         match written {
                             Ok(()) => {
@@ -389,16 +415,24 @@ impl Checkpointer {
 
 /// Writes a segment to the database in one synced commit: each room's new
 /// messages and head, and what falls out of its retained count.
-fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), StoreError> {
+fn apply(
+    db: &Database,
+    limits: HistoryLimits,
+    segment: &Tails,
+    health: &StoreHealth,
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(txn_failed)?;
-    {
+    let stored = {
         let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
         let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+        let mut usage = Usage::open(&txn)?;
         let max = limits.max_messages as u64;
-        for (room, tail) in segment {
+        let mut in_order: Vec<(&String, &Tail)> = segment.iter().collect();
+        in_order.sort_unstable_by_key(|(_, tail)| tail.written);
+        for (room, tail) in in_order {
             let room = room.as_str();
             if tail.reset {
-                restart_room(&mut rooms, &mut messages, room, &tail.epoch)?;
+                restart_room(&mut rooms, &mut messages, &mut usage, room, &tail.epoch)?;
             }
             if tail.messages.is_empty() {
                 // A room created with no message yet: its lineage.
@@ -409,10 +443,16 @@ fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), St
                 }
                 continue;
             }
+            let (mut added, mut removed) = (0, 0);
             for (offset, json) in &tail.messages {
-                messages
+                added += entry_bytes(room, json.len());
+                if let Some(old) = messages
                     .insert((room, *offset), json.as_slice())
-                    .map_err(table_failed)?;
+                    .map_err(table_failed)?
+                {
+                    // Written before (a segment applied again after a crash).
+                    removed += entry_bytes(room, old.value().len());
+                }
             }
             rooms
                 .insert(room, (tail.epoch.as_str(), tail.head()))
@@ -422,11 +462,18 @@ fn apply(db: &Database, limits: HistoryLimits, segment: &Tails) -> Result<(), St
             // messages were never written).
             let old_end = tail.head().saturating_sub(max).min(tail.first - 1);
             for offset in tail.first.saturating_sub(max).max(1)..=old_end {
-                messages.remove((room, offset)).map_err(table_failed)?;
+                if let Some(gone) = messages.remove((room, offset)).map_err(table_failed)? {
+                    removed += entry_bytes(room, gone.value().len());
+                }
             }
+            usage.wrote(room, added, removed)?;
         }
-    }
-    txn.commit().map_err(txn_failed)
+        usage.enforce(&mut messages, limits.max_bytes as u64)?;
+        usage.finish()?
+    };
+    txn.commit().map_err(txn_failed)?;
+    health.set_stored_bytes(stored);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -525,7 +572,10 @@ mod tests {
             assert_eq!(offsets(&snap.messages), want, "after {n}");
         }
         drop(store);
-        let db = open_database(&dir, limits(3), None).unwrap().get().unwrap();
+        let db = open_database(&dir, limits(3), None, &StoreHealth::default())
+            .unwrap()
+            .get()
+            .unwrap();
         // Nothing older than the retained count is left behind.
         assert_eq!(
             offsets(&stored_history(&db, "g", 1, 20).unwrap()),
@@ -570,7 +620,7 @@ mod tests {
                 assert_eq!((&snap.epoch, snap.head), (&fresh.epoch, 1), "{every:?}");
                 assert_eq!(snap.messages, new, "{every:?} {}", d.display());
             }
-            let db = open_database(&dir, limits(10), None)
+            let db = open_database(&dir, limits(10), None, &StoreHealth::default())
                 .unwrap()
                 .get()
                 .unwrap();

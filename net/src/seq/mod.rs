@@ -10,3 +10,4 @@ pub(crate) mod journal;
 pub mod journaled;
 pub mod store;
 pub(crate) mod store_task;
+pub(crate) mod usage;

@@ -26,6 +26,7 @@ use roomhub_core::{
 use crate::seq::epoch::new_epoch;
 use crate::seq::faults::{DiskFaults, FaultyFile, StoreHealth};
 use crate::seq::journal::{self, Entry};
+use crate::seq::usage::{Usage, entry_bytes};
 
 /// room → (epoch, head offset).
 pub(crate) const ROOMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("rooms");
@@ -122,7 +123,7 @@ impl StoreError {
 }
 
 /// The database file in a data directory.
-const DATABASE: &str = "roomhub.redb";
+pub(crate) const DATABASE: &str = "roomhub.redb";
 
 /// Opens (or creates) the database file, through the test's failing disk
 /// when there is one.
@@ -275,6 +276,7 @@ pub(crate) fn open_database(
     dir: &Path,
     limits: HistoryLimits,
     faults: Option<&DiskFaults>,
+    health: &StoreHealth,
 ) -> Result<Arc<Db>, StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
@@ -282,14 +284,21 @@ pub(crate) fn open_database(
     let db = create_database(&path, faults)?;
     let txn = db.begin_write().map_err(txn_failed)?;
     txn.open_table(ROOMS).map_err(table_failed)?;
-    txn.open_table(MESSAGES).map_err(table_failed)?;
+    let stored = {
+        let messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+        let mut usage = Usage::open(&txn)?;
+        usage.count_if_new(&messages)?;
+        usage.finish()?
+    };
     txn.commit().map_err(txn_failed)?;
+    health.set_stored_bytes(stored);
     let (aside, current) = (dir.join(SET_ASIDE), dir.join(JOURNAL));
     let unreadable = |path: &Path, e| StoreError::Open(format!("{}: {e}", path.display()));
     let mut entries = journal::read_segment(&aside).map_err(|e| unreadable(&aside, e))?;
     entries.extend(journal::read_segment(&current).map_err(|e| unreadable(&current, e))?);
     if !entries.is_empty() {
-        let replayed = replay(&db, limits, entries)?;
+        let (replayed, stored) = replay(&db, limits, entries)?;
+        health.set_stored_bytes(stored);
         tracing::info!(messages = replayed, "applied the journal of the last run");
     }
     // Durable now: the journal can start over.
@@ -301,20 +310,25 @@ pub(crate) fn open_database(
 }
 
 /// Applies journal entries the database may have lost, in one synced
-/// commit. Returns how many messages were missing.
-fn replay(db: &Database, limits: HistoryLimits, entries: Vec<Entry>) -> Result<usize, StoreError> {
+/// commit. Returns how many messages were missing, and the bytes stored.
+fn replay(
+    db: &Database,
+    limits: HistoryLimits,
+    entries: Vec<Entry>,
+) -> Result<(usize, u64), StoreError> {
     let txn = db.begin_write().map_err(txn_failed)?;
     let mut replayed = 0;
-    {
+    let stored = {
         let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
         let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+        let mut usage = Usage::open(&txn)?;
         for entry in entries {
             match entry {
                 Entry::Room {
                     room,
                     epoch,
                     reset: true,
-                } => restart_room(&mut rooms, &mut messages, &room, &epoch)?,
+                } => restart_room(&mut rooms, &mut messages, &mut usage, &room, &epoch)?,
                 Entry::Room { room, epoch, .. } => {
                     if rooms.get(room.as_str()).map_err(table_failed)?.is_none() {
                         rooms
@@ -339,15 +353,17 @@ fn replay(db: &Database, limits: HistoryLimits, entries: Vec<Entry>) -> Result<u
                             epoch: msg.epoch.as_str(),
                             offset: msg.offset,
                         };
-                        put(&mut rooms, &mut messages, limits, at, &json)?;
+                        put(&mut rooms, &mut messages, &mut usage, limits, at, &json)?;
                         replayed += 1;
                     }
                 }
             }
         }
-    }
+        usage.enforce(&mut messages, limits.max_bytes as u64)?;
+        usage.finish()?
+    };
     txn.commit().map_err(txn_failed)?;
-    Ok(replayed)
+    Ok((replayed, stored))
 }
 
 /// Ends a room's lineage in the database (`history_remove`): its messages
@@ -355,12 +371,14 @@ fn replay(db: &Database, limits: HistoryLimits, entries: Vec<Entry>) -> Result<u
 pub(crate) fn restart_room(
     rooms: &mut redb::Table<&'static str, (&'static str, u64)>,
     messages: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    usage: &mut Usage<'_>,
     room: &str,
     epoch: &str,
 ) -> Result<(), StoreError> {
     messages
         .retain_in((room, 0u64)..=(room, u64::MAX), |_, _| false)
         .map_err(table_failed)?;
+    usage.cleared(room)?;
     rooms.insert(room, (epoch, 0)).map_err(table_failed)?;
     Ok(())
 }
@@ -371,20 +389,24 @@ pub(crate) fn restart_room(
 fn put(
     rooms: &mut redb::Table<&'static str, (&'static str, u64)>,
     messages: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    usage: &mut Usage<'_>,
     limits: HistoryLimits,
     at: Position<'_>,
     json: &[u8],
 ) -> Result<(), StoreError> {
-    messages
+    let mut removed = messages
         .insert((at.room, at.offset), json)
-        .map_err(table_failed)?;
+        .map_err(table_failed)?
+        .map_or(0, |old| entry_bytes(at.room, old.value().len()));
     rooms
         .insert(at.room, (at.epoch, at.offset))
         .map_err(table_failed)?;
-    if let Some(old) = at.offset.checked_sub(limits.max_messages as u64) {
-        messages.remove((at.room, old)).map_err(table_failed)?;
+    if let Some(old) = at.offset.checked_sub(limits.max_messages as u64)
+        && let Some(gone) = messages.remove((at.room, old)).map_err(table_failed)?
+    {
+        removed += entry_bytes(at.room, gone.value().len());
     }
-    Ok(())
+    usage.wrote(at.room, entry_bytes(at.room, json.len()), removed)
 }
 
 /// The database's messages of `room` from `first` to `head`, oldest first.
@@ -534,7 +556,7 @@ impl Store {
         health: StoreHealth,
     ) -> Result<Store, StoreError> {
         Ok(Store {
-            db: open_database(dir, limits, faults)?,
+            db: open_database(dir, limits, faults, &health)?,
             limits,
             health,
         })
@@ -555,9 +577,10 @@ impl History for Store {
         self.db.with(|db| {
             let txn = db.begin_write().map_err(txn_failed)?;
             let mut stored = Vec::with_capacity(batch.len());
-            {
+            let bytes = {
                 let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
                 let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
+                let mut usage = Usage::open(&txn)?;
                 for request in batch {
                     let name = request.room.as_str().to_string();
                     let (epoch, head) = head_of(&rooms, &name)?.unwrap_or_else(|| (new_epoch(), 0));
@@ -569,11 +592,14 @@ impl History for Store {
                         epoch: &epoch,
                         offset,
                     };
-                    put(&mut rooms, &mut messages, limits, at, &json)?;
+                    put(&mut rooms, &mut messages, &mut usage, limits, at, &json)?;
                     stored.push(msg);
                 }
-            }
+                usage.enforce(&mut messages, limits.max_bytes as u64)?;
+                usage.finish()?
+            };
             txn.commit().map_err(txn_failed)?;
+            self.health.set_stored_bytes(bytes);
             Ok(stored)
         })
     }
@@ -582,12 +608,22 @@ impl History for Store {
     fn end_lineage(&mut self, room: &RoomName) -> Result<(), StoreError> {
         self.db.with(|db| {
             let txn = db.begin_write().map_err(txn_failed)?;
-            {
+            let bytes = {
                 let mut rooms = txn.open_table(ROOMS).map_err(table_failed)?;
                 let mut messages = txn.open_table(MESSAGES).map_err(table_failed)?;
-                restart_room(&mut rooms, &mut messages, room.as_str(), &new_epoch())?;
-            }
-            txn.commit().map_err(txn_failed)
+                let mut usage = Usage::open(&txn)?;
+                restart_room(
+                    &mut rooms,
+                    &mut messages,
+                    &mut usage,
+                    room.as_str(),
+                    &new_epoch(),
+                )?;
+                usage.finish()?
+            };
+            txn.commit().map_err(txn_failed)?;
+            self.health.set_stored_bytes(bytes);
+            Ok(())
         })
     }
 
@@ -618,6 +654,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::seq::journal::Journal;
     use crate::seq::journaled::JournaledStore;
+    use crate::seq::usage::entry_bytes;
     use roomhub_core::testkit::append_request;
 
     pub(crate) fn limits(max_messages: usize) -> HistoryLimits {
@@ -670,6 +707,97 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!((other.head, other.messages.len()), (0, 0));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Every stored message counted again from the database, and the
+    /// total the budget keeps.
+    fn recount(dir: &Path) -> (u64, u64) {
+        use crate::seq::usage::META;
+        let db = Database::create(dir.join(DATABASE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let messages = txn.open_table(MESSAGES).unwrap();
+        let counted = messages
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (key, value) = row.unwrap();
+                entry_bytes(key.value().0, value.value().len())
+            })
+            .sum();
+        let kept = txn.open_table(META).unwrap();
+        let kept = kept.get("stored_bytes").unwrap().map_or(0, |v| v.value());
+        (counted, kept)
+    }
+
+    /// Opens the store of one mode in `dir`, runs `work` on it and closes
+    /// it (the journaled one checkpoints everything then, so each call is
+    /// its own write transaction in both modes). Returns the bytes stored.
+    fn session(dir: &Path, always: bool, budget: u64, work: impl FnOnce(&mut dyn History)) -> u64 {
+        let limits = HistoryLimits {
+            max_bytes: budget as usize,
+            ..limits(100)
+        };
+        let health = StoreHealth::default();
+        if always {
+            let mut store = Store::open_with(dir, limits, None, health.clone()).unwrap();
+            work(&mut store);
+        } else {
+            let mut store =
+                JournaledStore::open_with(dir, limits, None, None, health.clone()).unwrap();
+            work(&mut store);
+        }
+        health.stored_bytes()
+    }
+
+    fn append(store: &mut dyn History, room: &str, n: u64) {
+        let batch = (0..n).map(|t| append_request(room, t)).collect();
+        store.append_batch(batch).unwrap();
+    }
+
+    /// The disk budget: over it, the rooms written least recently lose
+    /// their stored messages (whole rooms, keeping their epoch and head);
+    /// the count stays exact through trims, `history_remove` and
+    /// reopening, in both stores; a database from before the budget is
+    /// counted when first opened.
+    #[test]
+    fn the_disk_budget_trims_the_rooms_written_least_recently() {
+        for always in [true, false] {
+            let dir = scratch(&format!("budget-{always}"));
+            let one = session(&dir, always, 0, |s| append(s, "z", 1));
+            std::fs::remove_dir_all(&dir).ok();
+            let budget = one * 10 + one / 2;
+            let at = |n: u64| session(&dir, always, budget, |s| append(s, "a", n));
+            at(4);
+            session(&dir, always, budget, |s| append(s, "b", 4));
+            assert_eq!(at(1), one * 9, "always {always}");
+            // "b" was written least recently: it goes, and only it.
+            let stored = session(&dir, always, budget, |s| append(s, "c", 2));
+            assert_eq!(stored, one * 7, "always {always}");
+            assert_eq!(recount(&dir), (stored, stored));
+            session(&dir, always, budget, |s| {
+                let now = Timestamp(10);
+                let b = s.snapshot(&RoomName::parse("b", 64).unwrap(), now).unwrap();
+                assert_eq!((b.head, b.messages.len()), (4, 0), "always {always}");
+                let a = s.snapshot(&RoomName::parse("a", 64).unwrap(), now).unwrap();
+                assert_eq!((a.head, a.messages.len()), (5, 5), "always {always}");
+                s.end_lineage(&RoomName::parse("c", 64).unwrap()).unwrap();
+            });
+            assert_eq!(recount(&dir), (one * 5, one * 5), "always {always}");
+            // A database written before the budget existed.
+            {
+                let db = Database::create(dir.join(DATABASE)).unwrap();
+                let txn = db.begin_write().unwrap();
+                txn.delete_table(crate::seq::usage::META).unwrap();
+                txn.delete_table(crate::seq::usage::USAGE).unwrap();
+                txn.commit().unwrap();
+            }
+            assert_eq!(session(&dir, always, budget, |_| {}), one * 5);
+            // Offsets 10 and up are a digit longer.
+            let stored = at(5);
+            assert_eq!(stored, one * 10 + 2, "always {always}");
+            assert_eq!(recount(&dir), (stored, stored));
+            std::fs::remove_dir_all(&dir).ok();
+        }
     }
 
     /// A crash in the middle of a checkpoint leaves a set-aside segment and
