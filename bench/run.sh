@@ -29,6 +29,11 @@
 #       # over them (`--redis url1,url2`); `broker_cpu` has one entry per shard;
 #       # `rcluster`: the node on a fresh three-master Redis Cluster
 #       # (`--redis-cluster`)
+#   SERVERS="durable nodes2" bench/run.sh drops2k drops10k
+#       # `nodes2`: two cluster nodes on one fresh redis-server, all three
+#       # pinned to SERVER_CORE; the generator spreads connections over both
+#       # and (drops) reconnects each client to the other node; server CPU
+#       # and RSS are both nodes' together
 #
 # Scenarios: rooms10 rooms10half room2000 room2000half pairs500 pairsmax idle10k idle19k
 # idle50k storm10k churn1m drops2k drops10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
@@ -86,6 +91,9 @@ port_open() { (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 healthy() { curl -fsS "http://127.0.0.1:$PORT/healthz"; }
 
 SERVER_PID=""
+# A second node (`nodes2`), and the URLs the generator connects to.
+NODE2_PID=""
+URLS="ws://127.0.0.1:$PORT/ws"
 REDIS_PIDS=()
 # start_redis PORT: a fresh redis-server with nothing on disk but what
 # REDIS_AOF asks for.
@@ -112,7 +120,7 @@ start_redis_cluster() {
   wait_until redis-cluster cluster_ok "$@"
 }
 # start_server KIND: roomhub (in MODE's mode), durable, memory, always,
-# cluster, cluster2, rcluster, floor, node or go.
+# cluster, cluster2, nodes2, rcluster, floor, node or go.
 start_server() {
   local kind=${1:-roomhub}
   if [ "$kind" = "roomhub" ] && [ "${FLOOR:-}" = "1" ]; then kind=floor; fi
@@ -147,6 +155,16 @@ start_server() {
     cluster2)
       start_redis $((PORT + 1)); start_redis $((PORT + 2))
       mode_args=(--redis "redis://127.0.0.1:$((PORT + 1)),redis://127.0.0.1:$((PORT + 2))") ;;
+    nodes2)
+      start_redis $((PORT + 1)); mode_args=(--redis "redis://127.0.0.1:$((PORT + 1))")
+      local second=$((PORT + 10))
+      taskset -c "$SERVER_CORE" "$SERVER" "${mode_args[@]}" --jwt-secret "$SECRET" \
+        --listen "127.0.0.1:$second" --rate-limit-per-second 0 \
+        --max-connections 120000 --max-connections-per-user 0 --log warn &
+      NODE2_PID=$!
+      URLS="ws://127.0.0.1:$PORT/ws,ws://127.0.0.1:$second/ws"
+      node2_healthy() { curl -fsS "http://127.0.0.1:$second/healthz"; }
+      wait_until "second node" node2_healthy ;;
     rcluster)
       start_redis_cluster $((PORT + 1)) $((PORT + 2)) $((PORT + 3))
       mode_args=(--redis-cluster "redis://127.0.0.1:$((PORT + 1)),redis://127.0.0.1:$((PORT + 2))") ;;
@@ -168,6 +186,12 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   fi
+  if [ -n "$NODE2_PID" ]; then
+    kill "$NODE2_PID" 2>/dev/null || true
+    wait "$NODE2_PID" 2>/dev/null || true
+    NODE2_PID=""
+  fi
+  URLS="ws://127.0.0.1:$PORT/ws"
   for pid in "${REDIS_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -179,8 +203,10 @@ trap stop_server EXIT
 gen() {
   local brokers=()
   for pid in "${REDIS_PIDS[@]}"; do brokers+=(--broker-pid "$pid"); done
-  taskset -c "$GEN_CORE" "$GEN" --url "ws://127.0.0.1:$PORT/ws" --jwt-secret "$SECRET" \
-    --server-pid "$SERVER_PID" "${brokers[@]}" --source-addrs 8 "$@"
+  local nodes=(--server-pid "$SERVER_PID")
+  if [ -n "$NODE2_PID" ]; then nodes+=(--server-pid "$NODE2_PID"); fi
+  taskset -c "$GEN_CORE" "$GEN" --url "$URLS" --jwt-secret "$SECRET" \
+    "${nodes[@]}" "${brokers[@]}" --source-addrs 8 "$@"
 }
 
 # run_scenario NAME LABEL -- generator arguments

@@ -16,8 +16,8 @@ pub type Ws = WebSocketStream<TcpStream>;
 
 /// Where and as whom the generator connects.
 pub struct Target {
-    url: String,
-    addr: SocketAddr,
+    /// The servers (several: the nodes of one cluster), as URL and address.
+    nodes: Vec<(String, SocketAddr)>,
     sources: Vec<IpAddr>,
     secret: String,
 }
@@ -26,20 +26,17 @@ pub struct Target {
 const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 
 impl Target {
-    /// `url` is `ws://host:port/path`; connections are spread over
-    /// `source_addrs` loopback sources (127.0.0.2, 127.0.0.3, ...) when the
-    /// server is on loopback, since one source address has only about 28,000
-    /// ephemeral ports.
-    pub fn new(url: &str, secret: String, source_addrs: usize) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let addr = authority
-            .to_socket_addrs()
-            .map_err(|e| format!("{authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{authority}: no address"))?;
+    /// `urls` is `ws://host:port/path`, or several separated by commas (the
+    /// nodes of a cluster: connection `i` goes to node `i` modulo their
+    /// count). Connections are spread over `source_addrs` loopback sources
+    /// (127.0.0.2, 127.0.0.3, ...) when the server is on loopback, since one
+    /// source address has only about 28,000 ephemeral ports.
+    pub fn new(urls: &str, secret: String, source_addrs: usize) -> Result<Target, String> {
+        let nodes = urls
+            .split(',')
+            .map(|url| Ok((url.to_string(), address_of(url)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let addr = nodes[0].1;
         let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
             (0..source_addrs.clamp(1, 250))
                 .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
@@ -48,20 +45,28 @@ impl Target {
             Vec::new()
         };
         Ok(Target {
-            url: url.to_string(),
-            addr,
+            nodes,
             sources,
             secret,
         })
     }
 
+    /// The first server's address (its HTTP endpoints).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.nodes[0].1
     }
 
-    /// Opens connection number `index` as `user`.
+    /// Opens connection number `index` as `user`, to node `index` (modulo
+    /// the node count).
     pub async fn connect(&self, index: usize, user: &str) -> Result<Ws, String> {
-        let socket = if self.addr.is_ipv4() {
+        self.connect_to(index, index, user).await
+    }
+
+    /// Opens connection number `index` as `user`, to node `node` (modulo
+    /// the node count).
+    pub async fn connect_to(&self, node: usize, index: usize, user: &str) -> Result<Ws, String> {
+        let (url, addr) = &self.nodes[node % self.nodes.len()];
+        let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
@@ -74,7 +79,7 @@ impl Target {
                 .map_err(|e| format!("bind {source}: {e}"))?;
         }
         let stream = socket
-            .connect(self.addr)
+            .connect(*addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -84,7 +89,7 @@ impl Target {
             rooms: Vec::new(),
         };
         let token = mint_token(&self.secret, &spec, TOKEN_TTL, unix_seconds());
-        let url = format!("{}?token={token}", self.url);
+        let url = format!("{url}?token={token}");
         // Small buffers: the idle mode holds tens of thousands of these.
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
@@ -94,6 +99,19 @@ impl Target {
             .map_err(|e| format!("handshake: {e}"))?;
         Ok(ws)
     }
+}
+
+/// The socket address of a `ws://host:port/path` URL.
+fn address_of(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))
 }
 
 fn unix_seconds() -> u64 {
@@ -205,5 +223,19 @@ mod tests {
         assert_eq!(kind(r#"{"type":"user_joined"}"#), Kind::Other);
         assert_eq!(kind("not json"), Kind::Other);
         assert_eq!(number(frame, "\"missing\":"), None);
+    }
+
+    #[test]
+    fn a_cluster_is_its_nodes_urls_separated_by_commas() {
+        let two = Target::new(
+            "ws://127.0.0.1:9001/ws,ws://127.0.0.1:9011/ws",
+            "s".into(),
+            1,
+        )
+        .unwrap();
+        let ports: Vec<u16> = two.nodes.iter().map(|(_, a)| a.port()).collect();
+        assert_eq!(ports, [9001, 9011]);
+        assert_eq!(two.addr().port(), 9001);
+        assert!(Target::new("ws://127.0.0.1:9001/ws,http://x/ws", "s".into(), 1).is_err());
     }
 }

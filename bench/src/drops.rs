@@ -165,6 +165,7 @@ async fn member(shared: &Shared<'_>, index: usize, room: String) -> Seen {
     } = *shared;
     let mut seen = Seen::new(opts.messages);
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0x2545_F491));
+    let mut attempts = 0;
     while !stop.get() {
         // Before the first join, a place among the handshakes in flight.
         let permit = match seen.epoch {
@@ -172,7 +173,10 @@ async fn member(shared: &Shared<'_>, index: usize, room: String) -> Seen {
             Some(_) => None,
         };
         let started = Instant::now();
-        let mut ws = match target.connect(index, &fleet::user(index)).await {
+        // Each reconnect goes to the next node of a cluster.
+        let node = index + attempts;
+        attempts += 1;
+        let mut ws = match target.connect_to(node, index, &fleet::user(index)).await {
             Ok(ws) => ws,
             Err(e) => {
                 totals.failed(format!("client {index}: {e}"));
@@ -292,7 +296,7 @@ async fn publisher(target: &Target, r: usize, opts: &Opts) -> Result<Vec<u64>, S
 pub async fn run(
     target: &Target,
     opts: &Opts,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     label: String,
 ) -> Result<Report, String> {
     let rooms = opts.rooms.max(1);
@@ -303,7 +307,7 @@ pub async fn run(
     let publishing = Cell::new(false);
     let stop = Cell::new(false);
     let (totals, publishing, stop) = (&totals, &publishing, &stop);
-    let server_before = server_pid.and_then(procstat::sample);
+    let server_before = procstat::sample_all(server_pids);
     let generator_before = procstat::own();
     let started = Instant::now();
     // Members join first, a few at a time.
@@ -333,7 +337,7 @@ pub async fn run(
     };
     let (seen, acked) = futures_util::future::join(members, run).await;
     let secs = started.elapsed().as_secs_f64();
-    let server_after = server_pid.and_then(procstat::sample);
+    let server_after = procstat::sample_all(server_pids);
     let acked: Vec<Vec<u64>> = acked.into_iter().collect::<Result<_, _>>()?;
     let mut expected = 0u64;
     let mut delivered = 0u64;

@@ -43,7 +43,9 @@ struct Cli {
 
 #[derive(Args)]
 struct Common {
-    /// The server's WebSocket URL.
+    /// The server's WebSocket URL; the nodes of a cluster separated by
+    /// commas (connection i goes to node i modulo their count; drops
+    /// reconnects each client to the next node).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
     /// The HS256 secret the server verifies tokens with (default: the
@@ -59,9 +61,11 @@ struct Common {
     /// 127.0.0.3, ...); each has about 28,000 ephemeral ports.
     #[arg(long, global = true, default_value_t = 4)]
     source_addrs: usize,
-    /// The server's process id: reports its CPU time and resident memory.
+    /// The server's process id: reports its CPU time and resident memory
+    /// (drops: repeat for each node of a cluster, added up; the other
+    /// modes read the first).
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// A broker's process id (a Redis shard; repeat for each): the
     /// throughput report gives each one's CPU and their CPU per message.
     #[arg(long, global = true)]
@@ -210,9 +214,15 @@ fn main() -> ExitCode {
                     drain: *drain,
                     concurrency: c.concurrency,
                 };
-                throughput::run(&target, &opts, c.server_pid, &c.broker_pid, label)
-                    .await
-                    .map(|r| emit(r.table(), &r))
+                throughput::run(
+                    &target,
+                    &opts,
+                    c.server_pid.first().copied(),
+                    &c.broker_pid,
+                    label,
+                )
+                .await
+                .map(|r| emit(r.table(), &r))
             }
             Mode::Idle {
                 connections,
@@ -225,7 +235,7 @@ fn main() -> ExitCode {
                     hold: *hold,
                     concurrency: c.concurrency,
                 };
-                idle::run(&target, &opts, c.server_pid, label)
+                idle::run(&target, &opts, c.server_pid.first().copied(), label)
                     .await
                     .map(|r| emit(r.table(), &r))
             }
@@ -250,7 +260,7 @@ fn main() -> ExitCode {
                     drain: *drain,
                     concurrency: c.concurrency,
                 };
-                drops::run(&target, &opts, c.server_pid, label)
+                drops::run(&target, &opts, &c.server_pid, label)
                     .await
                     .map(|r| emit(r.table(), &r))
             }
@@ -265,7 +275,7 @@ fn main() -> ExitCode {
                     rooms: *rooms,
                     concurrency: c.concurrency,
                 };
-                churn::run(&target, &opts, c.server_pid, label)
+                churn::run(&target, &opts, c.server_pid.first().copied(), label)
                     .await
                     .map(|r| emit(r.table(), &r))
             }
@@ -280,7 +290,7 @@ fn main() -> ExitCode {
                     missed: *missed,
                     concurrency: c.concurrency,
                 };
-                storm::run(&target, &opts, c.server_pid, label)
+                storm::run(&target, &opts, c.server_pid.first().copied(), label)
                     .await
                     .map(|r| emit(r.table(), &r))
             }

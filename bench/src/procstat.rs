@@ -10,6 +10,21 @@ pub struct Sample {
     pub rss_bytes: u64,
 }
 
+/// The counters of several processes (a cluster's nodes) added up; `None`
+/// when there are none or one cannot be read.
+pub fn sample_all(pids: &[u32]) -> Option<Sample> {
+    let mut total = Sample {
+        cpu: Duration::ZERO,
+        rss_bytes: 0,
+    };
+    for pid in pids {
+        let one = sample(*pid)?;
+        total.cpu += one.cpu;
+        total.rss_bytes += one.rss_bytes;
+    }
+    (!pids.is_empty()).then_some(total)
+}
+
 /// Reads `pid`'s counters; `None` when the process or /proc is not there.
 pub fn sample(pid: u32) -> Option<Sample> {
     read(&format!("/proc/{pid}"))

@@ -148,8 +148,10 @@ pub struct ServerArgs {
     pub history_max_age_secs: u64,
     /// Bytes every room's kept messages may take together, where they are
     /// kept: in memory with --memory (default: a quarter of the machine's
-    /// memory), on disk with the store (default: half the data directory's
-    /// free space, at most a quarter of its file system). Over it, the
+    /// memory), on disk with the store (counting each message's key and
+    /// JSON; the file takes about four times that. Default: an eighth of
+    /// the data directory's free space, at most a sixteenth of its file
+    /// system). Over it, the
     /// least recently active rooms lose their history first (a rejoin from
     /// before is told `recovered: false`). 0: no bound.
     #[arg(long, env = "ROOMHUB_HISTORY_MAX_BYTES")]

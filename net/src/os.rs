@@ -21,9 +21,13 @@ pub fn default_history_bytes() -> usize {
     total_kib.map_or(1 << 30, |kib| kib.saturating_mul(1024) / 4)
 }
 
-/// The default disk budget of the store in `dir`: half of what its file
-/// system has free (counting what the store's database already takes), at
-/// most a quarter of the file system; 10 GiB where that cannot be read.
+/// The default disk budget of the store in `dir`: an eighth of what its
+/// file system has free (counting what the store's database already
+/// takes), at most a sixteenth of the file system; 10 GiB where that
+/// cannot be read. The budget counts each message's key and JSON; the
+/// database file takes about four times that (its B-tree pages, and pages
+/// freed by one commit that are reused after the next), so the file stays
+/// within about half the free space.
 pub fn default_disk_budget(dir: &std::path::Path) -> u64 {
     let existing = dir
         .ancestors()
@@ -34,7 +38,7 @@ pub fn default_disk_budget(dir: &std::path::Path) -> u64 {
         Ok(fs) => {
             let total = fs.f_blocks.saturating_mul(fs.f_frsize);
             let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-            (total / 4).min(free.saturating_add(held) / 2)
+            (total / 16).min(free.saturating_add(held) / 8)
         }
         Err(_) => 10 << 30,
     }

@@ -34,7 +34,7 @@ use crate::seq::journal::{self, Journal};
 use crate::seq::store::{
     Db, History, JOURNAL, MESSAGES, ROOMS, SET_ASIDE, StoreError, codec_failed, first_retained,
     head_of, journal_failed, open_database, restart_room, snapshot_of, stored_head, stored_history,
-    table_failed, txn_failed,
+    stored_json, table_failed, txn_failed,
 };
 use crate::seq::usage::{Usage, entry_bytes};
 
@@ -171,7 +171,7 @@ impl History for JournaledStore {
             };
             let offset = head + 1;
             let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
-            jsons.push(serde_json::to_vec(&msg).map_err(codec_failed)?);
+            jsons.push(stored_json(&msg)?);
             heads.insert(msg.room.as_str().to_string(), (epoch, offset));
             stored.push(msg);
         }

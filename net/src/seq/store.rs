@@ -57,6 +57,18 @@ pub(crate) struct Position<'a> {
     pub(crate) offset: u64,
 }
 
+/// A message as the journal and the database keep it, in a buffer of
+/// about its size: `serde_json::to_vec` grows by doubling, and a 2 KB
+/// message kept for a checkpoint would hold 4 KB.
+pub(crate) fn stored_json(msg: &SequencedMessage) -> Result<Vec<u8>, StoreError> {
+    let mut json = Vec::with_capacity(msg.content.len() + 320);
+    serde_json::to_writer(&mut json, msg).map_err(codec_failed)?;
+    if json.capacity() - json.len() > 256 {
+        json.shrink_to_fit();
+    }
+    Ok(json)
+}
+
 /// A room's epoch and head offset, if the database knows the room.
 pub(crate) fn head_of(
     rooms: &impl ReadableTable<&'static str, (&'static str, u64)>,
@@ -125,11 +137,19 @@ impl StoreError {
 /// The database file in a data directory.
 pub(crate) const DATABASE: &str = "roomhub.redb";
 
+/// Memory the database may use to cache its pages (redb's default is
+/// 1 GiB, which a history flood fills: the server's memory would grow by
+/// that much on top of its in-memory bounds). Reads of history happen when
+/// a room opens; the operating system's page cache serves them too.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Opens (or creates) the database file, through the test's failing disk
 /// when there is one.
 fn create_database(path: &Path, faults: Option<&DiskFaults>) -> Result<Database, StoreError> {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
     let opened = match faults {
-        None => Database::create(path),
+        None => builder.create(path),
         Some(faults) => {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -140,7 +160,7 @@ fn create_database(path: &Path, faults: Option<&DiskFaults>) -> Result<Database,
                 .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
             let backend = FaultyFile::new(file, faults.clone())
                 .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-            redb::Builder::new().create_with_backend(backend)
+            builder.create_with_backend(backend)
         }
     };
     opened.map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))
@@ -586,7 +606,7 @@ impl History for Store {
                     let (epoch, head) = head_of(&rooms, &name)?.unwrap_or_else(|| (new_epoch(), 0));
                     let offset = head + 1;
                     let msg = SequencedMessage::new(request, Epoch::new(&epoch), offset);
-                    let json = serde_json::to_vec(&msg).map_err(codec_failed)?;
+                    let json = stored_json(&msg)?;
                     let at = Position {
                         room: &name,
                         epoch: &epoch,
