@@ -36,7 +36,7 @@
 #       # and RSS are both nodes' together
 #
 # Scenarios: rooms10 rooms10half room2000 room2000half pairs500 pairsmax idle10k idle19k
-# idle50k storm10k churn1m drops2k drops10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
+# idle50k storm10k churn1m drops2k drops5k drops10k max. Raw JSON lines go to target/bench/<scenario>.jsonl
 # (<server>-<scenario>.jsonl for every server but roomhub in MODE's mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -297,6 +297,8 @@ for s in $scenarios; do
     # and away 2 s, rejoining with `since`; 100 members per room.
     drops2k) run_scenario drops2k "2000 in 20 rooms, resets every 10-20 s, 2 s away" -- \
       drops --clients 2000 --rooms 20 --messages 120 --rate 2 --concurrency 256 ;;
+    drops5k) run_scenario drops5k "5000 in 50 rooms, resets every 10-20 s, 2 s away" -- \
+      drops --clients 5000 --rooms 50 --messages 120 --rate 2 --concurrency 512 ;;
     drops10k) run_scenario drops10k "10000 in 100 rooms, resets every 10-20 s, 2 s away" -- \
       drops --clients 10000 --rooms 100 --messages 120 --rate 2 --concurrency 1024 ;;
     max) max_rate ;;
