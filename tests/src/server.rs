@@ -337,6 +337,20 @@ impl Client {
         }
     }
 
+    /// After a join with `since`: the `new_message` frames replayed before
+    /// its `room_info`, and that `room_info`.
+    pub async fn replayed_then_info(&mut self) -> (Vec<Value>, Value) {
+        let mut replayed = Vec::new();
+        loop {
+            let v = self.recv().await;
+            match v["type"].as_str() {
+                Some("new_message") => replayed.push(v),
+                Some("room_info") => return (replayed, v),
+                _ => {}
+            }
+        }
+    }
+
     /// Skips frames until one of `kind` arrives.
     pub async fn recv_type(&mut self, kind: &str) -> Value {
         loop {

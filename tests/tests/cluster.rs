@@ -322,19 +322,13 @@ async fn recovery_on_another_node(redis: Option<Shards>) {
     let mut bob = nodes[1].client("bob").await;
     bob.send_json(json!({"type": "join_room", "payload": {"room_id": "g", "since": {"offset": offset, "epoch": epoch}}}))
         .await;
-    let mut contents = Vec::new();
-    loop {
-        let v = bob.recv().await;
-        match v["type"].as_str() {
-            Some("new_message") => contents.push(v["payload"]["content"].clone()),
-            Some("room_info") => {
-                assert_eq!(v["payload"]["recovered"], true);
-                assert_eq!(v["payload"]["epoch"], epoch.as_str());
-                break;
-            }
-            _ => {}
-        }
-    }
+    let (replayed, info) = bob.replayed_then_info().await;
+    assert_eq!(info["payload"]["recovered"], true);
+    assert_eq!(info["payload"]["epoch"], epoch.as_str());
+    let contents: Vec<Value> = replayed
+        .iter()
+        .map(|v| v["payload"]["content"].clone())
+        .collect();
     assert_eq!(contents, [json!("m0"), json!("m1"), json!("m2")]);
 }
 

@@ -199,19 +199,9 @@ async fn the_disk_budget_trims_the_rooms_written_least_recently() {
             "{fsync:?}: {stored} bytes stored"
         );
         bob.send_json(rejoin("new9", &new_epoch)).await;
-        let mut replayed = 0;
-        loop {
-            let f = bob.recv().await;
-            match f["type"].as_str() {
-                Some("new_message") => replayed += 1,
-                Some("room_info") => {
-                    assert_eq!(f["payload"]["recovered"], true, "{fsync:?}: {f}");
-                    break;
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(replayed, 5, "{fsync:?}");
+        let (replayed, info) = bob.replayed_then_info().await;
+        assert_eq!(info["payload"]["recovered"], true, "{fsync:?}: {info}");
+        assert_eq!(replayed.len(), 5, "{fsync:?}");
         s.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -173,19 +173,12 @@ async fn the_history_bound_trims_the_least_recently_active_room_first() {
             "durable {durable}: the oldest room was trimmed: {info}"
         );
         bob.send_json(rejoin("new9", &new_epoch)).await;
-        let mut replayed = 0;
-        loop {
-            let f = bob.recv().await;
-            match f["type"].as_str() {
-                Some("new_message") => replayed += 1,
-                Some("room_info") => {
-                    assert_eq!(f["payload"]["recovered"], true, "durable {durable}: {f}");
-                    break;
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(replayed, 5, "durable {durable}");
+        let (replayed, info) = bob.replayed_then_info().await;
+        assert_eq!(
+            info["payload"]["recovered"], true,
+            "durable {durable}: {info}"
+        );
+        assert_eq!(replayed.len(), 5, "durable {durable}");
         s.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -5,6 +5,7 @@
 
 pub(crate) mod batch;
 pub mod epoch;
+pub mod error;
 pub mod faults;
 pub(crate) mod journal;
 pub mod journaled;

@@ -13,7 +13,7 @@
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use crate::seq::store::{StoreError, table_failed};
+use crate::seq::error::{StoreError, table_failed};
 
 /// room → (bytes its stored messages take, the number of the latest
 /// write that changed them: every write to any room counts one).
