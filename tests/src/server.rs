@@ -129,6 +129,15 @@ impl TestServer {
     }
 
     /// Connects and joins `room`, consuming the `room_info`.
+    /// A client that joined `room` and left it again (to come back with
+    /// `since`), and the room's epoch it saw.
+    pub async fn stepped_out(&self, user: &str, room: &str) -> (Client, serde_json::Value) {
+        let mut c = self.client(user).await;
+        let epoch = c.join(room).await["payload"]["epoch"].clone();
+        c.leave(room).await;
+        (c, epoch)
+    }
+
     pub async fn member(&self, user: &str, room: &str) -> Client {
         let mut c = self.client(user).await;
         c.join(room).await;
@@ -335,6 +344,13 @@ impl Client {
                 other => panic!("expected a text frame, got {other:?}"),
             }
         }
+    }
+
+    /// Leaves `room` and waits for the ack.
+    pub async fn leave(&mut self, room: &str) {
+        self.send_json(serde_json::json!({"type": "leave_room", "room": room, "id": "leave"}))
+            .await;
+        self.recv_type("ack").await;
     }
 
     /// After a join with `since`: the `new_message` frames replayed before

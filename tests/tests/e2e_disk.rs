@@ -152,15 +152,8 @@ async fn the_disk_budget_trims_the_rooms_written_least_recently() {
         let rooms: Vec<String> = std::iter::once("old".to_string())
             .chain((0..10).map(|i| format!("new{i}")))
             .collect();
-        let mut alice = s.client("alice").await;
-        let old_epoch = alice.join("old").await["payload"]["epoch"].clone();
-        let mut bob = s.client("bob").await;
-        let new_epoch = bob.join("new9").await["payload"]["epoch"].clone();
-        for (who, room) in [(&mut alice, "old"), (&mut bob, "new9")] {
-            who.send_json(json!({"type": "leave_room", "room": room, "id": "bye"}))
-                .await;
-            who.recv_type("ack").await;
-        }
+        let (mut alice, old_epoch) = s.stepped_out("alice", "old").await;
+        let (mut bob, new_epoch) = s.stepped_out("bob", "new9").await;
         for room in &rooms {
             for n in 1..=5 {
                 let content = format!("{n:04}{}", "x".repeat(1990));
@@ -182,10 +175,7 @@ async fn the_disk_budget_trims_the_rooms_written_least_recently() {
             alice.send_json(rejoin("old", &old_epoch)).await;
             let info = alice.recv_type("room_info").await;
             assert_eq!(info["payload"]["offset"], 5, "{fsync:?}: {info}");
-            alice
-                .send_json(json!({"type": "leave_room", "room": "old", "id": "bye"}))
-                .await;
-            alice.recv_type("ack").await;
+            alice.leave("old").await;
             if info["payload"]["recovered"] == false {
                 break;
             }

@@ -143,15 +143,8 @@ async fn the_history_bound_trims_the_least_recently_active_room_first() {
         for room in &rooms {
             keeper.join(room).await;
         }
-        let mut alice = s.client("alice").await;
-        let old_epoch = alice.join("old").await["payload"]["epoch"].clone();
-        let mut bob = s.client("bob").await;
-        let new_epoch = bob.join("new9").await["payload"]["epoch"].clone();
-        for (who, room) in [(&mut alice, "old"), (&mut bob, "new9")] {
-            who.send_json(json!({"type": "leave_room", "room": room, "id": "bye"}))
-                .await;
-            who.recv_type("ack").await;
-        }
+        let (mut alice, old_epoch) = s.stepped_out("alice", "old").await;
+        let (mut bob, new_epoch) = s.stepped_out("bob", "new9").await;
         for room in &rooms {
             for n in 1..=5 {
                 publish(room.clone(), n).await;
