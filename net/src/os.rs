@@ -71,3 +71,18 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+/// Bounds how long data sent on an accepted socket may stay unacknowledged
+/// (`TCP_USER_TIMEOUT`): a peer that vanished without a FIN is dropped by
+/// the kernel within `wait` of the next byte sent to it (a ping), instead
+/// of after the kernel's retransmissions (about 15 minutes). SSE clients
+/// cannot answer pings, so this is what ends a dead SSE stream within the
+/// pong wait. Only real TCP sockets (not a simulator's) have the option.
+pub(crate) fn bound_unacknowledged(io: &dyn std::any::Any, wait: std::time::Duration) {
+    if let Some(tcp) = io.downcast_ref::<tokio::net::TcpStream>() {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms) {
+            tracing::debug!("TCP_USER_TIMEOUT not set: {e}");
+        }
+    }
+}

@@ -25,6 +25,7 @@ use crate::cluster::view::{ClusterTiming, ClusterView};
 use crate::config::ServerConfig;
 use crate::conn::context::ConnContext;
 use crate::conn::online::Online;
+use crate::conn::sse::Sessions;
 use crate::http::accept::accept_loop;
 use crate::http::admission::Admission;
 use crate::http::state::HttpState;
@@ -215,6 +216,7 @@ impl Server {
             write_wait: config.write_wait,
         });
         let config_hooks = config.hooks.clone();
+        let node_id = config.core.node_id;
         let state = Arc::new(HttpState {
             admission: Arc::new(Admission::new(
                 config.max_connections,
@@ -232,7 +234,15 @@ impl Server {
             connections: TaskTracker::new(),
             hooks: crate::hooks::Hooks::new(config_hooks),
             store_health,
+            sessions: Arc::new(Sessions::new(node_id)),
         });
+        if let Some(forwarded) = state
+            .cluster
+            .as_ref()
+            .and_then(|c| c.calls.forwarded_here())
+        {
+            tokio::spawn(crate::http::sse::take_forwarded(state.clone(), forwarded));
+        }
         let hub = hub.start(state.config.io_threads, state.config.hub_thread)?;
         let done = tokio::spawn(accept_loop(listener, state.clone(), shutdown.clone(), hub));
         Ok(Server {

@@ -5,6 +5,7 @@
 pub mod proxy;
 pub mod redis;
 pub mod server;
+pub mod sse;
 
 use roomhub_core::ConnId;
 use roomhub_core::testkit::TestWorld;

@@ -993,3 +993,47 @@ async fn api_on_every_node(redis: Option<Shards>) {
     let r = call(&n0, "disconnect", json!({"user": "nobody"})).await;
     assert_eq!(r["connections"], 0);
 }
+
+/// An SSE client's requests may reach any node (no sticky sessions): a
+/// node that does not hold the session forwards each request to the one
+/// that does, and answers once that node has it, so order is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_requests_posted_to_another_node_reach_the_session() {
+    use roomhub_tests::sse::{SseClient, post_to};
+    let Some(redis) = Shards::start(1) else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut alice = nodes[1].member("alice", "g").await;
+    let mut bob = SseClient::open(nodes[0].addr, &nodes[0].token("bob")).await;
+    let session = bob.session.clone();
+    let post = |body: Value| {
+        let session = session.clone();
+        let addr = nodes[1].addr;
+        async move { post_to(addr, &session, body.to_string().as_bytes()).await }
+    };
+    assert_eq!(post(json!({"type": "join_room", "room": "g"})).await.0, 204);
+    let info = bob.recv_type("room_info").await;
+    assert_eq!(info["room"], "g");
+    // In order: every message posted through the other node, acked in the
+    // order posted, and delivered to alice in that order.
+    for n in 0..20 {
+        let (status, body) = post(json!({"type": "send_message", "room": "g", "id": format!("b{n}"), "payload": {"content": format!("m{n}")}})).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    for n in 0..20 {
+        assert_eq!(bob.recv_type("ack").await["id"], format!("b{n}"));
+        let m = alice.recv_type("new_message").await;
+        assert_eq!(m["payload"]["content"], format!("m{n}"));
+    }
+    // A session the holding node does not have: 404 from it.
+    let (node, _) = bob.session.split_once('.').unwrap();
+    let stranger = format!("{node}.{:032x}", 7);
+    let (status, _) = post_to(nodes[1].addr, &stranger, b"{}").await;
+    assert_eq!(status, 404);
+    // The close a request earns is applied where the stream is.
+    let (status, _) = post_to(nodes[1].addr, &bob.session, &vec![b'x'; 5000]).await;
+    assert_eq!(status, 413);
+    assert_eq!(bob.closed().await.0, 1009);
+    assert_eq!(alice.recv_type("user_left").await["sender"]["id"], "bob");
+}

@@ -592,19 +592,25 @@ fn frame(opcode: u8, fin: bool, rsv: u8, payload: &[u8], masked: bool) -> Vec<u8
     out
 }
 
-async fn victim(s: &TestServer, user: &str) -> Client {
+/// A token for the catalog's victim: its rooms claim lets it into `g`,
+/// `other` and rooms starting with an emoji.
+fn victim_token(user: &str) -> String {
     use roomhub_net::dev::{TokenSpec, mint_token};
     let spec = TokenSpec {
         user: user.into(),
         rooms: vec!["g".into(), "other".into(), "\u{1F600}*".into()],
         ..TokenSpec::default()
     };
-    let token = mint_token(
+    mint_token(
         roomhub_tests::server::SECRET,
         &spec,
         Duration::from_secs(600),
         roomhub_net::Clock::system().unix_seconds(),
-    );
+    )
+}
+
+async fn victim(s: &TestServer, user: &str) -> Client {
+    let token = victim_token(user);
     let mut c = Client::connect(format!("{}?token={token}", s.url()))
         .await
         .expect("victim connects");
@@ -864,4 +870,128 @@ async fn connection_floods_from_one_address_are_bounded() {
     c.join("g").await;
     eventually("only the last client online", async || s.online() == 1).await;
     assert_eq!(s.online(), 1, "only the last client is left");
+}
+
+/// The catalog's text inputs through the SSE fallback: each one posted to
+/// an SSE session (`POST /sse/send`) gets the outcome it gets over a
+/// WebSocket, on the stream; then the SSE endpoints' own hostile inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_catalog_over_sse() {
+    use roomhub_tests::sse::{SseClient, post_to};
+    let s = TestServer::start_with(|c| {
+        c.core.rate_limit_per_second = 0;
+        c.max_connections_per_user = 0;
+    })
+    .await;
+    let token = victim_token("victim");
+    let mut v = SseClient::open(s.addr, &token).await;
+    v.join("g").await;
+    let mut ran = 0;
+    for (n, case) in catalog().iter().enumerate() {
+        let Input::Text(t) = &case.input else {
+            continue;
+        };
+        let name = case.name;
+        match case.expect {
+            Error(code) => {
+                let (status, _) = v.post(t.as_bytes()).await;
+                assert_eq!(status, 204, "{name}");
+                let e = v.recv_type("error").await;
+                assert_eq!(e["payload"]["code"], code, "{name}: {e}");
+            }
+            Ack => {
+                let sent: serde_json::Value = serde_json::from_str(t.trim()).unwrap();
+                assert_eq!(v.post(t.as_bytes()).await.0, 204, "{name}");
+                assert_eq!(v.recv_type("ack").await["id"], sent["id"], "{name}");
+            }
+            Close(code) => {
+                let mut c = SseClient::open(s.addr, &s.token(&format!("closer{n}"))).await;
+                let (status, _) = c.post(t.as_bytes()).await;
+                assert!(status == 413 || status == 400, "{name}: {status}");
+                assert_eq!(c.closed().await.0, code, "{name}");
+            }
+            Alive => {
+                v.post(t.as_bytes()).await;
+            }
+        }
+        ran += 1;
+        v.send_json(json!({"type": "online_users", "room": "g", "id": format!("alive{n}")}))
+            .await;
+        assert_eq!(
+            v.recv_type("ack").await["id"],
+            format!("alive{n}"),
+            "{name}"
+        );
+    }
+    assert!(ran >= 50, "{ran} text cases");
+
+    // The endpoints' own inputs: sessions that are not one, and bodies and
+    // headers nobody should send.
+    for session in [
+        "",
+        ".",
+        "0",
+        "0.x",
+        "18446744073709551616.00000000000000000000000000000000",
+        "0.0000000000000000000000000000000g",
+        "%00",
+        "0.00000000000000000000000000000000%0d%0aSet-Cookie:%20x",
+        &"9".repeat(5000),
+    ] {
+        let (status, body) = post_to(s.addr, session, b"{}").await;
+        assert!(
+            matches!(status, 400 | 404 | 431),
+            "session {session:?}: {status} {body}"
+        );
+    }
+    let garbage_ids = [
+        "not json",
+        "{\"room\":\"g\"}",
+        "{\"room\":\"g\",\"epoch\":\"e\",\"offset\":-1}",
+        "{\"room\":\"g\",\"epoch\":\"e\",\"offset\":1e400}",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    ];
+    for id in garbage_ids {
+        let mut c = SseClient::connect(
+            s.addr,
+            &format!("token={token}&rooms=g"),
+            &[("Last-Event-ID", id)],
+        )
+        .await
+        .expect("a bad Last-Event-ID is ignored");
+        let info = c.recv_type("room_info").await;
+        assert_eq!(info["room"], "g", "{id}");
+    }
+    // Rooms in the query that are no rooms: the join's error, on the stream.
+    let mut c = SseClient::connect(
+        s.addr,
+        &format!("token={token}&rooms=%00,{}", "r".repeat(65)),
+        &[],
+    )
+    .await
+    .expect("stream");
+    assert_eq!(
+        c.recv_type("error").await["payload"]["code"],
+        "INVALID_ROOM"
+    );
+    assert_eq!(
+        c.recv_type("error").await["payload"]["code"],
+        "INVALID_ROOM"
+    );
+    let many = (0..65)
+        .map(|i| format!("r{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let refused = SseClient::connect(s.addr, &format!("token={token}&rooms={many}"), &[])
+        .await
+        .err()
+        .expect("too many rooms");
+    assert_eq!(refused.status, 400);
+    // A body that is not UTF-8 part-way through a character ends only the
+    // session it was posted to.
+    let (status, _) = v.post(&[b'{', 0xe2, 0x82]).await;
+    assert_eq!(status, 400);
+    assert_eq!(v.closed().await.0, 1007);
+    let (status, health) = s.get("/healthz").await;
+    assert_eq!((status, health.as_str()), (200, r#"{"status":"ok"}"#));
 }

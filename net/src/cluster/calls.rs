@@ -13,11 +13,12 @@ use std::time::Duration;
 use roomhub_core::NodeId;
 use roomhub_core::api::{ApiAnswer, ApiCall};
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::cluster::broker::{Broker, BrokerError};
-use crate::cluster::wire::{Event, NodeCall, NodeReply};
+use crate::cluster::wire::{Event, Forward, Forwarded, NodeCall, NodeReply};
+use crate::conn::sse::{Delivered, Posted};
 use crate::hub::inbox::Answers;
 
 /// How long a call waits for the other nodes' answers.
@@ -41,6 +42,10 @@ pub struct NodeCalls {
     publish: OnceLock<Publish>,
     /// Live nodes, this one included, as of the last heartbeat.
     pub(crate) live_nodes: AtomicUsize,
+    /// SSE requests this node forwarded, waiting to hear what became of them.
+    forwarding: Mutex<FxHashMap<u64, oneshot::Sender<Delivered>>>,
+    /// SSE requests other nodes forwarded to this one's sessions.
+    forwarded_here: OnceLock<mpsc::UnboundedSender<Forward>>,
 }
 
 impl NodeCalls {
@@ -117,6 +122,91 @@ impl NodeCalls {
         let mut by_node: Vec<(NodeId, ApiAnswer)> = answers.into_iter().collect();
         by_node.sort_by_key(|(n, _)| *n);
         Ok(by_node.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// Where requests forwarded to this node's SSE sessions go (taken once,
+    /// by the SSE side at start).
+    pub(crate) fn forwarded_here(&self) -> Option<mpsc::UnboundedReceiver<Forward>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.forwarded_here.set(tx).ok().map(|()| rx)
+    }
+
+    /// A request for an SSE session on this node, from another node.
+    pub(crate) fn take_forward(&self, forward: Forward) {
+        if self.node.get() != Some(&forward.to) {
+            return;
+        }
+        if let Some(here) = self.forwarded_here.get() {
+            let _ = here.send(forward);
+        }
+    }
+
+    /// What became of a request this node forwarded.
+    pub(crate) fn take_forwarded(&self, done: Forwarded) {
+        if self.node.get() != Some(&done.to) {
+            return;
+        }
+        let waiting = self
+            .forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&done.id);
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(done.delivered);
+        }
+    }
+
+    /// Forwards a request for SSE session `session` to node `to`, and waits
+    /// (at most [`GATHER_WAIT`]) until that node has handed it over.
+    pub(crate) async fn forward(
+        &self,
+        to: NodeId,
+        session: String,
+        posted: Posted,
+    ) -> Result<Delivered, String> {
+        let (Some(node), Some(publish)) = (self.node.get(), self.publish.get()) else {
+            return Err("the cluster is not running".into());
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let payload = Event::Forward(Forward {
+            from: *node,
+            to,
+            id,
+            session,
+            posted,
+        })
+        .encode();
+        let outcome = match publish(payload).await {
+            Ok(_) => match tokio::time::timeout(GATHER_WAIT, rx).await {
+                Ok(Ok(delivered)) => Ok(delivered),
+                _ => Err("the node holding the session did not answer in time".into()),
+            },
+            Err(e) => Err(format!("the broker did not take the request: {e}")),
+        };
+        self.forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        outcome
+    }
+
+    /// Tells node `to` what became of its forwarded request `id`.
+    pub(crate) async fn forwarded(&self, to: NodeId, id: u64, delivered: Delivered) {
+        let Some(publish) = self.publish.get() else {
+            return;
+        };
+        let done = Event::Forwarded(Forwarded { to, id, delivered });
+        if let Err(e) = publish(done.encode()).await {
+            warn!(
+                "could not answer a forwarded SSE request from node {}: {e}",
+                to.0
+            );
+        }
     }
 
     fn lock(

@@ -161,6 +161,8 @@ async fn hand_on(
                 }
                 Some(Event::Call(call)) => view.calls.take_call(call),
                 Some(Event::Reply(reply)) => view.calls.take_reply(reply),
+                Some(Event::Forward(forward)) => view.calls.take_forward(forward),
+                Some(Event::Forwarded(done)) => view.calls.take_forwarded(done),
                 event => inputs.extend(event.and_then(Event::into_input)),
             },
             Delivery::Subscribed(done) => {

@@ -11,6 +11,7 @@ use roomhub_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::broker::BrokerError;
+use crate::conn::sse::{Delivered, Posted};
 
 /// What a broker publishes to the nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +27,27 @@ pub enum Event {
     Call(NodeCall),
     /// A node's answer to a [`NodeCall`], for the node that asked.
     Reply(NodeReply),
+    /// A request posted for an SSE session another node holds.
+    Forward(Forward),
+    /// What became of a [`Forward`], for the node that forwarded it.
+    Forwarded(Forwarded),
+}
+
+/// A request posted to one node for an SSE session on node `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub id: u64,
+    pub session: String,
+    pub posted: Posted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub to: NodeId,
+    pub id: u64,
+    pub delivered: Delivered,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +97,8 @@ impl Event {
             Event::Direct(d) => tagged(b'd', &serde_json::to_vec(d).unwrap_or_default()),
             Event::Call(c) => tagged(b'a', &serde_json::to_vec(c).unwrap_or_default()),
             Event::Reply(r) => tagged(b'r', &serde_json::to_vec(r).unwrap_or_default()),
+            Event::Forward(f) => tagged(b'f', &serde_json::to_vec(f).unwrap_or_default()),
+            Event::Forwarded(f) => tagged(b'o', &serde_json::to_vec(f).unwrap_or_default()),
         }
     }
 
@@ -92,7 +116,11 @@ impl Event {
             },
             Event::NodeGone(node) => Input::NodeGone { node },
             Event::Direct(d) => Input::RemoteDirect(Box::new(d)),
-            Event::Beat(_) | Event::Call(_) | Event::Reply(_) => return None,
+            Event::Beat(_)
+            | Event::Call(_)
+            | Event::Reply(_)
+            | Event::Forward(_)
+            | Event::Forwarded(_) => return None,
         })
     }
 
@@ -120,6 +148,8 @@ impl Event {
             b'd' => serde_json::from_slice(body).ok().map(Event::Direct),
             b'a' => serde_json::from_slice(body).ok().map(Event::Call),
             b'r' => serde_json::from_slice(body).ok().map(Event::Reply),
+            b'f' => serde_json::from_slice(body).ok().map(Event::Forward),
+            b'o' => serde_json::from_slice(body).ok().map(Event::Forwarded),
             b'h' => {
                 let text = std::str::from_utf8(body).ok()?;
                 text.parse().ok().map(|n| Event::Beat(NodeId(n)))

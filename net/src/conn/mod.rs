@@ -12,3 +12,4 @@ pub mod online;
 pub(crate) mod outbox;
 pub(crate) mod reader;
 pub(crate) mod shard;
+pub(crate) mod sse;

@@ -29,11 +29,13 @@ pub(crate) async fn accept_loop<L>(
     L: Listener<Addr = SocketAddr>,
 {
     let app = router(state.clone());
+    let pong_wait = std::time::Duration::from_millis(state.config.core.pong_wait_ms);
     loop {
         let (io, addr) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        crate::os::bound_unacknowledged(&io, pong_wait);
         let service = app.clone();
         let handshake_timeout = state.config.handshake_timeout;
         tokio::spawn(async move {

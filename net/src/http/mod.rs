@@ -4,12 +4,14 @@
 
 pub(crate) mod accept;
 pub(crate) mod admission;
+pub(crate) mod admit;
 pub(crate) mod api;
 pub(crate) mod error;
 pub(crate) mod pages;
 pub(crate) mod peer;
 pub(crate) mod per_ip;
 pub(crate) mod router;
+pub(crate) mod sse;
 pub(crate) mod state;
 pub(crate) mod upgrade;
 pub(crate) mod ws;

@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use crate::http::api::call;
 use crate::http::error::json_error;
 use crate::http::pages::{client_module, demo_page, demo_token, healthz, metrics, online};
+use crate::http::sse;
 use crate::http::state::HttpState;
 use crate::http::ws::ws_handler;
 
@@ -16,6 +17,8 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/ws", get(ws_handler))
         .route("/ws/online", get(online))
+        .route("/sse", get(sse::stream))
+        .route("/sse/send", post(sse::send).options(sse::preflight))
         .route("/api/{method}", post(call))
         .route("/roomhub.js", get(client_module))
         .route("/", get(demo_page))

@@ -29,6 +29,8 @@ pub(crate) struct HttpState {
     pub(crate) connections: TaskTracker,
     /// The backend hooks (`--hook-*`).
     pub(crate) hooks: crate::hooks::Hooks,
+    /// This node's SSE sessions.
+    pub(crate) sessions: Arc<crate::conn::sse::Sessions>,
     /// Whether the embedded store's writes succeed.
     pub(crate) store_health: crate::seq::faults::StoreHealth,
 }

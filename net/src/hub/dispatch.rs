@@ -8,7 +8,7 @@ use roomhub_core::{ConnId, Core, FrameKind, Input, Output, PublishOutcome, close
 use rustc_hash::FxHashMap;
 
 use crate::clock::Clock;
-use crate::conn::outbox::Outbox;
+use crate::conn::outbox::{Framing, Outbox};
 use crate::conn::shard::Shards;
 use crate::hub::engine::Engine;
 use crate::hub::services::Services;
@@ -62,6 +62,7 @@ impl Connections {
         loop {
             let now = clock.now();
             let mut overflowed = Vec::new();
+            let mut alive = Vec::new();
             // Frames are gathered first and handed over per connection, one
             // lock each, rather than one lock per frame.
             let mut staged: Vec<(ConnId, Bytes, FrameKind)> = Vec::new();
@@ -69,10 +70,17 @@ impl Connections {
                 match out {
                     Output::Send { conn, frame, kind } => staged.push((conn, frame, kind)),
                     Output::Ping { conn } => {
-                        if let Some(outbox) = self.outboxes.get(&conn)
-                            && outbox.ping()
-                        {
-                            self.shards.stage(conn.0, outbox);
+                        if let Some(outbox) = self.outboxes.get(&conn) {
+                            if outbox.ping() {
+                                self.shards.stage(conn.0, outbox);
+                            }
+                            // An SSE client cannot answer a ping: its stream
+                            // is alive while its TCP connection is (the
+                            // kernel drops a peer that stops acknowledging
+                            // within the pong wait, see `os::tcp_user_timeout`).
+                            if outbox.framing() == Framing::Sse {
+                                alive.push(conn);
+                            }
                         }
                     }
                     Output::Close { conn, code, reason } => {
@@ -99,6 +107,9 @@ impl Connections {
                 }
             }
             self.hand_over(&mut staged, &mut overflowed);
+            for conn in alive {
+                engine.handle(Input::Activity { conn }, now);
+            }
             if overflowed.is_empty() {
                 return;
             }

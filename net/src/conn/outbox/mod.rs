@@ -26,7 +26,17 @@ use crate::conn::io::WriteIo;
 use crate::conn::online::Live;
 use crate::metrics::Metrics;
 
+pub(crate) mod sse;
 pub(crate) mod write;
+
+/// How frames are put on the wire: WebSocket frames, or Server-Sent Events
+/// (the `/sse` fallback: one `data:` event per frame, comments for pings,
+/// a final `close` event instead of a close frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    WebSocket,
+    Sse,
+}
 
 /// A drained queue with room for more frames than this gives its memory
 /// back: idle connections hold no queue at all.
@@ -61,11 +71,16 @@ impl Chunk {
         let mut encoded = Vec::with_capacity(frame.len());
         // Encoding into memory cannot fail.
         let _ = frame.format(&mut encoded);
+        Chunk::raw(Bytes::from(encoded), true)
+    }
+
+    /// Bytes that go out as they are (no header).
+    fn raw(body: Bytes, outside_bound: bool) -> Chunk {
         Chunk {
             head: [0; MAX_HEAD],
             head_len: 0,
-            body: Bytes::from(encoded),
-            outside_bound: true,
+            body,
+            outside_bound,
         }
     }
 }
@@ -114,6 +129,7 @@ struct Shared {
     metrics: Metrics,
     /// The bound on live bytes waiting.
     limit: usize,
+    framing: Framing,
 }
 
 struct State {
@@ -140,12 +156,24 @@ struct State {
 }
 
 impl Outbox {
-    /// `limit`: live bytes allowed to wait (the send queue bound).
+    /// A WebSocket connection's outbox. `limit`: live bytes allowed to
+    /// wait (the send queue bound).
     pub(crate) fn new(
         io: WriteIo,
         live: Option<Arc<Live>>,
         metrics: Metrics,
         limit: usize,
+    ) -> Outbox {
+        Outbox::framed(io, live, metrics, limit, Framing::WebSocket)
+    }
+
+    /// An outbox that frames what it is given as `framing` says.
+    pub(crate) fn framed(
+        io: WriteIo,
+        live: Option<Arc<Live>>,
+        metrics: Metrics,
+        limit: usize,
+        framing: Framing,
     ) -> Outbox {
         Outbox {
             shared: Arc::new(Shared {
@@ -166,8 +194,13 @@ impl Outbox {
                 live,
                 metrics,
                 limit,
+                framing,
             }),
         }
+    }
+
+    pub(crate) fn framing(&self) -> Framing {
+        self.shared.framing
     }
 
     /// The connection is over for the protocol (see [`Live`]).
@@ -214,7 +247,7 @@ impl Outbox {
         let mut s = self.lock();
         let mut out = Queued::default();
         for (frame, kind) in frames {
-            match s.queue_frame(frame, kind, self.shared.limit) {
+            match s.queue_frame(frame, kind, self.shared.limit, self.shared.framing) {
                 Some(chunk) => out.flush_due |= s.append(chunk),
                 None if s.closed_for_frames() => break,
                 None if kind == FrameKind::Ephemeral => out.ephemeral_dropped += 1,
@@ -231,7 +264,11 @@ impl Outbox {
     /// Queues a ping (the hub flushes).
     /// Returns whether the caller must flush.
     pub(crate) fn ping(&self) -> bool {
-        self.push_control(Frame::ping(Bytes::new()), false)
+        let chunk = match self.shared.framing {
+            Framing::WebSocket => Chunk::control(Frame::ping(Bytes::new())),
+            Framing::Sse => Chunk::raw(Bytes::from_static(sse::PING), true),
+        };
+        self.push_control(chunk, false)
     }
 
     /// Answers a peer's ping, unless the queue is full: a peer that floods
@@ -241,16 +278,16 @@ impl Outbox {
         if self.lock().queued_bytes() + data.len() > self.shared.limit / 2 {
             return;
         }
-        let _ = self.push_control(Frame::pong(data), true);
+        let _ = self.push_control(Chunk::control(Frame::pong(data)), true);
     }
 
-    fn push_control(&self, frame: Frame, write_now: bool) -> bool {
+    fn push_control(&self, chunk: Chunk, write_now: bool) -> bool {
         let s = self.lock();
         if s.closed_for_frames() {
             return false;
         }
         // Control frames are tiny and never count against the live bound.
-        self.enqueued(s, Chunk::control(frame), write_now)
+        self.enqueued(s, chunk, write_now)
     }
 
     /// Queues a close frame after what is queued; nothing follows it.
@@ -261,11 +298,14 @@ impl Outbox {
             std::borrow::Cow::Borrowed(r) => (Utf8Bytes::from_static(r), r),
             std::borrow::Cow::Owned(r) => (Utf8Bytes::from(r), "disconnected by the server"),
         };
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: text,
+        let chunk = match self.shared.framing {
+            Framing::WebSocket => Chunk::control(Frame::close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: text,
+            }))),
+            Framing::Sse => Chunk::raw(sse::close_event(code, &text), true),
         };
-        self.push_close(Some(frame), (code, label));
+        self.push_close(chunk, (code, label));
     }
 
     /// Answers the peer's close frame (echoing its code, as RFC 6455 §5.5.1
@@ -275,10 +315,13 @@ impl Outbox {
             code: CloseCode::from(c),
             reason: Utf8Bytes::from_static(""),
         });
-        self.push_close(frame, (code.unwrap_or(close::NORMAL), "peer closed"));
+        self.push_close(
+            Chunk::control(Frame::close(frame)),
+            (code.unwrap_or(close::NORMAL), "peer closed"),
+        );
     }
 
-    fn push_close(&self, frame: Option<CloseFrame>, why: (u16, &'static str)) {
+    fn push_close(&self, chunk: Chunk, why: (u16, &'static str)) {
         let mut s = self.lock();
         if s.close.is_some() || s.io.is_none() {
             return;
@@ -286,7 +329,7 @@ impl Outbox {
         s.close = Some(why);
         // Written at once, with whatever was queued before it; outside the
         // live bound, like every control frame.
-        let _ = self.enqueued(s, Chunk::control(Frame::close(frame)), true);
+        let _ = self.enqueued(s, chunk, true);
         // The writer ends the connection once the close is out.
         self.shared.wake.notify_one();
     }
@@ -365,9 +408,24 @@ impl State {
     /// The frame as a chunk, if it may be queued: `None` when the
     /// connection is closing, a live frame would pass the bound, or an
     /// ephemeral one would pass half of it.
-    fn queue_frame(&mut self, frame: &Bytes, kind: FrameKind, limit: usize) -> Option<Chunk> {
+    fn queue_frame(
+        &mut self,
+        frame: &Bytes,
+        kind: FrameKind,
+        limit: usize,
+        framing: Framing,
+    ) -> Option<Chunk> {
         if self.closed_for_frames() {
             return None;
+        }
+        if framing == Framing::Sse {
+            // An event of its own per connection (a copy): SSE is the
+            // fallback transport, and its events carry per-frame ids.
+            let event = sse::event(frame);
+            if !self.within_bound(kind, event.len(), limit) {
+                return None;
+            }
+            return Some(Chunk::raw(event, kind == FrameKind::Replay));
         }
         let header = FrameHeader {
             is_final: true,
@@ -376,12 +434,8 @@ impl State {
         };
         // The bound is on bytes as they go out: header included.
         let len = header.len(frame.len() as u64) + frame.len();
-        match kind {
-            FrameKind::Live if self.live_bytes + len > limit => return None,
-            // Typing indicators give way at half the bound, so they never
-            // cause a slow-consumer close on their own.
-            FrameKind::Ephemeral if self.live_bytes + len > limit / 2 => return None,
-            _ => {}
+        if !self.within_bound(kind, len, limit) {
+            return None;
         }
         let mut head = [0u8; MAX_HEAD];
         let head_len = {
@@ -398,6 +452,17 @@ impl State {
         };
         debug_assert_eq!(chunk.len(), len);
         Some(chunk)
+    }
+
+    /// Whether `len` more bytes of `kind` may wait.
+    fn within_bound(&self, kind: FrameKind, len: usize, limit: usize) -> bool {
+        match kind {
+            FrameKind::Live => self.live_bytes + len <= limit,
+            // Typing indicators give way at half the bound, so they never
+            // cause a slow-consumer close on their own.
+            FrameKind::Ephemeral => self.live_bytes + len <= limit / 2,
+            FrameKind::Replay => true,
+        }
     }
 
     /// Queues `chunk`; true if it is the first since the last flush.
