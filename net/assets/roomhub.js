@@ -13,8 +13,109 @@
 // token expires it asks for a new one and hands it to the server
 // (`refresh`) on the same connection, and on reconnecting with an expired
 // token it asks for one first.
+//
+// Where WebSocket is missing or cannot open (some proxies and carriers
+// break upgrades), it speaks the same protocol over Server-Sent Events
+// (`GET /sse` for the server's messages, `POST /sse/send` for requests),
+// with the same API, events and recovery.
 
 const AUTH_CLOSE_CODES = new Set([1008, 4401, 4403]);
+
+/**
+ * The SSE fallback behind a WebSocket's shape (readyState, onopen,
+ * onmessage, onclose, send, close), so the client drives either the same
+ * way. It opens once the server's `session` event names the session;
+ * requests are posted one at a time, in order; the server's `close` event
+ * (or a stream or request that fails) closes it with that code. The
+ * EventSource's own reconnection is not used: the client reconnects and
+ * rejoins every room with `since`, as over WebSocket.
+ */
+export class SseSocket {
+  constructor(baseUrl, token, { EventSource, fetch } = {}) {
+    this.base = baseUrl.replace(/\/$/, "");
+    this.readyState = 0;
+    this.session = null;
+    this.queue = [];
+    this.posting = false;
+    this.fetch = fetch || globalThis.fetch.bind(globalThis);
+    const ES = EventSource || globalThis.EventSource;
+    this.es = new ES(`${this.base}/sse?token=${encodeURIComponent(token)}`);
+    this.es.onmessage = (event) => {
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (frame.type === "session" && this.readyState === 0) {
+        this.session = frame.session;
+        this.readyState = 1;
+        this.onopen?.();
+      } else if (frame.type === "close") {
+        this.end(frame.code, frame.reason);
+      } else if (this.readyState === 1) {
+        this.onmessage?.({ data: event.data });
+      }
+    };
+    // A refused stream, a dropped one, or one the server ended: either way
+    // the client, not the browser, decides when to come back.
+    this.es.onerror = () => this.end(1006, "the event stream failed");
+  }
+
+  send(text) {
+    if (this.readyState !== 1) throw new Error("the SSE session is not open");
+    this.queue.push(text);
+    this.pump();
+  }
+
+  async pump() {
+    if (this.posting) return;
+    this.posting = true;
+    while (this.queue.length && this.readyState === 1) {
+      const body = this.queue.shift();
+      const url = `${this.base}/sse/send?session=${encodeURIComponent(this.session)}`;
+      let status = 0;
+      try {
+        // text/plain: no CORS preflight for a page on another origin.
+        const response = await this.fetch(url, {
+          method: "POST",
+          body,
+          headers: { "Content-Type": "text/plain;charset=UTF-8" },
+        });
+        status = response.status;
+      } catch {
+        status = 0;
+      }
+      // 413 and 400 end the stream with the close that says why; anything
+      // else but 204 means the session is gone or unreachable.
+      if (status !== 204 && status !== 413 && status !== 400) {
+        this.end(1006, `a request failed (${status || "network error"})`);
+      }
+    }
+    this.posting = false;
+  }
+
+  close(code = 1000, reason = "") {
+    this.end(code, reason);
+  }
+
+  end(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.queue = [];
+    this.es.close();
+    this.onclose?.({ code, reason });
+  }
+}
+
+/** The SSE endpoint's base URL (http or https) for a /ws URL. */
+function sseBase(wsUrl) {
+  const url = new URL(wsUrl, globalThis.location?.href);
+  url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
+  url.pathname = url.pathname.replace(/\/ws\/?$/, "");
+  url.search = "";
+  return url.toString();
+}
 
 /** Seconds since the Unix epoch at which a JWT expires, if it says. */
 function tokenExpiry(token) {
@@ -38,7 +139,12 @@ export class RoomhubClient {
    *   random: a () => [0, 1) source for the jitter (default Math.random);
    *   getToken: an optional async () => JWT, called before the token
    *   expires (refreshBeforeMs ahead, 30000 by default, at most half its
-   *   remaining life) and when reconnecting with an expired token.
+   *   remaining life) and when reconnecting with an expired token;
+   *   transport: "auto" (default: WebSocket, falling back to SSE when
+   *   there is no WebSocket or it has never opened), "websocket" or "sse";
+   *   sseUrl: the server's base URL for SSE (default: the /ws URL as
+   *   http(s), without /ws); EventSource, fetch: for SSE (default: the
+   *   global ones).
    */
   constructor(url, options = {}) {
     this.url = url;
@@ -51,6 +157,17 @@ export class RoomhubClient {
     this.getToken = options.getToken || null;
     this.refreshBeforeMs = options.refreshBeforeMs ?? 30000;
     this.refreshTimer = null;
+    this.transportOption = options.transport || "auto";
+    this.sseUrl = options.sseUrl || null;
+    this.EventSource = options.EventSource || null;
+    this.fetch = options.fetch || null;
+    /** "websocket" or "sse": what the current (or next) connection uses. */
+    this.transport =
+      this.transportOption === "sse" || (this.transportOption === "auto" && !this.WebSocket)
+        ? "sse"
+        : "websocket";
+    /** Whether a WebSocket ever opened (then failures are outages, not a blocked upgrade). */
+    this.wsOpened = false;
     /** "idle" | "connecting" | "open" | "reconnecting" | "auth_required" | "closed" */
     this.state = "idle";
     /** room -> { epoch, offset, joined } */
@@ -100,15 +217,23 @@ export class RoomhubClient {
     }
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     let ws;
-    if (this.tokenIn === "subprotocol") {
+    if (this.transport === "sse") {
+      ws = new SseSocket(this.sseUrl || sseBase(this.url), this.token, {
+        EventSource: this.EventSource,
+        fetch: this.fetch,
+      });
+    } else if (this.tokenIn === "subprotocol") {
       ws = new this.WebSocket(this.url, ["roomhub.v1", this.token]);
     } else {
       const sep = this.url.includes("?") ? "&" : "?";
       ws = new this.WebSocket(`${this.url}${sep}token=${encodeURIComponent(this.token)}`);
     }
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
+      opened = true;
+      if (this.transport === "websocket") this.wsOpened = true;
       this.attempt = 0;
       this.setState("open");
       this.scheduleRefresh();
@@ -133,6 +258,18 @@ export class RoomhubClient {
       this.failPending("DISCONNECTED", "the connection closed before an answer");
       this.emit("close", { code: event.code, reason: event.reason });
       if (this.state === "closed") return;
+      // A WebSocket that never opened, on a client whose WebSocket never
+      // has: the network may be breaking upgrades. Try SSE next.
+      if (
+        !opened &&
+        this.transport === "websocket" &&
+        this.transportOption === "auto" &&
+        !this.wsOpened &&
+        (this.EventSource || globalThis.EventSource)
+      ) {
+        this.transport = "sse";
+        this.emit("transport", "sse");
+      }
       if (event.code >= 4100 && event.code <= 4199) {
         // The backend disconnected this user for good (a ban): no reconnect.
         this.setState("closed");

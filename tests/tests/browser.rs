@@ -128,6 +128,31 @@ async fn say(page: &Page, text: &str) {
     .await;
 }
 
+/// Launches headless Chromium with its profile in `dir`; the task that
+/// drives its events.
+async fn launch(chromium: &Path, dir: &Path) -> (Browser, tokio::task::JoinHandle<()>) {
+    let profile = dir.join("chromium-profile");
+    let config = BrowserConfig::builder()
+        .chrome_executable(chromium)
+        .new_headless_mode()
+        .no_sandbox()
+        .user_data_dir(&profile)
+        .args([
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+        ])
+        .window_size(1000, 700)
+        .build()
+        .expect("browser config");
+    let (browser, mut handler) = Browser::launch(config).await.expect("launch chromium");
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, events)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_chat_ride_out_a_restart_and_an_expired_token_does_not_loop() {
     // A browser that stops answering must fail the test, not hang CI.
@@ -151,25 +176,7 @@ async fn scenario() {
     let addr = server.local_addr();
     let base = format!("http://{addr}/");
 
-    let profile = dir.join("chromium-profile");
-    let config = BrowserConfig::builder()
-        .chrome_executable(&chromium)
-        .new_headless_mode()
-        .no_sandbox()
-        .user_data_dir(&profile)
-        .args([
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-        ])
-        .window_size(1000, 700)
-        .build()
-        .expect("browser config");
-    let (mut browser, mut handler) = Browser::launch(config).await.expect("launch chromium");
-    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let (mut browser, events) = launch(&chromium, &dir).await;
     let alice = browser.new_page(base.as_str()).await.expect("page");
     let bob = browser.new_page(base.as_str()).await.expect("page");
     log_in(&alice, "Alice").await;
@@ -415,6 +422,171 @@ async fn scenario() {
         1,
         "no second WebSocket"
     );
+
+    browser.close().await.ok();
+    browser.wait().await.ok();
+    events.abort();
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A page without WebSocket (removed before any script runs, as on a
+/// network that breaks upgrades) chats over SSE with a WebSocket page:
+/// presence, typing and messages both ways; a server restart on the same
+/// data directory that the SSE page rides out while missing messages, each
+/// message then shown once on both pages; typing and presence still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_without_websocket_chats_over_sse_and_rides_out_a_restart() {
+    tokio::time::timeout(Duration::from_secs(180), sse_scenario())
+        .await
+        .expect("the SSE scenario finishes within 3 minutes");
+}
+
+async fn sse_scenario() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "chromium is missing under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: chromium is not installed");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("roomhub-browser-sse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start_server("127.0.0.1:0".parse().unwrap(), &dir).await;
+    let addr = server.local_addr();
+    let base = format!("http://{addr}/");
+    let (mut browser, events) = launch(&chromium, &dir).await;
+    let alice = browser.new_page(base.as_str()).await.expect("page");
+    let bob = browser.new_page("about:blank").await.expect("page");
+    bob.evaluate_on_new_document("delete window.WebSocket;")
+        .await
+        .expect("script for new documents");
+    bob.goto(base.as_str()).await.expect("the demo");
+    assert_eq!(
+        eval(&bob, "typeof WebSocket").await,
+        "undefined",
+        "no WebSocket on bob's page"
+    );
+    log_in(&alice, "Alice").await;
+    log_in(&bob, "Bob").await;
+    assert_eq!(
+        eval(&alice, "window.roomhubClient.transport").await,
+        "websocket"
+    );
+    assert_eq!(eval(&bob, "window.roomhubClient.transport").await, "sse");
+
+    until(
+        &alice,
+        "alice sees bob join",
+        "document.getElementById('messages').innerText.includes('Bob joined')",
+    )
+    .await;
+    until(&bob, "bob lists both users", "document.getElementById('users').innerText.includes('Alice') && document.getElementById('users').innerText.includes('Bob')").await;
+    type_text(&alice, "hel").await;
+    until(
+        &bob,
+        "bob sees alice typing",
+        "document.getElementById('typing').innerText.includes('Alice')",
+    )
+    .await;
+    say(&alice, "hello sse bob").await;
+    until(
+        &bob,
+        "bob gets alice's message",
+        "document.getElementById('messages').innerText.includes('hello sse bob')",
+    )
+    .await;
+    type_text(&bob, "hi").await;
+    until(
+        &alice,
+        "alice sees bob typing",
+        "document.getElementById('typing').innerText.includes('Bob')",
+    )
+    .await;
+    say(&bob, "hi from sse").await;
+    until(
+        &alice,
+        "alice gets bob's message",
+        "document.getElementById('messages').innerText.includes('hi from sse')",
+    )
+    .await;
+
+    // The restart: bob's page waits 3 s before coming back, so alice's
+    // next messages happen while it is away.
+    eval(&alice, "(() => { window.states = []; window.roomhubClient.on('state', (s) => window.states.push(s)); return true; })()").await;
+    eval(&bob, "(() => { window.states = []; const c = window.roomhubClient; c.on('state', (s) => window.states.push(s)); c.random = () => 1; c.baseDelayMs = 3000; c.maxDelayMs = 3000; return true; })()").await;
+    server.shutdown().await;
+    let server = start_server(addr, &dir).await;
+    until(
+        &alice,
+        "alice reconnects",
+        "window.states.includes('reconnecting') && window.roomhubClient.state === 'open'",
+    )
+    .await;
+    assert_ne!(
+        eval(&bob, "window.roomhubClient.state").await,
+        "open",
+        "bob is still away"
+    );
+    for text in ["sse away 1", "sse away 2", "sse away 3"] {
+        say(&alice, text).await;
+    }
+    until(
+        &alice,
+        "alice's three messages acked",
+        "document.getElementById('messages').innerText.includes('sse away 3')",
+    )
+    .await;
+    until(&bob, "bob back with what he missed", "window.states.includes('reconnecting') && window.roomhubClient.state === 'open' && document.getElementById('messages').innerText.includes('sse away 3')").await;
+    assert_eq!(eval(&bob, "window.roomhubClient.transport").await, "sse");
+    let (bob_text, alice_text) = (messages(&bob).await, messages(&alice).await);
+    for needle in [
+        "hello sse bob",
+        "hi from sse",
+        "sse away 1",
+        "sse away 2",
+        "sse away 3",
+    ] {
+        assert_eq!(
+            count_in(&bob_text, needle),
+            1,
+            "bob sees {needle:?} once:\n{bob_text}"
+        );
+        assert_eq!(
+            count_in(&alice_text, needle),
+            1,
+            "alice sees {needle:?} once:\n{alice_text}"
+        );
+    }
+    assert_eq!(
+        eval(&bob, "window.roomhubClient.rooms.get('general').offset").await,
+        eval(&alice, "window.roomhubClient.rooms.get('general').offset").await,
+        "both pages are at the same offset"
+    );
+    // After the restart, typing and presence still work both ways.
+    type_text(&bob, "still").await;
+    until(
+        &alice,
+        "alice sees bob typing again",
+        "document.getElementById('typing').innerText.includes('Bob')",
+    )
+    .await;
+    say(&bob, "sse after restart").await;
+    until(
+        &alice,
+        "alice gets bob's message after the restart",
+        "document.getElementById('messages').innerText.includes('sse after restart')",
+    )
+    .await;
+    until(&bob, "bob still lists both users", "document.getElementById('users').innerText.includes('Alice') && document.getElementById('users').innerText.includes('Bob')").await;
+    alice.close().await.ok();
+    until(
+        &bob,
+        "bob sees alice leave",
+        "document.getElementById('messages').innerText.includes('Alice left')",
+    )
+    .await;
 
     browser.close().await.ok();
     browser.wait().await.ok();

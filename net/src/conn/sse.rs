@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::conn::context::ConnContext;
 use crate::conn::online::Live;
+use crate::conn::outbox::sse::session_event;
 use crate::conn::outbox::{Framing, Outbox};
 
 /// A request posted to a session, checked as the WebSocket reader checks a
@@ -198,14 +199,23 @@ pub(crate) async fn run(
         sessions.lock().remove(&session);
         return;
     }
+    // Only now may the client post: a request must reach the hub after the
+    // connection it is for.
+    outbox.push_raw(session_event(&session));
     for join in joins {
         let _ = sessions.deliver(&cx, &session, Posted::Text(join)).await;
     }
     let writer = outbox.clone().write_loop(cx.write_wait);
+    let mut gone = gone;
     let reason = tokio::select! {
         biased;
-        end = writer => end.describe(),
-        _ = gone => {
+        end = writer => {
+            // The final event is in the pipe; the connection counts (for a
+            // graceful shutdown's drain) until the response has taken it.
+            let _ = tokio::time::timeout(cx.write_wait, &mut gone).await;
+            end.describe()
+        }
+        _ = &mut gone => {
             outbox.release();
             "client went away".to_string()
         }

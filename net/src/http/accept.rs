@@ -38,6 +38,7 @@ pub(crate) async fn accept_loop<L>(
         crate::os::bound_unacknowledged(&io, pong_wait);
         let service = app.clone();
         let handshake_timeout = state.config.handshake_timeout;
+        let stopping = shutdown.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(addr));
@@ -50,7 +51,18 @@ pub(crate) async fn accept_loop<L>(
                 .header_read_timeout(handshake_timeout)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            let _ = conn.await;
+            tokio::pin!(conn);
+            // On shutdown, a kept-alive connection between requests closes,
+            // and one in a response (an SSE stream, which the hub ends with
+            // its close event) closes after it: a client's next request
+            // must reach the server that replaces this one, not this one.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
     info!("shutting down: closing every connection with 1001");

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio_util::io::ReaderStream;
 use tracing::{info, warn};
 
-use crate::conn::outbox::sse::{Position, session_event};
+use crate::conn::outbox::sse::Position;
 use crate::conn::sse::{Delivered, Posted, Sessions, run};
 use crate::http::admission::origin_allowed;
 use crate::http::admit::{Admitted, admit};
@@ -66,12 +66,10 @@ pub(crate) async fn stream(
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     let (outbox_end, body_end) = tokio::io::duplex(PIPE_BYTES);
     let opened = state.sessions.open(&state.conn, conn, Box::new(outbox_end));
-    let first = session_event(&opened.session);
     info!(%conn, %addr, user = %identity.user.id, session = %opened.session, "connected (SSE)");
     let (gone_tx, gone) = oneshot::channel();
     let body = EventStream {
-        first: Some(first),
-        rest: ReaderStream::new(body_end),
+        events: ReaderStream::new(body_end),
         _gone: gone_tx,
     };
     let cx = state.conn.clone();
@@ -124,12 +122,11 @@ fn joins(uri: &Uri, headers: &HeaderMap) -> Result<Vec<String>, &'static str> {
         .collect())
 }
 
-/// The response body: the session event, then what the outbox writes into
-/// the pipe. Dropped (the client went away, or the stream ended), it tells
-/// the connection through `_gone`.
+/// The response body: what the outbox writes into the pipe (the session
+/// event first). Dropped (the client went away, or the stream ended), it
+/// tells the connection through `_gone`.
 struct EventStream {
-    first: Option<Bytes>,
-    rest: ReaderStream<tokio::io::DuplexStream>,
+    events: ReaderStream<tokio::io::DuplexStream>,
     _gone: oneshot::Sender<()>,
 }
 
@@ -137,10 +134,7 @@ impl Stream for EventStream {
     type Item = std::io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(first)));
-        }
-        Pin::new(&mut self.rest).poll_next(cx)
+        Pin::new(&mut self.events).poll_next(cx)
     }
 }
 

@@ -281,6 +281,12 @@ impl Outbox {
         let _ = self.push_control(Chunk::control(Frame::pong(data)), true);
     }
 
+    /// Writes `bytes` as they are, at once, outside the bound (the SSE
+    /// stream's session event).
+    pub(crate) fn push_raw(&self, bytes: Bytes) {
+        let _ = self.push_control(Chunk::raw(bytes, true), true);
+    }
+
     fn push_control(&self, chunk: Chunk, write_now: bool) -> bool {
         let s = self.lock();
         if s.closed_for_frames() {
