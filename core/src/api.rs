@@ -38,6 +38,8 @@ pub enum ApiCall {
     Rooms { pattern: Option<Arc<str>> },
     /// This node's counts.
     Info,
+    /// The connections of `user` on this node, with their rooms.
+    User { user: Arc<str> },
     /// A page of a room's history, read from its sequencer (the store or
     /// the broker) when the room is not open here. Asked of one node only.
     History {
@@ -61,6 +63,15 @@ pub enum ApiCall {
 pub struct PresentUser {
     pub user: UserRef,
     pub connections: usize,
+}
+
+/// One connection of a user on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConnection {
+    /// The node's number for it (as in the logs: `c42`).
+    pub conn: u64,
+    /// Rooms joined, in join order.
+    pub rooms: Vec<RoomName>,
 }
 
 /// A room with members on this node.
@@ -89,6 +100,10 @@ pub enum ApiAnswer {
         connections: usize,
         users: Vec<Arc<str>>,
         rooms: usize,
+    },
+    /// A user's connections on this node.
+    User {
+        connections: Vec<UserConnection>,
     },
     /// A history page: each message its `new_message` frame (JSON text),
     /// oldest first.

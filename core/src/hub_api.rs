@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Hub;
-use crate::api::{ApiAnswer, ApiCall, PresentUser, RoomMembers, room_matches};
+use crate::api::{ApiAnswer, ApiCall, PresentUser, RoomMembers, UserConnection, room_matches};
 use crate::event::Output;
 use crate::ids::{ConnId, RoomName};
 use crate::room::{HistoryRead, Room, RoomState};
@@ -129,6 +129,18 @@ impl Hub {
                     connections: members,
                 }
             }
+            ApiCall::User { user } => ApiAnswer::User {
+                connections: self
+                    .conns_of(&user)
+                    .into_iter()
+                    .filter_map(|id| {
+                        self.conns.get(&id).map(|c| UserConnection {
+                            conn: id.0,
+                            rooms: c.rooms.clone(),
+                        })
+                    })
+                    .collect(),
+            },
             ApiCall::Info => ApiAnswer::Info {
                 connections: self.conns.len(),
                 users: self.user_conns.keys().cloned().collect(),
@@ -368,5 +380,21 @@ mod tests {
             panic!()
         };
         assert_eq!((connections, users.len(), rooms), (3, 2, 2));
+        let ApiAnswer::User { connections } = hub.on_api(ApiCall::User { user: "bob".into() })
+        else {
+            panic!()
+        };
+        assert_eq!(connections.len(), 1);
+        assert_eq!(connections[0].conn, b.0);
+        let rooms: Vec<&str> = connections[0].rooms.iter().map(|r| r.as_str()).collect();
+        assert_eq!(rooms, ["team-1", "lobby"]);
+        assert_eq!(
+            hub.on_api(ApiCall::User {
+                user: "nobody".into()
+            }),
+            ApiAnswer::User {
+                connections: vec![]
+            }
+        );
     }
 }

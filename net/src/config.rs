@@ -202,6 +202,12 @@ pub struct ServerArgs {
     /// answers 404.
     #[arg(long, env = "ROOMHUB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Turns on the admin UI at `/admin` (nodes, connections, rooms, a
+    /// live chart, a user's connections with a disconnect button, the
+    /// limits), opened with this password; the API key opens it too.
+    /// Off when neither is set.
+    #[arg(long, env = "ROOMHUB_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
     /// Backend hook asked before every WebSocket connection (an http://
     /// URL; docs/hooks.md): it may refuse it, or set the user's name and
     /// rooms.
@@ -444,6 +450,9 @@ pub struct ServerConfig {
     pub node_ttl: Duration,
     /// The key the server API requires; `None` disables it.
     pub api_key: Option<String>,
+    /// The admin UI's password; with no password and no API key the admin
+    /// UI answers 404.
+    pub admin_password: Option<String>,
     /// Serve the demo page at `/`.
     pub demo: bool,
     /// Development mode only: `POST /demo/token` mints a token for a name
@@ -603,6 +612,7 @@ impl ServerConfig {
             redis_cluster,
             node_ttl: Duration::from_millis(args.node_ttl_ms),
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            admin_password: args.admin_password.clone().filter(|k| !k.is_empty()),
             demo: args.demo.unwrap_or(false),
             demo_token_secret: None,
             hooks: crate::hooks::HookConfig {

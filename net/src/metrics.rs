@@ -40,7 +40,17 @@ const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None)
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Buckets (not a summary), so quantiles can be taken across nodes.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("roomhub_append_seconds".into()),
+                &[
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5,
+                ],
+            )
+            .expect("buckets are given")
+            .build_recorder();
         let handle = recorder.handle();
         let describe = |name: &'static str, unit: Unit, help: &'static str| {
             recorder.describe_counter(name.into(), Some(unit), SharedString::const_str(help));
@@ -234,6 +244,33 @@ impl Metrics {
         self.inner.started.elapsed().as_secs()
     }
 
+    /// The timer of one sequencer's appends: `backend` is `store` (the
+    /// embedded store's commit of a batch) or `broker` (one round trip to
+    /// the broker for a batch).
+    pub(crate) fn append_timer(&self, backend: &'static str) -> AppendTimer {
+        let key = Key::from_parts(
+            "roomhub_append_seconds",
+            vec![Label::new("backend", backend)],
+        );
+        AppendTimer(self.inner.recorder.register_histogram(&key, &META))
+    }
+
+    /// Frames received from clients and frames written to them, so far (as
+    /// `/metrics` shows them).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let text = self.inner.handle.render();
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        (
+            read("roomhub_messages_received_total"),
+            read("roomhub_messages_sent_total"),
+        )
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.inner
@@ -246,5 +283,15 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Records how long a batch of appends took to be stored.
+#[derive(Clone)]
+pub(crate) struct AppendTimer(metrics::Histogram);
+
+impl AppendTimer {
+    pub(crate) fn record(&self, took: std::time::Duration) {
+        self.0.record(took.as_secs_f64());
     }
 }

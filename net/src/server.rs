@@ -60,6 +60,7 @@ struct Parts<'a> {
     store_closed: tokio::sync::oneshot::Sender<()>,
     /// Whether the embedded store's writes succeed (the health check).
     store_health: StoreHealth,
+    metrics: &'a Metrics,
 }
 
 type Built<C> = (Engine<C>, Option<Arc<ClusterView>>);
@@ -190,6 +191,7 @@ impl Server {
             online: &online,
             store_closed: closed_tx,
             store_health: store_health.clone(),
+            metrics: &metrics,
         })?;
         let hub = HubTask {
             engine,
@@ -235,7 +237,9 @@ impl Server {
             hooks: crate::hooks::Hooks::new(config_hooks),
             store_health,
             sessions: Arc::new(Sessions::new(node_id)),
+            admin_series: Default::default(),
         });
+        tokio::spawn(crate::http::admin::sample(state.clone()));
         if let Some(forwarded) = state
             .cluster
             .as_ref()
@@ -326,7 +330,8 @@ fn single_node<C: Core>(
                     let health = parts.store_health;
                     let store = JournaledStore::open_with(dir, limits, closed, faults, health)
                         .map_err(std::io::Error::other)?;
-                    Engine::Journaled(Box::new(Journaled::new(hub, store)))
+                    let timer = parts.metrics.append_timer("store");
+                    Engine::Journaled(Box::new(Journaled::new(hub, store, timer)))
                 }
                 Fsync::Always => {
                     let faults = config.disk_faults.as_ref();
@@ -335,7 +340,13 @@ fn single_node<C: Core>(
                     let (clock, answers) = (parts.clock, parts.answers);
                     Engine::Delegated {
                         hub: Box::new(hub),
-                        sequencer: store_task::spawn(store, clock, answers, parts.store_closed),
+                        sequencer: store_task::spawn(
+                            store,
+                            clock,
+                            answers,
+                            parts.store_closed,
+                            parts.metrics.append_timer("store"),
+                        ),
                     }
                 }
             }
@@ -356,13 +367,17 @@ fn cluster_node<B: Broker, C: Core>(
         node_ttl: config.node_ttl,
         max_backoff: BROKER_BACKOFF_MAX,
     };
+    let node_parts = crate::cluster::node::NodeParts {
+        clock: parts.clock,
+        answers: parts.answers,
+        local_online: parts.online.clone(),
+        timer: parts.metrics.append_timer("broker"),
+    };
     let sequencer = crate::cluster::node::spawn(
         broker,
         config.core.node_id,
         timing,
-        parts.clock,
-        parts.answers,
-        parts.online.clone(),
+        node_parts,
         view.clone(),
     );
     let engine = Engine::Delegated {

@@ -594,3 +594,162 @@ async fn sse_scenario() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The admin page in Chromium: opened with its password, its live chart
+/// moves while clients talk (a screenshot is written to
+/// `target/admin-screenshot.png`), the room search finds the room, and the
+/// disconnect button ends a user's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_charts_live_traffic_and_disconnects_a_user() {
+    tokio::time::timeout(Duration::from_secs(180), admin_scenario())
+        .await
+        .expect("the admin scenario finishes within 3 minutes");
+}
+
+async fn admin_scenario() {
+    use roomhub_tests::server::Client;
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "chromium is missing under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: chromium is not installed");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("roomhub-browser-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = ServerConfig::with_secret(SECRET);
+    config.core.rate_limit_per_second = 0;
+    config.io_threads = 2;
+    config.admin_password = Some("admin-pw".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = Server::start(listener, config, Clock::system()).expect("start");
+    let addr = server.local_addr();
+    let token = |user: &str| {
+        mint_token(
+            SECRET,
+            &TokenSpec {
+                user: user.into(),
+                ..TokenSpec::default()
+            },
+            Duration::from_secs(600),
+            Clock::system().unix_seconds(),
+        )
+    };
+    let mut alice = Client::connect(format!("ws://{addr}/ws?token={}", token("alice")))
+        .await
+        .expect("alice");
+    alice.join("lobby").await;
+    let mut bob = Client::connect(format!("ws://{addr}/ws?token={}", token("bob")))
+        .await
+        .expect("bob");
+    bob.join("lobby").await;
+
+    let (mut browser, events) = launch(&chromium, &dir).await;
+    let page = browser
+        .new_page(format!("http://{addr}/admin").as_str())
+        .await
+        .expect("page");
+    // A wrong password is refused; the right one opens it.
+    eval(&page, "document.getElementById('password').value = 'nope'; document.getElementById('login').requestSubmit(); true").await;
+    until(
+        &page,
+        "a wrong password is refused",
+        "document.getElementById('login-error').textContent.includes('wrong')",
+    )
+    .await;
+    eval(&page, "document.getElementById('password').value = 'admin-pw'; document.getElementById('login').requestSubmit(); true").await;
+    until(
+        &page,
+        "the admin page opens",
+        "!document.getElementById('app').hidden && document.getElementById('connections').textContent === '2'",
+    )
+    .await;
+
+    // Traffic for a few seconds: alice talks, bob reads.
+    let talk = tokio::spawn(async move {
+        for n in 0..120 {
+            alice
+                .send_json(serde_json::json!({"type": "send_message", "room": "lobby", "payload": {"content": format!("traffic {n}")}}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        alice
+    });
+    let read = tokio::spawn(async move {
+        for _ in 0..120 {
+            bob.recv_type("new_message").await;
+        }
+        bob
+    });
+    until(
+        &page,
+        "the chart shows traffic",
+        "window.admin.series.some((s) => s.delivered > 0 && s.received > 0)",
+    )
+    .await;
+    let first = eval(&page, "window.admin.series.at(-1).t").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = eval(&page, "window.admin.series.at(-1).t").await;
+    assert!(
+        later.as_u64() > first.as_u64(),
+        "the chart moves: {first} then {later}"
+    );
+    assert_eq!(
+        eval(&page, "Number(document.getElementById('rate-out').textContent) >= 0 && document.getElementById('chart').width > 0").await,
+        Value::Bool(true)
+    );
+    let mut alice = talk.await.expect("alice talked");
+    let _bob = read.await.expect("bob read");
+    std::fs::create_dir_all("../target").ok();
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/admin-screenshot.png");
+    let png = page
+        .save_screenshot(
+            ScreenshotParams::builder()
+                .format(CaptureScreenshotFormat::Png)
+                .full_page(true)
+                .build(),
+            &shot,
+        )
+        .await
+        .expect("screenshot");
+    assert!(
+        png.len() > 1000 && png.starts_with(b"\x89PNG"),
+        "a real PNG"
+    );
+
+    // The room search.
+    eval(&page, "(() => { const s = document.getElementById('room-search'); s.value = 'lob'; s.dispatchEvent(new Event('input')); return true; })()").await;
+    until(
+        &page,
+        "the search finds the lobby",
+        "document.getElementById('rooms-table').innerText.includes('lobby')",
+    )
+    .await;
+
+    // A user's connections, and the disconnect button.
+    eval(&page, "document.getElementById('user-id').value = 'alice'; document.getElementById('user-form').requestSubmit(); true").await;
+    until(
+        &page,
+        "alice's connection is listed",
+        "document.getElementById('user-result').textContent.includes('1 connection') && document.getElementById('user-connections').innerText.includes('lobby')",
+    )
+    .await;
+    eval(&page, "document.getElementById('disconnect').click(); true").await;
+    let (code, _) = alice.closed().await;
+    assert_eq!(code, 4100, "the button ends alice's connection");
+    until(
+        &page,
+        "alice has no connections left",
+        "document.getElementById('user-result').textContent.includes('0 connections') && document.getElementById('connections').textContent === '1'",
+    )
+    .await;
+
+    browser.close().await.ok();
+    browser.wait().await.ok();
+    events.abort();
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,15 +21,29 @@ use crate::hub::inbox::Answers;
 const SUBSCRIPTION_REQUESTS: usize = 1024;
 
 /// Starts the node's cluster side. Returns the queue the hub task feeds.
+/// What the node's cluster tasks are handed by the server.
+pub(crate) struct NodeParts {
+    pub(crate) clock: Clock,
+    pub(crate) answers: Answers,
+    /// This node's live connections (announced in its heartbeat).
+    pub(crate) local_online: Online,
+    /// Times each round trip of appends to the broker.
+    pub(crate) timer: crate::metrics::AppendTimer,
+}
+
 pub(crate) fn spawn<B: Broker>(
     broker: Arc<B>,
     node: NodeId,
     timing: ClusterTiming,
-    clock: Clock,
-    answers: Answers,
-    local_online: Online,
+    parts: NodeParts,
     view: Arc<ClusterView>,
 ) -> SequencerQueue {
+    let NodeParts {
+        clock,
+        answers,
+        local_online,
+        timer,
+    } = parts;
     // What bounds it: see `SequencerQueue`.
     let (outputs_tx, outputs_rx) = mpsc::unbounded_channel();
     let (sub_tx, sub_rx) = mpsc::channel(SUBSCRIPTION_REQUESTS);
@@ -48,6 +62,7 @@ pub(crate) fn spawn<B: Broker>(
         subs: sub_tx,
         answers: answers.clone(),
         view: view.clone(),
+        timer,
     };
     view.calls.start(broker.clone(), node, answers.clone());
     tokio::spawn(worker.run(outputs_rx));

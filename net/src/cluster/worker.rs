@@ -18,6 +18,7 @@ use crate::cluster::broker::{Broker, BrokerError, SUBSCRIBE_WAIT, SubRequest};
 use crate::cluster::keys::channel;
 use crate::cluster::view::ClusterView;
 use crate::hub::inbox::Answers;
+use crate::metrics::AppendTimer;
 use crate::seq::batch::{Step, steps, take_ready};
 
 /// Appends taken into one broker round trip at most.
@@ -30,6 +31,7 @@ pub(crate) struct Worker<B> {
     pub(crate) subs: mpsc::Sender<SubRequest>,
     pub(crate) answers: Answers,
     pub(crate) view: Arc<ClusterView>,
+    pub(crate) timer: AppendTimer,
 }
 
 impl<B: Broker> Worker<B> {
@@ -114,7 +116,10 @@ impl<B: Broker> Worker<B> {
     /// channel.
     async fn append(&self, batch: Vec<AppendRequest>) -> bool {
         let result = if self.view.is_healthy() {
-            self.broker.append(&batch).await
+            let started = std::time::Instant::now();
+            let result = self.broker.append(&batch).await;
+            self.timer.record(started.elapsed());
+            result
         } else {
             Err(BrokerError::Unreachable("no session".into()))
         };

@@ -3,6 +3,7 @@
 //! small pages.
 
 pub(crate) mod accept;
+pub(crate) mod admin;
 pub(crate) mod admission;
 pub(crate) mod admit;
 pub(crate) mod api;

@@ -6,6 +6,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
+use crate::http::admin;
 use crate::http::api::call;
 use crate::http::error::json_error;
 use crate::http::pages::{client_module, demo_page, demo_token, healthz, metrics, online};
@@ -20,6 +21,11 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/sse", get(sse::stream))
         .route("/sse/send", post(sse::send).options(sse::preflight))
         .route("/api/{method}", post(call))
+        .route("/admin", get(admin::page))
+        .route("/admin/api/overview", get(admin::overview))
+        .route("/admin/api/rooms", get(admin::rooms))
+        .route("/admin/api/user", get(admin::user))
+        .route("/admin/api/disconnect", post(admin::disconnect))
         .route("/roomhub.js", get(client_module))
         .route("/", get(demo_page))
         .route("/demo/token", post(demo_token))

@@ -29,6 +29,8 @@ pub(crate) struct HttpState {
     pub(crate) connections: TaskTracker,
     /// The backend hooks (`--hook-*`).
     pub(crate) hooks: crate::hooks::Hooks,
+    /// The admin UI's live chart.
+    pub(crate) admin_series: crate::http::admin::Series,
     /// This node's SSE sessions.
     pub(crate) sessions: Arc<crate::conn::sse::Sessions>,
     /// Whether the embedded store's writes succeed.

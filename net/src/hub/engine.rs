@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 
 use roomhub_core::{AppendRequest, Core, Hub, Input, Output, SingleNode, Timestamp};
+
+use crate::metrics::AppendTimer;
 use tokio::sync::mpsc;
 
 use crate::seq::journaled::JournaledStore;
@@ -46,15 +48,17 @@ pub(crate) struct Journaled<C> {
     appends: Vec<AppendRequest>,
     /// The core's outputs for the connections, in order.
     ready: VecDeque<Output>,
+    timer: AppendTimer,
 }
 
 impl<C: Core> Journaled<C> {
-    pub(crate) fn new(hub: C, store: JournaledStore) -> Self {
+    pub(crate) fn new(hub: C, store: JournaledStore, timer: AppendTimer) -> Self {
         Journaled {
             hub,
             store,
             appends: Vec::new(),
             ready: VecDeque::new(),
+            timer,
         }
     }
 
@@ -94,7 +98,10 @@ impl<C: Core> Journaled<C> {
             return;
         }
         let batch = std::mem::take(&mut self.appends);
-        for answer in self.store.answer_appends(batch) {
+        let started = std::time::Instant::now();
+        let answers = self.store.answer_appends(batch);
+        self.timer.record(started.elapsed());
+        for answer in answers {
             self.hub.handle(answer, now);
         }
     }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::hub::engine::SequencerQueue;
 use crate::hub::inbox::Answers;
+use crate::metrics::AppendTimer;
 use crate::seq::batch::{Step, steps, take_ready};
 use crate::seq::store::{History, Store};
 
@@ -22,6 +23,7 @@ pub(crate) fn spawn(
     clock: Clock,
     answers: Answers,
     closed: tokio::sync::oneshot::Sender<()>,
+    timer: AppendTimer,
 ) -> SequencerQueue {
     // What bounds it: see `SequencerQueue`.
     let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
@@ -37,7 +39,11 @@ pub(crate) fn spawn(
                 let mut replies = Vec::new();
                 for step in steps(take_ready(first, &mut rx, MAX_BATCH)) {
                     match step {
-                        Step::Appends(batch) => replies.extend(store.answer_appends(batch)),
+                        Step::Appends(batch) => {
+                            let started = std::time::Instant::now();
+                            replies.extend(store.answer_appends(batch));
+                            timer.record(started.elapsed());
+                        }
                         Step::Other(Output::OpenRoom { room, .. }) => {
                             replies.push(store.answer_open(room, clock.now()));
                         }

@@ -86,6 +86,22 @@ pub(super) async fn run(
             rooms(each_node(state, ApiCall::Rooms { pattern }).await?)
         }
         "info" => info(state, each_node(state, ApiCall::Info).await?),
+        "user" => {
+            let user = p.user("user")?;
+            let answers = each_node(state, ApiCall::User { user: user.clone() }).await?;
+            let list: Vec<Value> = answers
+                .into_iter()
+                .flat_map(|a| match a {
+                    ApiAnswer::User { connections } => connections,
+                    _ => Vec::new(),
+                })
+                .map(|c| {
+                    let rooms: Vec<&str> = c.rooms.iter().map(|r| r.as_str()).collect();
+                    json!({"conn": format!("c{}", c.conn), "rooms": rooms})
+                })
+                .collect();
+            Ok(json!({"user": &*user, "connections": list}))
+        }
         "history" => {
             let room = p.room("room")?;
             let limit = match p.opt_u64("limit")? {

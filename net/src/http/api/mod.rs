@@ -56,6 +56,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Runs one server API method for another part of the server (the admin
+/// UI), as `POST /api/<method>` would.
+pub(crate) async fn run_method(
+    state: &HttpState,
+    method: &str,
+    params: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    methods::run(state, method, params).await
+}
+
 /// `POST /api/<method>`.
 pub(crate) async fn call(
     State(state): State<Arc<HttpState>>,
@@ -173,6 +183,6 @@ async fn batch(state: &HttpState, mut params: Map<String, Value>) -> Result<Valu
     Ok(json!({ "replies": replies }))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
