@@ -720,6 +720,15 @@ async fn admin_scenario() {
         "a real PNG"
     );
 
+    assert_eq!(
+        eval(
+            &page,
+            "document.querySelectorAll('#nodes-table tbody tr').length"
+        )
+        .await,
+        1,
+        "one node listed"
+    );
     // The room search.
     eval(&page, "(() => { const s = document.getElementById('room-search'); s.value = 'lob'; s.dispatchEvent(new Event('input')); return true; })()").await;
     until(

@@ -4,8 +4,7 @@
 //! are counted as `/api/info` counts them). The page holds the password in
 //! `sessionStorage` and sends it as `Authorization: Bearer`.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -15,46 +14,15 @@ use serde_json::{Map, Value, json};
 
 use crate::http::api::{ApiError, constant_time_eq, run_method};
 use crate::http::error::json_error;
+use crate::http::series::Sample;
 use crate::http::state::HttpState;
 
 const ADMIN_HTML: &str = include_str!("../../assets/admin.html");
-/// Seconds of history the live chart keeps (one sample a second).
-const SERIES_SECONDS: usize = 600;
 /// The most rooms one search answers with.
 const MAX_ROOMS: usize = 200;
 /// The close code of the disconnect button: "do not reconnect"
 /// (`roomhub.js` stops), as the API's default.
 const DISCONNECT_CODE: u64 = 4100;
-
-/// One second of the server, for the live chart.
-#[derive(Clone, Copy, serde::Serialize)]
-struct Sample {
-    /// Unix milliseconds.
-    t: u64,
-    /// Frames received from clients in that second.
-    received: u64,
-    /// Frames written to clients (deliveries) in that second.
-    delivered: u64,
-    /// Connections at the end of it (this node's plus the others').
-    connections: usize,
-}
-
-/// The last [`SERIES_SECONDS`] of samples.
-#[derive(Default)]
-pub(crate) struct Series {
-    samples: Mutex<VecDeque<Sample>>,
-}
-
-impl Series {
-    fn list(&self) -> Vec<Sample> {
-        self.samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect()
-    }
-}
 
 /// Whether the admin UI is on.
 fn enabled(state: &HttpState) -> bool {
@@ -89,15 +57,7 @@ pub(crate) async fn sample(state: Arc<HttpState>) {
             connections: state.conn.online.get() + remote,
         };
         last = now;
-        let mut samples = state
-            .admin_series
-            .samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if samples.len() == SERIES_SECONDS {
-            samples.pop_front();
-        }
-        samples.push_back(sample);
+        state.admin_series.push(sample);
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod pages;
 pub(crate) mod peer;
 pub(crate) mod per_ip;
 pub(crate) mod router;
+pub(crate) mod series;
 pub(crate) mod sse;
 pub(crate) mod state;
 pub(crate) mod upgrade;

@@ -30,7 +30,7 @@ pub(crate) struct HttpState {
     /// The backend hooks (`--hook-*`).
     pub(crate) hooks: crate::hooks::Hooks,
     /// The admin UI's live chart.
-    pub(crate) admin_series: crate::http::admin::Series,
+    pub(crate) admin_series: crate::http::series::Series,
     /// This node's SSE sessions.
     pub(crate) sessions: Arc<crate::conn::sse::Sessions>,
     /// Whether the embedded store's writes succeed.
