@@ -6,7 +6,11 @@
 //! connected and does not start a reconnect loop; a page joining later that
 //! shows the earlier messages; a page whose token is refreshed before it
 //! expires and keeps its one socket; and a screenshot of the
-//! conversation in `target/demo-screenshot.png`.
+//! conversation in `target/demo-screenshot.png`. Then the SSE fallback: a
+//! page without WebSocket, and one whose WebSocket never opens, chat over
+//! SSE with a WebSocket page through a restart. And the admin page: its live
+//! chart moving under traffic (`target/admin-screenshot.png`), the room
+//! search, and the disconnect button.
 //!
 //! `.ci/run` installs `chromium` when it is missing; without it this test is
 //! skipped locally and fails under `CI=true`.
@@ -580,6 +584,25 @@ async fn sse_scenario() {
     )
     .await;
     until(&bob, "bob still lists both users", "document.getElementById('users').innerText.includes('Alice') && document.getElementById('users').innerText.includes('Bob')").await;
+    // A page whose WebSocket exists but never opens (a proxy that breaks
+    // upgrades): the client falls back to SSE by itself.
+    let carol = browser.new_page("about:blank").await.expect("page");
+    carol
+        .evaluate_on_new_document(
+            "const Real = window.WebSocket; window.WebSocket = class extends Real { constructor(u, p) { super('ws://127.0.0.1:9/ws', p); } };",
+        )
+        .await
+        .expect("script for new documents");
+    carol.goto(base.as_str()).await.expect("the demo");
+    log_in(&carol, "Carol").await;
+    assert_eq!(eval(&carol, "window.roomhubClient.transport").await, "sse");
+    say(&alice, "carol can read this").await;
+    until(
+        &carol,
+        "carol gets alice's message over SSE",
+        "document.getElementById('messages').innerText.includes('carol can read this')",
+    )
+    .await;
     alice.close().await.ok();
     until(
         &bob,
