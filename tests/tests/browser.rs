@@ -157,6 +157,117 @@ async fn launch(chromium: &Path, dir: &Path) -> (Browser, tokio::task::JoinHandl
     (browser, events)
 }
 
+/// Chromium's path; `None` (the test is skipped) where it is not installed,
+/// which fails under `CI=true`.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "chromium is missing under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: chromium is not installed");
+    }
+    found
+}
+
+/// Presence, typing and messages both ways between two logged-in pages
+/// of Alice and Bob.
+async fn chat_both_ways(alice: &Page, bob: &Page, to_bob: &str, to_alice: &str) {
+    until(
+        alice,
+        "alice sees bob join",
+        "document.getElementById('messages').innerText.includes('Bob joined')",
+    )
+    .await;
+    until(bob, "bob lists both users", "document.getElementById('users').innerText.includes('Alice') && document.getElementById('users').innerText.includes('Bob')").await;
+    type_text(alice, "hel").await;
+    until(
+        bob,
+        "bob sees alice typing",
+        "document.getElementById('typing').innerText.includes('Alice')",
+    )
+    .await;
+    say(alice, to_bob).await;
+    let has = |text: &str| {
+        format!(
+            "document.getElementById('messages').innerText.includes({})",
+            serde_json::to_string(text).unwrap()
+        )
+    };
+    until(bob, "bob gets alice's message", &has(to_bob)).await;
+    type_text(bob, "hi").await;
+    until(
+        alice,
+        "alice sees bob typing",
+        "document.getElementById('typing').innerText.includes('Bob')",
+    )
+    .await;
+    say(bob, to_alice).await;
+    until(alice, "alice gets bob's message", &has(to_alice)).await;
+}
+
+/// Restarts the server on the same data directory while Bob's page waits
+/// 3 s before coming back, so that the messages Alice sends meanwhile
+/// (`missed`) happen while he is away. Both pages then show each of
+/// `expected` once and stand at the same offset. Returns the new server.
+async fn restart_while_bob_is_away(
+    server: Server,
+    dir: &Path,
+    alice: &Page,
+    bob: &Page,
+    missed: &[&str],
+    expected: &[&str],
+) -> Server {
+    let addr = server.local_addr();
+    // Both pages note their states, so that the test waits for each to come
+    // back rather than see it still open on the old server.
+    eval(alice, "(() => { window.states = []; window.roomhubClient.on('state', (s) => window.states.push(s)); return true; })()").await;
+    eval(bob, "(() => { window.states = []; const c = window.roomhubClient; c.on('state', (s) => window.states.push(s)); c.random = () => 1; c.baseDelayMs = 3000; c.maxDelayMs = 3000; return true; })()").await;
+    server.shutdown().await;
+    let server = start_server(addr, dir).await;
+    let back = "window.states.includes('reconnecting') && window.roomhubClient.state === 'open'";
+    until(alice, "alice reconnects", back).await;
+    assert_ne!(
+        eval(bob, "window.roomhubClient.state").await,
+        "open",
+        "bob is still away"
+    );
+    for text in missed {
+        say(alice, text).await;
+    }
+    let last = format!(
+        "document.getElementById('messages').innerText.includes({})",
+        serde_json::to_string(missed.last().expect("messages")).unwrap()
+    );
+    until(alice, "alice's messages acked", &last).await;
+    until(
+        bob,
+        "bob back with what he missed",
+        &format!("{back} && {last}"),
+    )
+    .await;
+    let (bob_text, alice_text) = (messages(bob).await, messages(alice).await);
+    for needle in expected {
+        assert_eq!(
+            count_in(&bob_text, needle),
+            1,
+            "bob sees {needle:?} once:\n{bob_text}"
+        );
+        assert_eq!(
+            count_in(&alice_text, needle),
+            1,
+            "alice sees {needle:?} once:\n{alice_text}"
+        );
+    }
+    assert_eq!(
+        eval(bob, "window.roomhubClient.rooms.get('general').offset").await,
+        eval(alice, "window.roomhubClient.rooms.get('general').offset").await,
+        "both pages are at the same offset"
+    );
+    server
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_chat_ride_out_a_restart_and_an_expired_token_does_not_loop() {
     // A browser that stops answering must fail the test, not hang CI.
@@ -166,12 +277,7 @@ async fn two_pages_chat_ride_out_a_restart_and_an_expired_token_does_not_loop() 
 }
 
 async fn scenario() {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "chromium is missing under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: chromium is not installed");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("roomhub-browser-{}", std::process::id()));
@@ -187,99 +293,28 @@ async fn scenario() {
     log_in(&bob, "Bob").await;
 
     // Presence, typing and messages, both ways.
-    until(
-        &alice,
-        "alice sees bob join",
-        "document.getElementById('messages').innerText.includes('Bob joined')",
-    )
-    .await;
-    until(&bob, "bob lists both users", "document.getElementById('users').innerText.includes('Alice') && document.getElementById('users').innerText.includes('Bob')").await;
-    type_text(&alice, "hel").await;
-    until(
-        &bob,
-        "bob sees alice typing",
-        "document.getElementById('typing').innerText.includes('Alice')",
-    )
-    .await;
-    say(&alice, "hello bob").await;
-    until(
-        &bob,
-        "bob gets alice's message",
-        "document.getElementById('messages').innerText.includes('hello bob')",
-    )
-    .await;
-    type_text(&bob, "hi").await;
-    until(
-        &alice,
-        "alice sees bob typing",
-        "document.getElementById('typing').innerText.includes('Bob')",
-    )
-    .await;
-    say(&bob, "hi alice").await;
-    until(
-        &alice,
-        "alice gets bob's message",
-        "document.getElementById('messages').innerText.includes('hi alice')",
-    )
-    .await;
+    chat_both_ways(&alice, &bob, "hello bob", "hi alice").await;
 
-    // Restart the server on the same data directory. Bob's page waits 3 s
-    // before it comes back, so alice's next messages happen while he is away.
-    // Alice's page notes its states, so that the test waits for it to come
-    // back rather than see it still open on the old server.
-    eval(&alice, "(() => { window.states = []; window.roomhubClient.on('state', (s) => window.states.push(s)); return true; })()").await;
-    eval(&bob, "(() => { const c = window.roomhubClient; c.random = () => 1; c.baseDelayMs = 3000; c.maxDelayMs = 3000; return true; })()").await;
-    server.shutdown().await;
-    let server = start_server(addr, &dir).await;
-    until(
+    // A restart, with bob away for alice's next messages.
+    let server = restart_while_bob_is_away(
+        server,
+        &dir,
         &alice,
-        "alice reconnects",
-        "window.states.includes('reconnecting') && window.roomhubClient.state === 'open'",
+        &bob,
+        &[
+            "while you were away 1",
+            "while you were away 2",
+            "while you were away 3",
+        ],
+        &[
+            "hello bob",
+            "hi alice",
+            "while you were away 1",
+            "while you were away 2",
+            "while you were away 3",
+        ],
     )
     .await;
-    assert_ne!(
-        eval(&bob, "window.roomhubClient.state").await,
-        "open",
-        "bob is still away"
-    );
-    for text in [
-        "while you were away 1",
-        "while you were away 2",
-        "while you were away 3",
-    ] {
-        say(&alice, text).await;
-    }
-    until(
-        &alice,
-        "alice's three messages acked",
-        "document.getElementById('messages').innerText.includes('while you were away 3')",
-    )
-    .await;
-    until(&bob, "bob back with what he missed", "window.roomhubClient.state === 'open' && document.getElementById('messages').innerText.includes('while you were away 3')").await;
-    let (bob_text, alice_text) = (messages(&bob).await, messages(&alice).await);
-    for needle in [
-        "hello bob",
-        "hi alice",
-        "while you were away 1",
-        "while you were away 2",
-        "while you were away 3",
-    ] {
-        assert_eq!(
-            count_in(&bob_text, needle),
-            1,
-            "bob sees {needle:?} once:\n{bob_text}"
-        );
-        assert_eq!(
-            count_in(&alice_text, needle),
-            1,
-            "alice sees {needle:?} once:\n{alice_text}"
-        );
-    }
-    assert_eq!(
-        eval(&bob, "window.roomhubClient.rooms.get('general').offset").await,
-        eval(&alice, "window.roomhubClient.rooms.get('general').offset").await,
-        "both pages are at the same offset"
-    );
 
     // A fresh page joining later sees what was said before it came (the
     // last 50 messages, with their times), each once.
@@ -447,12 +482,7 @@ async fn a_page_without_websocket_chats_over_sse_and_rides_out_a_restart() {
 }
 
 async fn sse_scenario() {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "chromium is missing under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: chromium is not installed");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("roomhub-browser-sse-{}", std::process::id()));
@@ -480,94 +510,25 @@ async fn sse_scenario() {
     );
     assert_eq!(eval(&bob, "window.roomhubClient.transport").await, "sse");
 
-    until(
-        &alice,
-        "alice sees bob join",
-        "document.getElementById('messages').innerText.includes('Bob joined')",
-    )
-    .await;
-    until(&bob, "bob lists both users", "document.getElementById('users').innerText.includes('Alice') && document.getElementById('users').innerText.includes('Bob')").await;
-    type_text(&alice, "hel").await;
-    until(
-        &bob,
-        "bob sees alice typing",
-        "document.getElementById('typing').innerText.includes('Alice')",
-    )
-    .await;
-    say(&alice, "hello sse bob").await;
-    until(
-        &bob,
-        "bob gets alice's message",
-        "document.getElementById('messages').innerText.includes('hello sse bob')",
-    )
-    .await;
-    type_text(&bob, "hi").await;
-    until(
-        &alice,
-        "alice sees bob typing",
-        "document.getElementById('typing').innerText.includes('Bob')",
-    )
-    .await;
-    say(&bob, "hi from sse").await;
-    until(
-        &alice,
-        "alice gets bob's message",
-        "document.getElementById('messages').innerText.includes('hi from sse')",
-    )
-    .await;
+    chat_both_ways(&alice, &bob, "hello sse bob", "hi from sse").await;
 
-    // The restart: bob's page waits 3 s before coming back, so alice's
-    // next messages happen while it is away.
-    eval(&alice, "(() => { window.states = []; window.roomhubClient.on('state', (s) => window.states.push(s)); return true; })()").await;
-    eval(&bob, "(() => { window.states = []; const c = window.roomhubClient; c.on('state', (s) => window.states.push(s)); c.random = () => 1; c.baseDelayMs = 3000; c.maxDelayMs = 3000; return true; })()").await;
-    server.shutdown().await;
-    let server = start_server(addr, &dir).await;
-    until(
+    // The restart, with the SSE page away for alice's next messages.
+    let server = restart_while_bob_is_away(
+        server,
+        &dir,
         &alice,
-        "alice reconnects",
-        "window.states.includes('reconnecting') && window.roomhubClient.state === 'open'",
+        &bob,
+        &["sse away 1", "sse away 2", "sse away 3"],
+        &[
+            "hello sse bob",
+            "hi from sse",
+            "sse away 1",
+            "sse away 2",
+            "sse away 3",
+        ],
     )
     .await;
-    assert_ne!(
-        eval(&bob, "window.roomhubClient.state").await,
-        "open",
-        "bob is still away"
-    );
-    for text in ["sse away 1", "sse away 2", "sse away 3"] {
-        say(&alice, text).await;
-    }
-    until(
-        &alice,
-        "alice's three messages acked",
-        "document.getElementById('messages').innerText.includes('sse away 3')",
-    )
-    .await;
-    until(&bob, "bob back with what he missed", "window.states.includes('reconnecting') && window.roomhubClient.state === 'open' && document.getElementById('messages').innerText.includes('sse away 3')").await;
     assert_eq!(eval(&bob, "window.roomhubClient.transport").await, "sse");
-    let (bob_text, alice_text) = (messages(&bob).await, messages(&alice).await);
-    for needle in [
-        "hello sse bob",
-        "hi from sse",
-        "sse away 1",
-        "sse away 2",
-        "sse away 3",
-    ] {
-        assert_eq!(
-            count_in(&bob_text, needle),
-            1,
-            "bob sees {needle:?} once:\n{bob_text}"
-        );
-        assert_eq!(
-            count_in(&alice_text, needle),
-            1,
-            "alice sees {needle:?} once:\n{alice_text}"
-        );
-    }
-    assert_eq!(
-        eval(&bob, "window.roomhubClient.rooms.get('general').offset").await,
-        eval(&alice, "window.roomhubClient.rooms.get('general').offset").await,
-        "both pages are at the same offset"
-    );
     // After the restart, typing and presence still work both ways.
     type_text(&bob, "still").await;
     until(
@@ -631,12 +592,7 @@ async fn the_admin_page_charts_live_traffic_and_disconnects_a_user() {
 
 async fn admin_scenario() {
     use roomhub_tests::server::Client;
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "chromium is missing under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: chromium is not installed");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("roomhub-browser-admin-{}", std::process::id()));
