@@ -113,7 +113,8 @@ export interface SendAck {
 export interface Ack extends Frame<"ack"> {
   id: string;
   room?: string;
-  payload?: Partial<SendAck> & { message_id?: string };
+  /** `send_message`: `{message_id, offset}`; `send_direct`: `{message_id}`. */
+  payload?: Partial<SendAck>;
 }
 
 export interface ErrorFrame extends Frame<"error"> {

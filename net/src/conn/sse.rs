@@ -33,11 +33,16 @@ pub enum Posted {
 }
 
 impl Posted {
+    /// A body larger than the message limit: closed with 1009.
+    pub(crate) fn too_big() -> Posted {
+        Posted::Violation(close::MESSAGE_TOO_BIG, "message too big".into())
+    }
+
     /// What a request body is: a text frame, or (larger than the message
     /// limit, not UTF-8) the close a WebSocket client would get.
     pub(crate) fn check(body: &[u8], max_message: usize) -> Posted {
         if body.len() > max_message {
-            return Posted::Violation(close::MESSAGE_TOO_BIG, "message too big".into());
+            return Posted::too_big();
         }
         match std::str::from_utf8(body) {
             Ok(text) => Posted::Text(text.to_string()),

@@ -174,11 +174,11 @@ async fn send_inner(state: &HttpState, headers: &HeaderMap, uri: &Uri, body: Bod
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let posted = if declared.is_some_and(|n| n > max as u64) {
-        Posted::check(&vec![0; max + 1], max)
+        Posted::too_big()
     } else {
         match axum::body::to_bytes(body, max + 1).await {
             Ok(bytes) => Posted::check(&bytes, max),
-            Err(e) if is_too_long(&e) => Posted::check(&vec![0; max + 1], max),
+            Err(e) if is_too_long(&e) => Posted::too_big(),
             Err(e) => {
                 return json_error(
                     StatusCode::BAD_REQUEST,
