@@ -87,8 +87,8 @@ wait_until() {
   exit 1
 }
 port_open() { (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
-# roomhub answers /healthz once it serves (for a cluster node, once its broker is up).
-healthy() { curl -fsS "http://127.0.0.1:$PORT/healthz"; }
+# roomhub answers /readyz once it serves (for a cluster node, once its broker is up).
+healthy() { curl -fsS "http://127.0.0.1:$PORT/readyz"; }
 
 SERVER_PID=""
 # A second node (`nodes2`), and the URLs the generator connects to.
@@ -163,7 +163,7 @@ start_server() {
         --max-connections 120000 --max-connections-per-user 0 --log warn &
       NODE2_PID=$!
       URLS="ws://127.0.0.1:$PORT/ws,ws://127.0.0.1:$second/ws"
-      node2_healthy() { curl -fsS "http://127.0.0.1:$second/healthz"; }
+      node2_healthy() { curl -fsS "http://127.0.0.1:$second/readyz"; }
       wait_until "second node" node2_healthy ;;
     rcluster)
       start_redis_cluster $((PORT + 1)) $((PORT + 2)) $((PORT + 3))

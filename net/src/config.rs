@@ -159,6 +159,10 @@ pub struct ServerArgs {
     /// On shutdown, time allowed for queues to drain after the 1001 close.
     #[arg(long, env = "ROOMHUB_DRAIN_TIMEOUT_MS", default_value_t = 5_000)]
     pub drain_timeout_ms: u64,
+    /// On shutdown, time between turning unready (`/readyz` answers 503)
+    /// and closing connections, for load balancers that poll readiness.
+    #[arg(long, env = "ROOMHUB_SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
     /// Directory of the embedded store that keeps room history across restarts.
     #[arg(long, env = "ROOMHUB_DATA_DIR", default_value = "roomhub-data")]
     pub data_dir: PathBuf,
@@ -423,6 +427,8 @@ pub struct ServerConfig {
     pub send_queue_bytes: usize,
     pub write_wait: Duration,
     pub drain_timeout: Duration,
+    /// Between turning unready and closing connections on shutdown.
+    pub shutdown_delay: Duration,
     /// The core's limits and periods.
     pub core: CoreConfig,
     /// Seeds room epochs; a fresh one each start keeps lineages apart.
@@ -593,6 +599,7 @@ impl ServerConfig {
             send_queue_bytes: args.send_queue_bytes,
             write_wait: Duration::from_millis(args.write_wait_ms),
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            shutdown_delay: Duration::from_millis(args.shutdown_delay_ms),
             core,
             sequencer_seed: seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
             data_dir: durable.then(|| args.data_dir.clone()),

@@ -177,7 +177,11 @@ impl Server {
             warn!("no --allowed-origins: WebSocket upgrades from any origin are accepted");
         }
         let (inbox, events) = inbox::channel();
+        // `shutdown` starts a graceful shutdown (SIGTERM, `Server::shutdown`);
+        // `closing` follows it after the shutdown delay and is what closes
+        // every connection with 1001.
         let shutdown = CancellationToken::new();
+        let closing = CancellationToken::new();
         let metrics = Metrics::new();
         let online = Online::default();
         // Resolves once the store (if any) has closed its database, so a
@@ -198,7 +202,7 @@ impl Server {
             events,
             clock,
             metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: closing.clone(),
             publishes: FxHashMap::default(),
             next_publish: 0,
             calls: FxHashMap::default(),
@@ -232,6 +236,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             cluster,
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             metrics,
             connections: TaskTracker::new(),
             hooks: crate::hooks::Hooks::new(config_hooks),
@@ -248,7 +253,12 @@ impl Server {
             tokio::spawn(crate::http::sse::take_forwarded(state.clone(), forwarded));
         }
         let hub = hub.start(state.config.io_threads, state.config.hub_thread)?;
-        let done = tokio::spawn(accept_loop(listener, state.clone(), shutdown.clone(), hub));
+        tokio::spawn(unready_then_close(
+            state.clone(),
+            shutdown.clone(),
+            closing.clone(),
+        ));
+        let done = tokio::spawn(accept_loop(listener, state.clone(), closing, hub));
         Ok(Server {
             state,
             shutdown,
@@ -291,6 +301,29 @@ impl Server {
         let _ = self.done.await;
         let _ = self.store_closed.await;
     }
+}
+
+/// Once a graceful shutdown begins: unready at once (`/readyz` answers
+/// 503, so load balancers stop sending new clients), then, after the
+/// shutdown delay, close every connection with 1001.
+async fn unready_then_close(
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+    closing: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let delay = state.config.shutdown_delay;
+    if !delay.is_zero() {
+        info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: unready now, closing connections after the shutdown delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    closing.cancel();
 }
 
 /// One node on its own: history in memory, or in the embedded store.

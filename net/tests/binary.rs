@@ -206,6 +206,78 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// On SIGTERM, `/readyz` answers 503 at once while connections keep
+/// working (`/healthz`, the liveness check, stays 200); the 1001 closes
+/// come only after `--shutdown-delay-ms`.
+#[test]
+fn sigterm_turns_unready_before_the_1001_closes() {
+    let dir = workdir("readyz");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = start(
+        &dir,
+        &[
+            "--listen",
+            &listen,
+            "--jwt-secret",
+            "s3cret",
+            "--shutdown-delay-ms",
+            "1500",
+        ],
+    );
+    wait_for_port(port);
+    assert!(readyz_ok(port), "ready once serving");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = joining_g(&listen, "a", "s3cret").await;
+        next_of_type(&mut ws, "room_info").await;
+        let status = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let signalled = Instant::now();
+        while readyz_ok(port) {
+            assert!(
+                signalled.elapsed() < Duration::from_secs(1),
+                "/readyz still 200 a second after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let unready = signalled.elapsed();
+        assert!(get_ok(port, "/healthz"), "alive while draining");
+        // Still served: a request gets its answer, and no close yet.
+        ws.send(Message::text(
+            r#"{"type":"online_users","room":"g","id":"q"}"#,
+        ))
+        .await
+        .unwrap();
+        next_of_type(&mut ws, "ack").await;
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        let closed = signalled.elapsed();
+        assert_eq!(code, 1001);
+        assert!(
+            unready < closed && closed >= Duration::from_millis(1400),
+            "unready after {unready:?}, closed after {closed:?}"
+        );
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "roomhub did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn help_documents_the_fixed_flags_and_their_variables() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
@@ -451,7 +523,7 @@ fn a_cluster_node_killed_with_sigkill_leaves_no_ghosts() {
         wait_for_port(port);
         let deadline = Instant::now() + Duration::from_secs(10);
         // Healthy once its broker session is up.
-        while !healthz_ok(port) {
+        while !readyz_ok(port) {
             assert!(Instant::now() < deadline, "node never healthy");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -517,8 +589,8 @@ fn a_cluster_node_killed_with_sigkill_leaves_no_ghosts() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-fn healthz_ok(port: u16) -> bool {
-    get_ok(port, "/healthz")
+fn readyz_ok(port: u16) -> bool {
+    get_ok(port, "/readyz")
 }
 
 /// Whether `GET path` answers 200.

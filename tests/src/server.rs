@@ -103,10 +103,10 @@ impl TestServer {
         .await
     }
 
-    /// Waits until `/healthz` says ok (a cluster node: its broker is up).
+    /// Waits until `/readyz` says ok (a cluster node: its broker is up).
     pub async fn ready(self) -> TestServer {
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.get("/healthz").await.0 != 200 {
+        while self.get("/readyz").await.0 != 200 {
             assert!(tokio::time::Instant::now() < deadline, "never healthy");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -631,8 +631,10 @@ async fn a_node_cut_off_from_redis_fails_fast_then_fills_its_gap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(asked.elapsed() < Duration::from_secs(5));
-    // Load balancers are told to keep away while the node is cut off.
-    assert_eq!(b.get("/healthz").await.0, 503);
+    // Load balancers are told to keep away while the node is cut off; it
+    // is alive all the same (nothing should restart it).
+    assert_eq!(b.get("/readyz").await.0, 503);
+    assert_eq!(b.get("/healthz").await.0, 200);
 
     proxy.heal();
     // Nothing more is sent: the reconnect itself must fill the gap.
@@ -653,7 +655,7 @@ async fn a_node_cut_off_from_redis_fails_fast_then_fills_its_gap() {
         }
     }
     assert_eq!(contents, ["during0", "during1", "during2", "during3"]);
-    assert_eq!(b.get("/healthz").await.0, 200);
+    assert_eq!(b.get("/readyz").await.0, 200);
 }
 
 /// How many subscribers Redis has for `channel` (RESP over a plain socket).

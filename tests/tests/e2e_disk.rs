@@ -25,8 +25,8 @@ async fn say(c: &mut Client, content: &str) -> Value {
     }
 }
 
-async fn healthz(s: &TestServer) -> u16 {
-    s.get("/healthz").await.0
+async fn readyz(s: &TestServer) -> u16 {
+    s.get("/readyz").await.0
 }
 
 async fn history(c: &mut Client) -> Vec<String> {
@@ -65,13 +65,13 @@ async fn a_full_disk_refuses_messages_and_recovers() {
             tokio::time::sleep(Duration::from_millis(1100)).await;
             assert_eq!(say(&mut alice, "m2").await["type"], "ack");
             eventually("the failed checkpoint is reported", async || {
-                healthz(&s).await == 503
+                readyz(&s).await == 503
             })
             .await;
             assert_eq!(say(&mut alice, "m3").await["type"], "ack");
             faults.set_database_full(false);
             eventually("the retried checkpoint succeeds", async || {
-                healthz(&s).await == 200
+                readyz(&s).await == 200
             })
             .await;
         }
@@ -83,7 +83,7 @@ async fn a_full_disk_refuses_messages_and_recovers() {
             refused["payload"]["code"], "UNAVAILABLE",
             "{fsync:?}: {refused}"
         );
-        assert_eq!(healthz(&s).await, 503);
+        assert_eq!(readyz(&s).await, 503);
         let kept = if fsync == Fsync::Background {
             vec!["m1", "m2", "m3"]
         } else {
@@ -109,7 +109,7 @@ async fn a_full_disk_refuses_messages_and_recovers() {
             Some(kept.len() as u64 + 1),
             "{ack}"
         );
-        eventually("healthy again", async || healthz(&s).await == 200).await;
+        eventually("healthy again", async || readyz(&s).await == 200).await;
         drop((alice, bob));
         s.shutdown().await;
 

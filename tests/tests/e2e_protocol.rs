@@ -353,6 +353,8 @@ async fn online_metrics_and_health_endpoints() {
     let s = TestServer::start().await;
     let (status, body) = s.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = s.get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
     assert_eq!(s.get("/ws/online").await.1, r#"{"online":0}"#);
     let mut a = s.member("alice", "g").await;
     let _b = s.member("bob", "g").await;

@@ -105,8 +105,22 @@ pub(crate) async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
+/// `GET /healthz`: liveness. The process serves HTTP and its hub runs
+/// (`ok`; `draining` during a graceful shutdown, still 200): restart it only
+/// when this stops answering.
 pub(crate) async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
-    if state.shutting_down.load(Ordering::Relaxed) {
+    if state.draining.load(Ordering::Relaxed) {
+        axum::Json(json!({ "status": "draining" })).into_response()
+    } else {
+        axum::Json(json!({ "status": "ok" })).into_response()
+    }
+}
+
+/// `GET /readyz`: readiness. 503 from the moment a graceful shutdown
+/// begins, while a cluster node's broker is unreachable, and while the
+/// store cannot write; a load balancer sends new clients only on 200.
+pub(crate) async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
         json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if state.cluster.as_ref().is_some_and(|c| !c.is_healthy()) {
         // Joins and sends would get UNAVAILABLE: keep load balancers away.

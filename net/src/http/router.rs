@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use crate::http::admin;
 use crate::http::api::call;
 use crate::http::error::json_error;
-use crate::http::pages::{client_module, demo_page, demo_token, healthz, metrics, online};
+use crate::http::pages::{client_module, demo_page, demo_token, healthz, metrics, online, readyz};
 use crate::http::sse;
 use crate::http::state::HttpState;
 use crate::http::ws::ws_handler;
@@ -31,6 +31,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/demo/token", post(demo_token))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }

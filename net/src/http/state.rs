@@ -24,6 +24,9 @@ pub(crate) struct HttpState {
     /// Cluster mode: the other nodes' counts and the broker's health.
     pub(crate) cluster: Option<Arc<ClusterView>>,
     pub(crate) shutting_down: AtomicBool,
+    /// A graceful shutdown began: `/readyz` answers 503 from now on, while
+    /// connections are still served until the shutdown delay has passed.
+    pub(crate) draining: AtomicBool,
     pub(crate) metrics: Metrics,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) connections: TaskTracker,
