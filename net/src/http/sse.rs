@@ -38,6 +38,10 @@ use crate::http::state::HttpState;
 /// Bytes the pipe between the outbox and the response body holds; past
 /// it, the outbox's backlog (bounded by the send queue) takes over.
 const PIPE_BYTES: usize = 16 * 1024;
+/// What the response body takes from the pipe at a time (most events are
+/// a few hundred bytes; a larger backlog comes in several reads). Held per
+/// idle stream, so kept small.
+const EVENT_READ_BYTES: usize = 1024;
 /// The most rooms a stream's `rooms` query may name.
 const MAX_QUERY_ROOMS: usize = 64;
 
@@ -69,7 +73,7 @@ pub(crate) async fn stream(
     info!(%conn, %addr, user = %identity.user.id, session = %opened.session, "connected (SSE)");
     let (gone_tx, gone) = oneshot::channel();
     let body = EventStream {
-        events: ReaderStream::new(body_end),
+        events: ReaderStream::with_capacity(body_end, EVENT_READ_BYTES),
         _gone: gone_tx,
     };
     let cx = state.conn.clone();
