@@ -20,7 +20,6 @@ use crate::hub::inbox::Answers;
 /// subscription session.
 const SUBSCRIPTION_REQUESTS: usize = 1024;
 
-/// Starts the node's cluster side. Returns the queue the hub task feeds.
 /// What the node's cluster tasks are handed by the server.
 pub(crate) struct NodeParts {
     pub(crate) clock: Clock,
@@ -31,6 +30,7 @@ pub(crate) struct NodeParts {
     pub(crate) timer: crate::metrics::AppendTimer,
 }
 
+/// Starts the node's cluster side. Returns the queue the hub task feeds.
 pub(crate) fn spawn<B: Broker>(
     broker: Arc<B>,
     node: NodeId,

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::http::api::{ApiError, constant_time_eq, run_method};
+use crate::http::api::{ApiError, bearer, constant_time_eq, run_method};
 use crate::http::error::json_error;
 use crate::http::series::Sample;
 use crate::http::state::HttpState;
@@ -81,11 +81,7 @@ fn refusal(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     if !enabled(state) {
         return Some(json_error(StatusCode::NOT_FOUND, "not found"));
     }
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = bearer(headers).unwrap_or("");
     let opens = [&state.config.admin_password, &state.config.api_key]
         .into_iter()
         .flatten()

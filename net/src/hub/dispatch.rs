@@ -132,13 +132,19 @@ impl Connections {
         }
         // Grouped by connection; the sort is stable, so each connection's
         // frames keep the core's order.
+        // SSE events made once per frame for the pass (its frames are alive
+        // in `staged` meanwhile, so their addresses stay theirs).
+        let mut events = crate::conn::outbox::sse::Events::default();
         staged.sort_by_key(|(conn, _, _)| *conn);
         for frames in staged.chunk_by(|a, b| a.0 == b.0) {
             let conn = frames[0].0;
             let Some(outbox) = self.outboxes.get(&conn) else {
                 continue;
             };
-            let queued = outbox.push_frames(frames.iter().map(|(_, frame, kind)| (frame, *kind)));
+            let queued = outbox.push_frames(
+                frames.iter().map(|(_, frame, kind)| (frame, *kind)),
+                &mut events,
+            );
             if queued.flush_due {
                 self.shards.stage(conn.0, outbox);
             }

@@ -219,7 +219,7 @@ impl Outbox {
     /// once when nothing waits before it.
     #[cfg(test)]
     pub(crate) fn push_frame(&self, frame: &Bytes, kind: FrameKind) -> Pushed {
-        let queued = self.push_frames(std::iter::once((frame, kind)));
+        let queued = self.push_frames(std::iter::once((frame, kind)), &mut sse::Events::default());
         let closed = self.lock().closed_for_frames();
         match queued {
             Queued { overflow: true, .. } => Pushed::Overflow,
@@ -240,14 +240,20 @@ impl Outbox {
     /// Queues several frames under one lock (the hub's frames for this
     /// connection from one pass), stopping at the first that would pass the
     /// bound. The caller flushes when told to.
+    /// `events`: the pass's SSE events, shared by its SSE recipients.
     pub(crate) fn push_frames<'a>(
         &self,
         frames: impl Iterator<Item = (&'a Bytes, FrameKind)>,
+        events: &mut sse::Events,
     ) -> Queued {
         let mut s = self.lock();
         let mut out = Queued::default();
         for (frame, kind) in frames {
-            match s.queue_frame(frame, kind, self.shared.limit, self.shared.framing) {
+            let chunk = match self.shared.framing {
+                Framing::WebSocket => s.queue_frame(frame, kind, self.shared.limit),
+                Framing::Sse => s.queue_event(events.of(frame), kind, self.shared.limit),
+            };
+            match chunk {
                 Some(chunk) => out.flush_due |= s.append(chunk),
                 None if s.closed_for_frames() => break,
                 None if kind == FrameKind::Ephemeral => out.ephemeral_dropped += 1,
@@ -414,24 +420,9 @@ impl State {
     /// The frame as a chunk, if it may be queued: `None` when the
     /// connection is closing, a live frame would pass the bound, or an
     /// ephemeral one would pass half of it.
-    fn queue_frame(
-        &mut self,
-        frame: &Bytes,
-        kind: FrameKind,
-        limit: usize,
-        framing: Framing,
-    ) -> Option<Chunk> {
+    fn queue_frame(&mut self, frame: &Bytes, kind: FrameKind, limit: usize) -> Option<Chunk> {
         if self.closed_for_frames() {
             return None;
-        }
-        if framing == Framing::Sse {
-            // An event of its own per connection (a copy): SSE is the
-            // fallback transport, and its events carry per-frame ids.
-            let event = sse::event(frame);
-            if !self.within_bound(kind, event.len(), limit) {
-                return None;
-            }
-            return Some(Chunk::raw(event, kind == FrameKind::Replay));
         }
         let header = FrameHeader {
             is_final: true,
@@ -458,6 +449,14 @@ impl State {
         };
         debug_assert_eq!(chunk.len(), len);
         Some(chunk)
+    }
+
+    /// An SSE event as a chunk, on the same terms as [`State::queue_frame`].
+    fn queue_event(&mut self, event: Bytes, kind: FrameKind, limit: usize) -> Option<Chunk> {
+        if self.closed_for_frames() || !self.within_bound(kind, event.len(), limit) {
+            return None;
+        }
+        Some(Chunk::raw(event, kind == FrameKind::Replay))
     }
 
     /// Whether `len` more bytes of `kind` may wait.

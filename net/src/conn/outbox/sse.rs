@@ -14,6 +14,23 @@ use serde::Deserialize;
 /// proxies from timing the stream out.
 pub(crate) const PING: &[u8] = b": ping\n\n";
 
+/// Each frame of one hub pass as an SSE event, made once however many SSE
+/// members receive it (a broadcast's frame is one shared buffer, so its
+/// address names it for the pass).
+#[derive(Default)]
+pub(crate) struct Events {
+    made: rustc_hash::FxHashMap<(usize, usize), Bytes>,
+}
+
+impl Events {
+    pub(crate) fn of(&mut self, frame: &Bytes) -> Bytes {
+        self.made
+            .entry((frame.as_ptr() as usize, frame.len()))
+            .or_insert_with(|| event(frame))
+            .clone()
+    }
+}
+
 /// The event for one frame.
 pub(crate) fn event(frame: &[u8]) -> Bytes {
     let id = position(frame);
@@ -126,6 +143,17 @@ mod tests {
             rest,
             format!("data: {}\n\n", std::str::from_utf8(frame).unwrap())
         );
+    }
+
+    #[test]
+    fn a_pass_makes_each_frame_s_event_once() {
+        let shared = Bytes::from_static(br#"{"type":"room_info","room":"g"}"#);
+        let other = Bytes::copy_from_slice(&shared);
+        let mut events = Events::default();
+        let (a, b) = (events.of(&shared), events.of(&shared.clone()));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one event for every recipient");
+        assert_eq!(&events.of(&other)[..], &a[..]);
+        assert_eq!(events.made.len(), 2);
     }
 
     #[test]

@@ -100,10 +100,7 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
             "the server API is off; start the server with --api-key",
         ));
     };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer(headers);
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
         Ok(())
     } else {
@@ -181,6 +178,14 @@ async fn batch(state: &HttpState, mut params: Map<String, Value>) -> Result<Valu
         });
     }
     Ok(json!({ "replies": replies }))
+}
+
+/// The `Authorization: Bearer` credential, if the request has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
