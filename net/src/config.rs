@@ -68,6 +68,13 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "ROOMHUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// TLS certificate chain (PEM) to serve `https://` and `wss://` on
+    /// the listen address; re-read when the file changes, and on SIGHUP.
+    #[arg(long, env = "ROOMHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "ROOMHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// HS256 secret for client tokens. Without it (and without a public key) a
     /// development secret is used, on loopback addresses only.
     #[arg(long, env = "ROOMHUB_JWT_SECRET", hide_env_values = true)]
@@ -415,6 +422,8 @@ pub struct PerIpLimits {
 #[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Serve TLS with these files (`None`: plain TCP).
+    pub tls: Option<crate::http::tls::TlsFiles>,
     pub auth: AuthConfig,
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
@@ -572,8 +581,21 @@ impl ServerConfig {
             },
             ..CoreConfig::default()
         };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = crate::http::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                crate::http::tls::load(&files)?;
+                Some(files)
+            }
+            (None, None) => None,
+            _ => return Err("give both --tls-cert and --tls-key".into()),
+        };
         Ok(ServerConfig {
             listen: args.listen,
+            tls,
             auth: AuthConfig {
                 key,
                 issuer: args.jwt_issuer.clone(),

@@ -121,6 +121,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
             }
         };
         let config_demo = config.demo;
+        let (ws, http) = if config.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
         let server = match Server::start(listener, config, Clock::system()) {
             Ok(s) => s,
             Err(e) => {
@@ -129,7 +130,7 @@ fn serve(mut args: ServerArgs) -> ExitCode {
             }
         };
         let addr = server.local_addr();
-        info!(%addr, "roomhub listening on ws://{addr}/ws");
+        info!(%addr, "roomhub listening on {ws}://{addr}/ws");
         if let Some(secret) = args.jwt_secret.as_deref().filter(|_| dev_mode) {
             let spec = TokenSpec {
                 user: "alice".into(),
@@ -140,14 +141,14 @@ fn serve(mut args: ServerArgs) -> ExitCode {
             println!(
                 "\nroomhub is running with a development secret ({}).\n\
                  Connect as alice (token valid 24 h):\n\n  \
-                 wscat -c 'ws://{addr}/ws?token={token}'\n\n\
+                 wscat -c '{ws}://{addr}/ws?token={token}'\n\n\
                  then type:  {{\"type\":\"join_room\",\"room\":\"general\"}}\n\
                  and:        {{\"type\":\"send_message\",\"room\":\"general\",\"payload\":{{\"content\":\"Hello!\"}}}}\n\
                  More tokens: cargo run --release --bin roomhub -- token --user bob\n",
                 dev_secret_display().display()
             );
             if config_demo {
-                println!("Or open the demo chat in a browser:  http://{addr}/\n");
+                println!("Or open the demo chat in a browser:  {http}://{addr}/\n");
             }
         }
         let stop = server.shutdown_token();

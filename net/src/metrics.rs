@@ -25,6 +25,7 @@ struct Inner {
     pub socket_writes: Counter,
     pub backlog_writes: Counter,
     pub slow_consumer_disconnects: Counter,
+    tls_handshake_failures: Counter,
     pub ephemeral_dropped: Counter,
     pub rooms: Gauge,
     pub uptime: Gauge,
@@ -105,6 +106,11 @@ impl Metrics {
             Unit::Count,
             "Upgrades refused by a connection limit (per_ip, server_full, per_user)",
         );
+        describe(
+            "roomhub_tls_handshake_failures_total",
+            Unit::Count,
+            "TLS handshakes that failed or timed out (with --tls-cert)",
+        );
         recorder.describe_gauge(
             "roomhub_connections_active".into(),
             Some(Unit::Count),
@@ -147,6 +153,7 @@ impl Metrics {
             socket_writes: counter("roomhub_socket_writes_total"),
             backlog_writes: counter("roomhub_backlog_writes_total"),
             slow_consumer_disconnects: counter("roomhub_slow_consumer_disconnects_total"),
+            tls_handshake_failures: counter("roomhub_tls_handshake_failures_total"),
             ephemeral_dropped: counter("roomhub_ephemeral_dropped_total"),
             rooms: gauge("roomhub_rooms"),
             uptime: gauge("roomhub_uptime_seconds"),
@@ -190,6 +197,11 @@ impl Metrics {
 
     pub fn slow_consumer(&self) {
         self.inner.slow_consumer_disconnects.increment(1);
+    }
+
+    /// A TLS handshake that failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.inner.tls_handshake_failures.increment(1);
     }
 
     pub fn ephemeral_dropped(&self, frames: u64) {

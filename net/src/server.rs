@@ -29,6 +29,7 @@ use crate::conn::sse::Sessions;
 use crate::http::accept::accept_loop;
 use crate::http::admission::Admission;
 use crate::http::state::HttpState;
+use crate::http::tls::Certificates;
 use crate::hub::engine::{Engine, Journaled};
 use crate::hub::inbox::{self, Answers};
 use crate::hub::services::Services;
@@ -223,7 +224,12 @@ impl Server {
         });
         let config_hooks = config.hooks.clone();
         let node_id = config.core.node_id;
+        let tls = match &config.tls {
+            Some(files) => Some(Certificates::open(files.clone()).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let state = Arc::new(HttpState {
+            tls,
             admission: Arc::new(Admission::new(
                 config.max_connections,
                 config.max_connections_per_user,
@@ -258,7 +264,14 @@ impl Server {
             shutdown.clone(),
             closing.clone(),
         ));
-        let done = tokio::spawn(accept_loop(listener, state.clone(), closing, hub));
+        let tls = match &state.tls {
+            Some(certs) => {
+                tokio::spawn(certs.clone().watch(closing.clone()));
+                Some(certs.acceptor().map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
+        let done = tokio::spawn(accept_loop(listener, state.clone(), closing, hub, tls));
         Ok(Server {
             state,
             shutdown,

@@ -6,6 +6,7 @@ pub mod proxy;
 pub mod redis;
 pub mod server;
 pub mod sse;
+pub mod tls;
 
 use roomhub_core::ConnId;
 use roomhub_core::testkit::TestWorld;

@@ -285,7 +285,22 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(request: impl IntoClientRequest + Unpin) -> Result<Client, Refused> {
-        match tokio_tungstenite::connect_async(request).await {
+        Client::connect_via(request, None).await
+    }
+
+    /// Connects to a `wss://` URL through `tls` (see [`crate::tls::TestCa`]).
+    pub async fn connect_tls(
+        request: impl IntoClientRequest + Unpin,
+        tls: tokio_tungstenite::Connector,
+    ) -> Result<Client, Refused> {
+        Client::connect_via(request, Some(tls)).await
+    }
+
+    async fn connect_via(
+        request: impl IntoClientRequest + Unpin,
+        tls: Option<tokio_tungstenite::Connector>,
+    ) -> Result<Client, Refused> {
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, tls).await {
             Ok((ws, response)) => Ok(Client {
                 ws,
                 protocol: response

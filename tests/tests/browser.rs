@@ -12,6 +12,14 @@
 //! chart moving under traffic (`target/admin-screenshot.png`), the room
 //! search, and the disconnect button.
 //!
+//! Last, the demo over `https://` and `wss://` with a certificate the test
+//! makes. Chromium 156 no longer honours
+//! `--ignore-certificate-errors-spki-list`, so the browser is told to
+//! accept the test's certificate by chromiumoxide's default
+//! (`Security.setIgnoreCertificateErrors`); that roomhub presents a valid
+//! certificate is checked by tests/tests/e2e_tls.rs, whose client trusts
+//! the test's own authority and nothing else.
+//!
 //! `.ci/run` installs `chromium` when it is missing; without it this test is
 //! skipped locally and fails under `CI=true`.
 
@@ -42,7 +50,17 @@ fn chromium() -> Option<PathBuf> {
 }
 
 async fn start_server(addr: SocketAddr, dir: &Path) -> Server {
+    start_server_with(addr, dir, None).await
+}
+
+/// [`start_server`], serving TLS with `tls`.
+async fn start_server_with(
+    addr: SocketAddr,
+    dir: &Path,
+    tls: Option<roomhub_net::TlsFiles>,
+) -> Server {
     let mut config = ServerConfig::with_secret(SECRET);
+    config.tls = tls;
     config.data_dir = Some(dir.to_path_buf());
     config.demo = true;
     config.demo_token_secret = Some(SECRET.to_string());
@@ -735,6 +753,50 @@ async fn admin_scenario() {
     )
     .await;
 
+    browser.close().await.ok();
+    browser.wait().await.ok();
+    events.abort();
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The demo over `https://` and `wss://`: two users chat in Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_over_wss() {
+    tokio::time::timeout(Duration::from_secs(120), wss_scenario())
+        .await
+        .expect("the browser scenario finishes within 2 minutes");
+}
+
+async fn wss_scenario() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("roomhub-browser-wss-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = roomhub_tests::tls::TestCa::new()
+        .leaf("localhost")
+        .write_to(&dir);
+    let any = "127.0.0.1:0".parse().unwrap();
+    let server = start_server_with(any, &dir.join("data"), Some(files)).await;
+    let base = format!("https://localhost:{}/", server.local_addr().port());
+    let (mut browser, events) = launch(&chromium, &dir).await;
+    let alice = browser.new_page("about:blank").await.expect("page");
+    alice
+        .goto(base.as_str())
+        .await
+        .expect("the page over https");
+    let bob = browser.new_page(base.as_str()).await.expect("page");
+    log_in(&alice, "Alice").await;
+    log_in(&bob, "Bob").await;
+    assert_eq!(eval(&alice, "location.protocol").await, "https:");
+    assert_eq!(
+        eval(&bob, "window.roomhubClient.ws.url.split(':')[0]").await,
+        "wss",
+        "the page's socket is wss://"
+    );
+    chat_both_ways(&alice, &bob, "hello over tls", "hi over tls").await;
     browser.close().await.ok();
     browser.wait().await.ok();
     events.abort();

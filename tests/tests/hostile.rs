@@ -995,3 +995,193 @@ async fn hostile_input_catalog_over_sse() {
     let (status, health) = s.get("/healthz").await;
     assert_eq!((status, health.as_str()), (200, r#"{"status":"ok"}"#));
 }
+
+/// A TLS ClientHello record with no extensions: `version` in the hello,
+/// offering `suites`.
+fn client_hello(version: [u8; 2], suites: &[u16]) -> Vec<u8> {
+    let mut body = version.to_vec();
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend(((suites.len() * 2) as u16).to_be_bytes());
+    for suite in suites {
+        body.extend(suite.to_be_bytes());
+    }
+    body.extend([1, 0]);
+    let mut handshake = vec![1u8];
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// Hostile input to a TLS listener, on the wire and on disk: each wire
+/// input ends in an alert or a close within the handshake timeout, never
+/// an HTTP answer, and `wss://` clients keep talking; each bad pair of
+/// files is refused at start with a reason naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tls_inputs() {
+    use roomhub_tests::tls::TestCa;
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new();
+    let leaf = ca.leaf("served");
+    let dir = std::env::temp_dir().join(format!("roomhub-hostile-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = leaf.write_to(&dir);
+    let s = TestServer::start_with(|c| {
+        c.tls = Some(files.clone());
+        c.handshake_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let wss = |user: &str| {
+        format!(
+            "wss://localhost:{}/ws?token={}",
+            s.addr.port(),
+            s.token(user)
+        )
+    };
+    let mut alice = Client::connect_tls(wss("alice"), ca.connector())
+        .await
+        .ok()
+        .unwrap();
+    let mut bob = Client::connect_tls(wss("bob"), ca.connector())
+        .await
+        .ok()
+        .unwrap();
+    alice.join("g").await;
+    bob.join("g").await;
+    let wire: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "plain HTTP",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("zeros", vec![0; 64 * 1024]),
+        ("TLS 1.0 only", client_hello([3, 1], &[0x002f, 0x0035])),
+        ("SSL 3.0", client_hello([3, 0], &[0x000a])),
+        // RC4, 3DES, RSA key exchange with CBC: none is offered back.
+        (
+            "weak suites only",
+            client_hello([3, 3], &[0x0005, 0x000a, 0x002f, 0x003c]),
+        ),
+        (
+            "a record that claims 16 KiB and stops",
+            vec![0x16, 3, 1, 0x40, 0],
+        ),
+        (
+            "a handshake cut short",
+            client_hello([3, 3], &[0x1301])[..20].to_vec(),
+        ),
+        ("nothing at all", Vec::new()),
+    ];
+    for (name, bytes) in &wire {
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        tcp.write_all(bytes).await.ok();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "{name}: the connection outlived the handshake timeout"
+        );
+        assert!(
+            !answer.starts_with(b"HTTP"),
+            "{name}: answered in plain HTTP"
+        );
+        assert!(
+            answer.is_empty() || answer[0] == 0x15,
+            "{name}: answered with something other than an alert: {:?}",
+            &answer[..answer.len().min(16)]
+        );
+        alice
+            .send_json(json!({"type": "send_message", "room": "g", "payload": {"content": format!("after {name}")}}))
+            .await;
+        let m = bob.recv_type("new_message").await;
+        assert_eq!(m["payload"]["content"], format!("after {name}"));
+    }
+
+    // Files that do not load: the server does not start, and says which
+    // file and why.
+    let other = ca.leaf("other");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().to_string()
+    };
+    let cert = write("good-cert.pem", &leaf.cert_pem);
+    let key = write("good-key.pem", &leaf.key_pem);
+    let on_disk: Vec<(&str, String, String, &str)> = vec![
+        (
+            "missing cert",
+            dir.join("absent.pem").to_string_lossy().to_string(),
+            key.clone(),
+            "cannot read",
+        ),
+        (
+            "empty cert",
+            write("empty.pem", ""),
+            key.clone(),
+            "no CERTIFICATE block",
+        ),
+        (
+            "garbage in a PEM block",
+            write(
+                "garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n",
+            ),
+            key.clone(),
+            "garbage.pem",
+        ),
+        (
+            "binary garbage",
+            write("binary.pem", "\u{0}\u{1}\u{2}\u{ff}"),
+            key.clone(),
+            "binary.pem",
+        ),
+        (
+            "a key in the cert file",
+            key.clone(),
+            key.clone(),
+            "no CERTIFICATE block",
+        ),
+        (
+            "a cert in the key file",
+            cert.clone(),
+            cert.clone(),
+            "no usable PEM private key",
+        ),
+        (
+            "a key that is not the cert's",
+            cert.clone(),
+            write("other-key.pem", &other.key_pem),
+            "other-key.pem",
+        ),
+        (
+            "a truncated key",
+            cert.clone(),
+            write("cut-key.pem", &leaf.key_pem[..leaf.key_pem.len() / 2]),
+            "cut-key.pem",
+        ),
+    ];
+    for (name, cert, key, says) in on_disk {
+        let args = roomhub_net::parse_cli([
+            "roomhub",
+            "--jwt-secret",
+            "s",
+            "--memory",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ])
+        .expect("flags parse");
+        let err = match roomhub_net::ServerConfig::from_args(&args.server, 1) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e,
+        };
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    let alone = roomhub_net::parse_cli(["roomhub", "--tls-cert", &cert]);
+    assert!(alone.is_err(), "a certificate without its key");
+    drop(s);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -15,5 +15,6 @@ pub(crate) mod router;
 pub(crate) mod series;
 pub(crate) mod sse;
 pub(crate) mod state;
+pub(crate) mod tls;
 pub(crate) mod upgrade;
 pub(crate) mod ws;

@@ -36,6 +36,8 @@ pub(crate) struct HttpState {
     pub(crate) admin_series: crate::http::series::Series,
     /// This node's SSE sessions.
     pub(crate) sessions: Arc<crate::conn::sse::Sessions>,
+    /// With `--tls-cert`: the certificate new handshakes get.
+    pub(crate) tls: Option<Arc<crate::http::tls::Certificates>>,
     /// Whether the embedded store's writes succeed.
     pub(crate) store_health: crate::seq::faults::StoreHealth,
 }
