@@ -1,7 +1,9 @@
-# Opens N idle connections (SSE or WebSocket) to a running roomhub server
-# and prints the server's RSS growth per connection (VmRSS before and 3 s
-# after opening them). usage: idle_sse.py <sse|ws> <port> <server-pid> <n> <jwt-secret>
-import asyncio, base64, hashlib, hmac, json, os, sys, time
+# Opens N idle connections (SSE, WebSocket, or WebSocket over TLS) to a
+# running roomhub server and prints the server's RSS growth per connection
+# (VmRSS before and 3 s after opening them).
+# usage: idle_sse.py <sse|ws|wss> <port> <server-pid> <n> <jwt-secret>
+# (wss: the server's certificate is not checked; this measures memory.)
+import asyncio, base64, hashlib, hmac, json, os, ssl, sys, time
 
 kind, port, pid, n, secret = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 
@@ -18,7 +20,12 @@ def rss_kib():
             return int(line.split()[1])
 
 async def open_one(i):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    tls = None
+    if kind == "wss":
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     t = token(f"u{i}")
     if kind == "sse":
         w.write(f"GET /sse?token={t} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())

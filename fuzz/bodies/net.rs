@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use roomhub_net::auth::{AuthConfig, Authenticator, VerifyKey, extract_token};
+use roomhub_net::auth::{AuthConfig, Authenticator, extract_token};
 use roomhub_net::config::{Cli, ServerConfig, config_text_args};
 use roomhub_net::dev::{TokenSpec, mint_token};
 
@@ -43,15 +43,9 @@ pub fn token(data: &[u8]) {
     let Some((token, _source)) = extract_token(&headers, query) else {
         return;
     };
-    let auth = Authenticator::new(&AuthConfig {
-        key: VerifyKey::Secret(FUZZ_SECRET.as_bytes().to_vec()),
-        issuer: None,
-        audience: None,
-        require_exp: true,
-        leeway_secs: 0,
-    })
-    .expect("a non-empty secret");
-    if let Ok(identity) = auth.verify(&token, 1_010) {
+    let auth =
+        Authenticator::new(&AuthConfig::with_secret(FUZZ_SECRET.as_bytes())).expect("a secret");
+    if let Ok(identity) = auth.verify_now(&token, 1_010) {
         assert!(!identity.user.id.is_empty() && identity.user.id.len() <= 256);
         assert!(identity.user.name.len() <= 256);
     }
@@ -66,8 +60,12 @@ pub fn config(data: &[u8]) {
     let argv = std::iter::once("roomhub").chain(args.split('\n').filter(|a| !a.is_empty()));
     if let Ok(cli) = <Cli as clap::Parser>::try_parse_from(argv) {
         // Resolving must refuse bad combinations with an error, not a panic.
-        // A key file named by the fuzzer is not read (it could be /dev/zero).
-        if cli.server.jwt_public_key.is_none() {
+        // A key or certificate file named by the fuzzer is not read (it
+        // could be /dev/zero).
+        let files = !cli.server.jwt_public_key.is_empty()
+            || cli.server.tls_cert.is_some()
+            || cli.server.tls_key.is_some();
+        if !files {
             let _ = ServerConfig::from_args(&cli.server, 7);
         }
     }

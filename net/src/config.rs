@@ -79,9 +79,30 @@ pub struct ServerArgs {
     /// development secret is used, on loopback addresses only.
     #[arg(long, env = "ROOMHUB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key for client tokens.
-    #[arg(long, env = "ROOMHUB_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<PathBuf>,
+    /// PEM file with a public key for client tokens: RSA (RS256), EC
+    /// P-256 (ES256) or Ed25519 (EdDSA), decided by the key. `KID=PATH`
+    /// checks only tokens whose `kid` header is KID against it (a key
+    /// without a kid checks any token no other key names). Repeat for
+    /// several (key rotation without a provider); comma-separated in the
+    /// environment.
+    #[arg(long, env = "ROOMHUB_JWT_PUBLIC_KEY", value_delimiter = ',')]
+    pub jwt_public_key: Vec<String>,
+    /// An identity provider's JWKS URL (http:// or https://, such as
+    /// https://example.eu.auth0.com/.well-known/jwks.json): its RSA, EC
+    /// P-256 and Ed25519 keys verify client tokens, picked by `kid`.
+    #[arg(long, env = "ROOMHUB_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between scheduled fetches of the JWKS.
+    #[arg(long, env = "ROOMHUB_JWT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwt_jwks_refresh_secs: u64,
+    /// A token naming a `kid` the JWKS lacks fetches it again, at most
+    /// once per this many milliseconds.
+    #[arg(
+        long,
+        env = "ROOMHUB_JWT_JWKS_REFETCH_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub jwt_jwks_refetch_interval_ms: u64,
     /// Required `iss` claim.
     #[arg(long, env = "ROOMHUB_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -493,6 +514,71 @@ fn hook_url(flag: &str, url: Option<&str>) -> Result<Option<hyper::Uri>, String>
     Ok(Some(uri))
 }
 
+/// The keys and rules client tokens are verified with.
+fn auth_config(args: &ServerArgs) -> Result<AuthConfig, String> {
+    let mut keys = Vec::new();
+    if let Some(secret) = &args.jwt_secret {
+        keys.push(VerifyKey::Secret(secret.clone().into_bytes()));
+    }
+    for given in &args.jwt_public_key {
+        let (kid, path) = split_kid(given.trim());
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("--jwt-public-key: cannot read {path}: {e}"))?;
+        let key = VerifyKey::PublicKeyPem {
+            pem,
+            kid: kid.map(str::to_string),
+        };
+        keys.push(key);
+    }
+    let jwks = match args.jwt_jwks_url.as_deref().filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => {
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| format!("--jwt-jwks-url: {url:?} is not a URL: {e}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(format!(
+                    "--jwt-jwks-url: {url:?} must be an http:// or https:// URL"
+                ));
+            }
+            Some(crate::auth::JwksConfig {
+                url: uri,
+                refresh: Duration::from_secs(args.jwt_jwks_refresh_secs.max(1)),
+                refetch_interval: Duration::from_millis(args.jwt_jwks_refetch_interval_ms),
+            })
+        }
+    };
+    if keys.is_empty() && jwks.is_none() {
+        return Err("no JWT key configured".into());
+    }
+    let config = AuthConfig {
+        keys,
+        jwks,
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        require_exp: args.jwt_require_exp,
+        leeway_secs: args.jwt_leeway_secs,
+    };
+    // Every key must load now, not at the first token.
+    for key in &config.keys {
+        if let VerifyKey::PublicKeyPem { pem, kid } = key {
+            crate::auth::check_pem(pem).map_err(|e| match kid {
+                Some(kid) => format!("--jwt-public-key {kid}: {e}"),
+                None => format!("--jwt-public-key: {e}"),
+            })?;
+        }
+    }
+    Ok(config)
+}
+
+/// `KID=PATH` or `PATH` (a `=` after a `/` belongs to the path).
+fn split_kid(given: &str) -> (Option<&str>, &str) {
+    match given.split_once('=') {
+        Some((kid, path)) if !kid.is_empty() && !kid.contains('/') => (Some(kid), path),
+        _ => (None, given),
+    }
+}
+
 /// A comma-separated list of URLs: none empty, none twice.
 fn url_list(flag: &str, list: Option<&str>) -> Result<Vec<String>, String> {
     let Some(list) = list else {
@@ -521,16 +607,7 @@ impl ServerConfig {
 
     /// Resolves parsed arguments. `seed` feeds the sequencer and hub RNGs.
     pub fn from_args(args: &ServerArgs, seed: u64) -> Result<Self, String> {
-        let key = match (&args.jwt_secret, &args.jwt_public_key) {
-            (Some(_), Some(_)) => {
-                return Err("give --jwt-secret or --jwt-public-key, not both".into());
-            }
-            (Some(secret), None) => VerifyKey::Secret(secret.clone().into_bytes()),
-            (None, Some(path)) => VerifyKey::PublicKeyPem(
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            ),
-            (None, None) => return Err("no JWT key configured".into()),
-        };
+        let auth = auth_config(args)?;
         if args.max_message_bytes < 64 {
             return Err("--max-message-bytes must be at least 64".into());
         }
@@ -596,13 +673,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             listen: args.listen,
             tls,
-            auth: AuthConfig {
-                key,
-                issuer: args.jwt_issuer.clone(),
-                audience: args.jwt_audience.clone(),
-                require_exp: args.jwt_require_exp,
-                leeway_secs: args.jwt_leeway_secs,
-            },
+            auth,
             allowed_origins: args
                 .allowed_origins
                 .iter()
@@ -845,5 +916,60 @@ mod tests {
         assert!(!c.core.namespace_of("feed:a").unwrap().client_publish);
         assert_eq!(c.core.namespace_of("duo:a").unwrap().max_members, Some(2));
         assert!(config_text_args("[namespaces.x]\npresence = \"no\"\n", |_| true).is_err());
+    }
+
+    #[test]
+    fn public_keys_repeat_with_optional_kids_and_jwks_urls_are_checked() {
+        let dir = std::env::temp_dir().join(format!("roomhub-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fixture = |name: &str| {
+            let from = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            let to = dir.join(name);
+            std::fs::copy(from, &to).unwrap();
+            to.to_string_lossy().to_string()
+        };
+        let (rsa, ed) = (fixture("rsa-public.pem"), fixture("ed25519-public.pem"));
+        let config = |extra: &[&str]| {
+            let mut args = vec!["roomhub"];
+            args.extend_from_slice(extra);
+            ServerConfig::from_args(&parse_cli(args).unwrap().server, 1)
+        };
+        let old = format!("old={rsa}");
+        let c = config(&["--jwt-public-key", &old, "--jwt-public-key", &ed]).unwrap();
+        let kids: Vec<_> = c
+            .auth
+            .keys
+            .iter()
+            .map(|k| match k {
+                VerifyKey::PublicKeyPem { kid, .. } => kid.clone(),
+                VerifyKey::Secret(_) => panic!("no secret given"),
+            })
+            .collect();
+        assert_eq!(kids, [Some("old".to_string()), None]);
+        assert_eq!(split_kid("/etc/keys/a=b.pem"), (None, "/etc/keys/a=b.pem"));
+        assert_eq!(split_kid("k1=/etc/k.pem"), (Some("k1"), "/etc/k.pem"));
+        let c = config(&[
+            "--jwt-jwks-url",
+            "https://idp.example/.well-known/jwks.json",
+        ])
+        .unwrap();
+        let jwks = c.auth.jwks.unwrap();
+        assert_eq!(jwks.refresh, Duration::from_secs(300));
+        assert_eq!(jwks.refetch_interval, Duration::from_secs(10));
+        assert!(c.auth.keys.is_empty());
+        for bad in ["ftp://idp.example/jwks", "not a url", "/relative/jwks.json"] {
+            let err = config(&["--jwt-jwks-url", bad]).err().unwrap();
+            assert!(err.contains("--jwt-jwks-url"), "{bad}: {err}");
+        }
+        let err = config(&["--jwt-public-key", &fixture("rsa-private.pem")])
+            .err()
+            .unwrap();
+        assert!(err.contains("--jwt-public-key"), "{err}");
+        let err = config(&["--jwt-public-key", "k=/nonexistent.pem"])
+            .err()
+            .unwrap();
+        assert!(err.contains("cannot read /nonexistent.pem"), "{err}");
+        assert!(config(&[]).is_err(), "no key at all");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

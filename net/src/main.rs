@@ -68,7 +68,8 @@ fn init_logging(args: &ServerArgs) {
 
 fn serve(mut args: ServerArgs) -> ExitCode {
     init_logging(&args);
-    let dev_mode = args.jwt_secret.is_none() && args.jwt_public_key.is_none();
+    let dev_mode =
+        args.jwt_secret.is_none() && args.jwt_public_key.is_empty() && args.jwt_jwks_url.is_none();
     if dev_mode {
         if !args.listen.ip().is_loopback() {
             error!(

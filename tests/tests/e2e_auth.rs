@@ -22,6 +22,21 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
 }
 
+fn signing_key(alg: Algorithm, private: &str) -> EncodingKey {
+    match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&fixture(private)).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&fixture(private)).unwrap(),
+        _ => EncodingKey::from_ed_pem(&fixture(private)).unwrap(),
+    }
+}
+
+/// A token for `user` signed with `key`, naming `kid` if given.
+fn signed(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, user: &str) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    encode(&header, &claims(user), key).unwrap()
+}
+
 async fn assert_joins(c: &mut Client) {
     let info = c.join("general").await;
     assert_eq!(info["payload"]["room_id"], "general");
@@ -207,19 +222,23 @@ async fn too_many_connections_of_one_user_is_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rs256_and_es256_public_keys_and_no_algorithm_confusion() {
+async fn rs256_es256_and_eddsa_public_keys_and_no_algorithm_confusion() {
     for (public, private, alg) in [
         ("rsa-public.pem", "rsa-private.pem", Algorithm::RS256),
         ("ec-public.pem", "ec-private.pem", Algorithm::ES256),
+        (
+            "ed25519-public.pem",
+            "ed25519-private.pem",
+            Algorithm::EdDSA,
+        ),
     ] {
         let public_pem = fixture(public);
-        let key_pem = public_pem.clone();
-        let s =
-            TestServer::start_with(move |c| c.auth.key = VerifyKey::PublicKeyPem(key_pem)).await;
-        let key = match alg {
-            Algorithm::RS256 => EncodingKey::from_rsa_pem(&fixture(private)).unwrap(),
-            _ => EncodingKey::from_ec_pem(&fixture(private)).unwrap(),
-        };
+        let pem = public_pem.clone();
+        let s = TestServer::start_with(move |c| {
+            c.auth.keys = vec![VerifyKey::PublicKeyPem { pem, kid: None }]
+        })
+        .await;
+        let key = signing_key(alg, private);
         let good = encode(&Header::new(alg), &claims("alice"), &key).unwrap();
         let mut c = Client::connect(format!("{}?token={good}", s.url()))
             .await
@@ -278,4 +297,58 @@ async fn issuer_and_audience_are_checked_when_configured() {
     assert_eq!(refused(&s, &wrong_iss).await.0, 401);
     let no_aud = sign(json!({"sub": "x", "exp": now() + 60, "iss": "https://issuer.example"}));
     assert_eq!(refused(&s, &no_aud).await.0, 401);
+}
+
+/// Several static keys, each with its `kid` (rotation without a
+/// provider): a token is checked against the key its `kid` names, a
+/// kid-less key takes the tokens no other key names, and no key serves
+/// another key's algorithm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_public_keys_are_picked_by_kid() {
+    let s = TestServer::start_with(|c| {
+        c.auth.keys = vec![
+            VerifyKey::PublicKeyPem {
+                pem: fixture("rsa-public.pem"),
+                kid: Some("old".into()),
+            },
+            VerifyKey::PublicKeyPem {
+                pem: fixture("ec-public.pem"),
+                kid: Some("new".into()),
+            },
+            VerifyKey::PublicKeyPem {
+                pem: fixture("ed25519-public.pem"),
+                kid: None,
+            },
+        ]
+    })
+    .await;
+    let rsa = signing_key(Algorithm::RS256, "rsa-private.pem");
+    let ec = signing_key(Algorithm::ES256, "ec-private.pem");
+    let ed = signing_key(Algorithm::EdDSA, "ed25519-private.pem");
+    let joins = [
+        signed(Algorithm::RS256, &rsa, Some("old"), "a"),
+        signed(Algorithm::ES256, &ec, Some("new"), "b"),
+        signed(Algorithm::RS256, &rsa, None, "c"),
+        signed(Algorithm::EdDSA, &ed, None, "d"),
+        signed(Algorithm::EdDSA, &ed, Some("elsewhere"), "e"),
+    ];
+    for token in joins {
+        let mut c = Client::connect(format!("{}?token={token}", s.url()))
+            .await
+            .unwrap_or_else(|r| panic!("refused {}: {}", r.status, r.body));
+        assert_joins(&mut c).await;
+    }
+    let refusals = [
+        // The kid names the RSA key; an EC signature does not fit it.
+        (signed(Algorithm::ES256, &ec, Some("old"), "x"), "alg"),
+        (signed(Algorithm::RS256, &rsa, Some("new"), "x"), "alg"),
+        // The right algorithm, the wrong key.
+        (signed(Algorithm::ES256, &ec, Some("elsewhere"), "x"), "alg"),
+        (token_for("x", Duration::from_secs(60)), "alg"),
+    ];
+    for (token, says) in refusals {
+        let (status, body) = refused(&s, &token).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains(says), "{body}");
+    }
 }

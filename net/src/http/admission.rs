@@ -113,13 +113,13 @@ pub(crate) fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 }
 
 /// The identity the request's token proves, and where the token was.
-pub(crate) fn authenticate(
+pub(crate) async fn authenticate(
     auth: &Authenticator,
     clock: Clock,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<(Identity, TokenSource), AuthError> {
     let (token, source) = extract_token(headers, uri.query()).ok_or(AuthError::Missing)?;
-    let identity = auth.verify(&token, clock.unix_seconds())?;
+    let identity = auth.verify(&token, clock.unix_seconds()).await?;
     Ok((identity, source))
 }

@@ -53,7 +53,7 @@ pub(crate) async fn admit(
         warn!(%addr, origin = ?headers.get(ORIGIN), "origin refused");
         return Err(json_error(StatusCode::FORBIDDEN, "origin not allowed"));
     }
-    let (identity, source) = match authenticate(&state.auth, state.clock, headers, uri) {
+    let (identity, source) = match authenticate(&state.auth, state.clock, headers, uri).await {
         Ok(found) => found,
         Err(e) => {
             state.metrics.auth_failure(e.reason());

@@ -117,14 +117,21 @@ pub(crate) async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 /// `GET /readyz`: readiness. 503 from the moment a graceful shutdown
-/// begins, while a cluster node's broker is unreachable, and while the
-/// store cannot write; a load balancer sends new clients only on 200.
+/// begins, while a cluster node's broker is unreachable, until the
+/// identity provider's keys (`--jwt-jwks-url`) are first fetched, and
+/// while the store cannot write; a load balancer sends new clients only on 200.
 pub(crate) async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if state.cluster.as_ref().is_some_and(|c| !c.is_healthy()) {
         // Joins and sends would get UNAVAILABLE: keep load balancers away.
         json_error(StatusCode::SERVICE_UNAVAILABLE, "broker unreachable")
+    } else if !state.auth.ready() {
+        // No token could verify: the provider's keys never arrived.
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JWKS has not been fetched yet",
+        )
     } else if let Some(why) = state.store_health.failing() {
         // Messages get UNAVAILABLE (reads and recovery still work).
         json_error(

@@ -47,6 +47,7 @@ impl Services {
             self.io.spawn(async move {
                 let outcome = auth
                     .verify(&token, clock.unix_seconds())
+                    .await
                     .map_err(|e| Arc::from(e.message()));
                 answers
                     .send(Input::TokenVerified {

@@ -1,20 +1,29 @@
 //! Authentication before the upgrade: where the token comes from, and what a
 //! valid token says about its holder.
 //!
-//! Tokens are JWTs: HS256 with a shared secret, or RS256/ES256 with a public
-//! key. The algorithm is fixed by the configured key, never by the token, so
-//! `alg: none` and HS/RS confusion are refused. `exp` and `nbf` are checked
+//! Tokens are JWTs: HS256 with a shared secret, RS256/ES256/EdDSA with
+//! public keys given as PEM files or fetched from an identity provider's
+//! JWKS ([`jwks`]), picked by the token's `kid` ([`keys`]). The algorithm
+//! is fixed by each key's type, never by the token, so `alg: none` and
+//! HS/RS confusion are refused. `exp` and `nbf` are checked
 //! against the server's own clock (the one the core runs on), not the
 //! library's, so simulations and the core agree on when a token expires.
 
-use std::sync::Arc;
+pub(crate) mod jwks;
+pub(crate) mod keys;
+
+use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header};
 use roomhub_core::{Identity, RoomAccess, Timestamp, UserRef};
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::auth::jwks::Jwks;
+pub use crate::auth::jwks::JwksConfig;
+use crate::auth::keys::{Key, MAX_KID_BYTES, candidates, names};
 
 /// The subprotocol roomhub selects when a browser passes its token in
 /// `Sec-WebSocket-Protocol`: offer `["roomhub.v1", token]`.
@@ -80,24 +89,42 @@ pub fn extract_token(headers: &HeaderMap, query: Option<&str>) -> Option<(String
     })
 }
 
-/// The key tokens are verified with.
-#[derive(Clone)]
+/// A key given in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VerifyKey {
     /// HS256.
     Secret(Vec<u8>),
-    /// RS256 or ES256, decided by the key's type.
-    PublicKeyPem(Vec<u8>),
+    /// RS256, ES256 or EdDSA, decided by the key's type; tokens naming
+    /// another `kid` than `kid` (when set) are not checked against it.
+    PublicKeyPem { pem: Vec<u8>, kid: Option<String> },
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
-    pub key: VerifyKey,
+    /// Static keys (at least one, unless `jwks` is set).
+    pub keys: Vec<VerifyKey>,
+    /// Keys fetched from an identity provider.
+    pub jwks: Option<JwksConfig>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// Refuse tokens without `exp` (the default).
     pub require_exp: bool,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+}
+
+impl AuthConfig {
+    /// HS256 tokens with `secret`, and the defaults.
+    pub fn with_secret(secret: &[u8]) -> Self {
+        AuthConfig {
+            keys: vec![VerifyKey::Secret(secret.to_vec())],
+            jwks: None,
+            issuer: None,
+            audience: None,
+            require_exp: true,
+            leeway_secs: 0,
+        }
+    }
 }
 
 /// Why a token was refused; `reason()` labels the metric and the log line.
@@ -139,16 +166,95 @@ impl AuthError {
     }
 }
 
+/// Verifies tokens. Cheap to clone; [`Authenticator::replace`] swaps the
+/// keys and rules for every clone at once (a configuration reload).
 #[derive(Clone)]
 pub struct Authenticator {
-    inner: Arc<Inner>,
+    current: Arc<RwLock<Arc<Verifier>>>,
 }
 
-struct Inner {
-    key: DecodingKey,
+/// One configuration's keys and rules.
+struct Verifier {
+    config: AuthConfig,
+    keys: Vec<Key>,
+    jwks: Option<Arc<Jwks>>,
+    /// Every rule but the algorithm, which each key decides.
     validation: Validation,
-    require_exp: bool,
-    leeway_secs: u64,
+}
+
+impl Verifier {
+    /// Builds the keys of `config`; starts fetching its JWKS unless
+    /// `reuse` already fetches that one.
+    fn new(config: &AuthConfig, reuse: Option<&Arc<Jwks>>) -> Result<Verifier, String> {
+        let mut keys = Vec::new();
+        for key in &config.keys {
+            keys.push(match key {
+                VerifyKey::Secret(secret) => Key::secret(secret)?,
+                VerifyKey::PublicKeyPem { pem, kid } => Key::from_pem(pem, kid.clone())?,
+            });
+        }
+        if keys.is_empty() && config.jwks.is_none() {
+            return Err("no JWT key configured".into());
+        }
+        let jwks = match (&config.jwks, reuse) {
+            (None, _) => None,
+            (Some(wanted), Some(running)) if running.config() == wanted => Some(running.clone()),
+            (Some(wanted), _) => Some(Jwks::start(wanted.clone())?),
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Time claims are checked against the server's clock in `verify`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.validate_aud = config.audience.is_some();
+        if let Some(aud) = &config.audience {
+            validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        Ok(Verifier {
+            config: config.clone(),
+            keys,
+            jwks,
+            validation,
+        })
+    }
+
+    /// Checks the signature against the keys `kid` and `alg` allow.
+    fn decode(&self, token: &str, header: &Header, fetched: &[Key]) -> Result<Claims, AuthError> {
+        let candidates = candidates(&self.keys, fetched, header.kid.as_deref());
+        if candidates.is_empty() {
+            return Err(AuthError::Invalid(match &header.kid {
+                Some(kid) => format!("no key with kid {:?}", shorten(kid)),
+                None => "no key to check it with yet".into(),
+            }));
+        }
+        let mut last = None;
+        for key in candidates.iter().filter(|k| k.algorithm == header.alg) {
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![key.algorithm];
+            match decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        Err(AuthError::Invalid(last.unwrap_or_else(|| {
+            format!("alg {:?} is not that of the key it names", header.alg)
+        })))
+    }
+}
+
+/// Whether `pem` holds a public key roomhub can verify with.
+pub(crate) fn check_pem(pem: &[u8]) -> Result<(), String> {
+    Key::from_pem(pem, None).map(drop)
+}
+
+/// At most 64 characters of an untrusted text, for messages.
+fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
 }
 
 #[derive(Deserialize)]
@@ -168,63 +274,85 @@ struct Claims {
 }
 
 impl Authenticator {
+    /// Builds the keys (and starts fetching the JWKS, on the current
+    /// runtime, if there is one).
     pub fn new(config: &AuthConfig) -> Result<Self, String> {
-        let (key, algorithm) = match &config.key {
-            VerifyKey::Secret(secret) => {
-                if secret.is_empty() {
-                    return Err("the JWT secret is empty".into());
-                }
-                (DecodingKey::from_secret(secret), Algorithm::HS256)
-            }
-            VerifyKey::PublicKeyPem(pem) => match DecodingKey::from_rsa_pem(pem) {
-                Ok(key) => (key, Algorithm::RS256),
-                Err(_) => match DecodingKey::from_ec_pem(pem) {
-                    Ok(key) => (key, Algorithm::ES256),
-                    Err(e) => return Err(format!("the public key is neither RSA nor EC PEM: {e}")),
-                },
-            },
-        };
-        let mut validation = Validation::new(algorithm);
-        // Time claims are checked against the server's clock in `verify`.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.required_spec_claims.clear();
-        validation.validate_aud = config.audience.is_some();
-        if let Some(aud) = &config.audience {
-            validation.set_audience(&[aud]);
-            validation.required_spec_claims.insert("aud".into());
-        }
-        if let Some(iss) = &config.issuer {
-            validation.set_issuer(&[iss]);
-            validation.required_spec_claims.insert("iss".into());
-        }
         Ok(Authenticator {
-            inner: Arc::new(Inner {
-                key,
-                validation,
-                require_exp: config.require_exp,
-                leeway_secs: config.leeway_secs,
-            }),
+            current: Arc::new(RwLock::new(Arc::new(Verifier::new(config, None)?))),
         })
     }
 
+    fn verifier(&self) -> Arc<Verifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `config` in force for the tokens verified from now on; an
+    /// invalid one is refused and the one in force stays. A JWKS already
+    /// fetched from the same URL with the same periods is kept.
+    pub fn replace(&self, config: &AuthConfig) -> Result<(), String> {
+        let old = self.verifier();
+        let new = Verifier::new(config, old.jwks.as_ref())?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+
+    /// Whether every source of keys can verify tokens: false until a
+    /// JWKS has been fetched once.
+    pub fn ready(&self) -> bool {
+        self.verifier().jwks.as_ref().is_none_or(|j| j.ready())
+    }
+
+    /// Fetches of the JWKS made so far (0 without one).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.verifier().jwks.as_ref().map_or(0, |j| j.fetches())
+    }
+
     /// Verifies a token at `now_unix` (seconds) and returns who holds it.
-    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
-        let inner = &self.inner;
-        let data = decode::<Claims>(token, &inner.key, &inner.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let claims = data.claims;
+    /// A `kid` the provider's set lacks makes it fetch the set again (at
+    /// most once per refetch interval) before the token is refused.
+    pub async fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+        let verifier = self.verifier();
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let mut fetched = verifier.jwks.as_ref().map(|j| j.keys()).unwrap_or_default();
+        if let (Some(jwks), Some(kid)) = (&verifier.jwks, &header.kid)
+            && kid.len() <= MAX_KID_BYTES
+            && !names(&verifier.keys, kid)
+            && !names(&fetched, kid)
+        {
+            fetched = jwks.refetch_for(kid).await;
+        }
+        let claims = verifier.decode(token, &header, &fetched)?;
+        verifier.identity(claims, now_unix)
+    }
+
+    /// [`Authenticator::verify`] with the keys at hand, never fetching.
+    pub fn verify_now(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+        let verifier = self.verifier();
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let fetched = verifier.jwks.as_ref().map(|j| j.keys()).unwrap_or_default();
+        let claims = verifier.decode(token, &header, &fetched)?;
+        verifier.identity(claims, now_unix)
+    }
+}
+
+impl Verifier {
+    /// What valid claims say about the token's holder, at `now_unix`.
+    fn identity(&self, claims: Claims, now_unix: u64) -> Result<Identity, AuthError> {
+        let leeway_secs = self.config.leeway_secs;
         let exp = seconds(claims.exp.as_ref()).map_err(AuthError::BadClaims)?;
         let nbf = seconds(claims.nbf.as_ref()).map_err(AuthError::BadClaims)?;
         match exp {
-            Some(exp) if now_unix >= exp.saturating_add(inner.leeway_secs) => {
+            Some(exp) if now_unix >= exp.saturating_add(leeway_secs) => {
                 return Err(AuthError::Expired);
             }
-            None if inner.require_exp => return Err(AuthError::MissingExp),
+            None if self.config.require_exp => return Err(AuthError::MissingExp),
             _ => {}
         }
         if let Some(nbf) = nbf
-            && now_unix.saturating_add(inner.leeway_secs) < nbf
+            && now_unix.saturating_add(leeway_secs) < nbf
         {
             return Err(AuthError::NotYetValid);
         }
