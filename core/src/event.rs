@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiAnswer, ApiCall, HookCall, HookVerdict};
+use crate::config::Config;
 use crate::ids::{ConnId, Epoch, Identity, NodeId, RoomName, UserRef};
 use crate::request::Publish;
 use crate::time::Timestamp;
@@ -59,6 +60,12 @@ pub enum Input {
     RoomOpenFailed { room: RoomName },
     /// Graceful shutdown began: every connection is closed with 1001.
     Shutdown,
+    /// The configuration was reloaded: its rules apply to what happens
+    /// from now on (new connections, joins, messages, rooms opened), and
+    /// connections already open keep working. What identifies the node
+    /// (`node_id`, `seed`, `clustered`) and the history byte budget stay
+    /// as they were; [`crate::Hub::config`] tells what is in force.
+    Reconfigure(Box<Config>),
     // ---- cluster mode only (`Config::clustered`) ----
     /// A user's presence in a room changed on another node.
     RemotePresence {

@@ -194,6 +194,7 @@ impl Hub {
                 }
             }
             Input::Shutdown => self.on_shutdown(),
+            Input::Reconfigure(config) => self.reconfigure(*config),
             Input::RemotePresence {
                 room,
                 node,
@@ -531,6 +532,22 @@ impl Hub {
             }
             self.close_if_deserted(room);
         }
+    }
+
+    /// Puts `new`'s rules in force; see [`Input::Reconfigure`].
+    fn reconfigure(&mut self, new: Config) {
+        let old = &self.config;
+        let new = Config {
+            node_id: old.node_id,
+            seed: old.seed,
+            clustered: old.clustered,
+            history_max_bytes: old.history_max_bytes,
+            ..new
+        };
+        self.limits = ParseLimits::from(&new);
+        self.rate
+            .set_quota(new.rate_limit_per_second, new.rate_limit_burst);
+        self.config = new;
     }
 
     fn on_shutdown(&mut self) {

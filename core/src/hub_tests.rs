@@ -2668,3 +2668,43 @@ fn namespaces_set_presence_publishing_typing_and_size_for_their_rooms() {
     join(&mut w, a2, "duo:1");
     assert_eq!(w.node.hub.room_connections("duo:1").len(), 3);
 }
+
+#[test]
+fn a_reconfigure_applies_to_new_work_and_open_connections_keep_working() {
+    let mut w = world();
+    let old = w.connect("alice");
+    join(&mut w, old, "g");
+    w.take_all();
+    w.input(Input::Reconfigure(Box::new(Config {
+        rate_limit_per_second: 1,
+        rate_limit_burst: 2,
+        max_content_bytes: 5,
+        history_max_messages: 2,
+        node_id: crate::NodeId(999),
+        ..Config::default()
+    })));
+    // Identity stays; the rules are the new ones.
+    assert_eq!(w.node.hub.config().node_id, Config::default().node_id);
+    assert_eq!(w.node.hub.config().max_content_bytes, 5);
+    say(&mut w, old, "g", "too long", "1");
+    assert_eq!(error_code(&w.take_one(old)), "CONTENT_TOO_LONG");
+    // The open connection keeps its bucket (a burst of 10); a new one
+    // gets the new burst of 2.
+    for i in 0..5 {
+        say(&mut w, old, "g", "x", &format!("o{i}"));
+    }
+    assert_eq!(w.take_types(old), vec!["ack"; 5]);
+    let new = w.connect("bob");
+    join(&mut w, new, "h");
+    w.take_all();
+    for i in 0..3 {
+        say(&mut w, new, "h", "y", &format!("n{i}"));
+    }
+    assert_eq!(w.take_types(new), ["ack", "ack", "error"]);
+    // The sequencer keeps two messages a room now.
+    let snapshot = w
+        .node
+        .sequencer
+        .snapshot(&RoomName::parse("g", 100).unwrap(), START);
+    assert_eq!(snapshot.messages.len(), 2, "{snapshot:?}");
+}

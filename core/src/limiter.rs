@@ -36,6 +36,12 @@ impl RateLimits {
         }
     }
 
+    /// New connections get this quota from now on; the buckets of
+    /// connections already open keep theirs (and the shared clock).
+    pub(crate) fn set_quota(&mut self, per_second: u32, burst: u32) {
+        self.quota = RateLimits::new(per_second, burst).quota;
+    }
+
     /// Moves the shared clock to `now`. Time never runs backwards for it.
     pub(crate) fn advance_to(&mut self, now: Timestamp) {
         match self.clock_at {
@@ -76,6 +82,27 @@ mod tests {
         // A clock that steps back changes nothing.
         limits.advance_to(Timestamp(500));
         assert!(l.check().is_err());
+    }
+
+    #[test]
+    fn a_new_quota_is_for_new_buckets_and_old_ones_still_refill() {
+        let mut limits = RateLimits::new(1, 1);
+        limits.advance_to(Timestamp(1_000));
+        let old = limits.new_limiter().unwrap();
+        assert!(old.check().is_ok() && old.check().is_err());
+        limits.set_quota(1, 5);
+        let new = limits.new_limiter().unwrap();
+        for _ in 0..5 {
+            assert!(new.check().is_ok());
+        }
+        assert!(old.check().is_err());
+        limits.advance_to(Timestamp(2_000));
+        assert!(
+            old.check().is_ok(),
+            "the old bucket refills on the same clock"
+        );
+        limits.set_quota(0, 0);
+        assert!(limits.new_limiter().is_none());
     }
 
     #[test]

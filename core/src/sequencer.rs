@@ -100,6 +100,13 @@ pub struct MemorySequencer {
 }
 
 impl MemorySequencer {
+    /// Keeps `max_messages` per room for `max_age_ms` from the next
+    /// append on (a room over the new count is trimmed at its next append).
+    pub fn set_history(&mut self, max_messages: usize, max_age_ms: u64) {
+        self.limits.max_messages = max_messages;
+        self.limits.max_age_ms = max_age_ms;
+    }
+
     pub fn new(seed: u64, limits: HistoryLimits) -> Self {
         MemorySequencer {
             rooms: FxHashMap::default(),

@@ -443,6 +443,8 @@ pub struct PerIpLimits {
 #[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The log filter (`--log`), checked.
+    pub log: String,
     /// Serve TLS with these files (`None`: plain TCP).
     pub tls: Option<crate::http::tls::TlsFiles>,
     pub auth: AuthConfig,
@@ -670,8 +672,11 @@ impl ServerConfig {
             (None, None) => None,
             _ => return Err("give both --tls-cert and --tls-key".into()),
         };
+        tracing_subscriber::EnvFilter::try_new(&args.log)
+            .map_err(|e| format!("--log {:?}: {e}", args.log))?;
         Ok(ServerConfig {
             listen: args.listen,
+            log: args.log.clone(),
             tls,
             auth,
             allowed_origins: args

@@ -7,6 +7,7 @@
 //! publish hooks (`--hook-join-url`, `--hook-publish-url`) are asked by the
 //! hub through [`Hooks::decide`], off its thread. See `docs/hooks.md`.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 /// The most of a hook's answer that is read.
 const ANSWER_MAX_BYTES: usize = 64 * 1024;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HookConfig {
     /// `--hook-connect-url`.
     pub connect: Option<Uri>,
@@ -51,22 +52,40 @@ pub enum Verdict<T> {
     Unavailable(String),
 }
 
+/// The hooks of one server. Clones share their configuration, which a
+/// reload replaces for the calls made after it.
 #[derive(Clone)]
 pub struct Hooks {
-    config: HookConfig,
+    config: Arc<RwLock<Arc<HookConfig>>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Hooks {
     pub fn new(config: HookConfig) -> Self {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Hooks { config, client }
+        Hooks {
+            config: Arc::new(RwLock::new(Arc::new(config))),
+            client,
+        }
+    }
+
+    /// The URLs and rules of the calls made from now on.
+    pub fn set_config(&self, config: HookConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    fn current(&self) -> Arc<HookConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Asks the connect hook, if there is one, about a verified identity.
     /// Allowed: the identity, with the name and `rooms` the hook gave.
     pub async fn connect(&self, identity: Identity, remote: &str) -> Verdict<Identity> {
-        let Some(uri) = &self.config.connect else {
+        let config = self.current();
+        let Some(uri) = &config.connect else {
             return Verdict::Allow(identity);
         };
         let body = json!({
@@ -99,9 +118,10 @@ impl Hooks {
 
     /// Asks the join or publish hook what the hub asked about.
     pub async fn decide(&self, call: &HookCall) -> HookVerdict {
+        let config = self.current();
         let (uri, body) = match call {
             HookCall::Join { user, room } => (
-                &self.config.join,
+                &config.join,
                 json!({"hook": "join", "user": {"id": &*user.id, "name": &*user.name}, "room": room.as_str()}),
             ),
             HookCall::Publish {
@@ -109,7 +129,7 @@ impl Hooks {
                 room,
                 content,
             } => (
-                &self.config.publish,
+                &config.publish,
                 json!({"hook": "publish", "user": {"id": &*user.id, "name": &*user.name}, "room": room.as_str(), "payload": {"content": &**content}}),
             ),
         };
@@ -139,7 +159,7 @@ impl Hooks {
             }
         };
         match replaced {
-            Some(Value::String(c)) if !c.is_empty() && c.len() <= self.config.max_content_bytes => {
+            Some(Value::String(c)) if !c.is_empty() && c.len() <= config.max_content_bytes => {
                 HookVerdict::Allow {
                     content: Some(c.as_str().into()),
                 }
@@ -149,7 +169,7 @@ impl Hooks {
                     (),
                     format!(
                         "payload.content must be a non-empty string of at most {} bytes",
-                        self.config.max_content_bytes
+                        config.max_content_bytes
                     ),
                 )
                 .into(),
@@ -159,7 +179,8 @@ impl Hooks {
     /// A hook that failed (`why`): refused as unavailable, or, failing
     /// open, `allowed` as if the hook had said yes and changed nothing.
     fn failed<T>(&self, allowed: T, why: String) -> Verdict<T> {
-        if self.config.fail_open {
+        let config = self.current();
+        if config.fail_open {
             tracing::warn!("hook failed ({why}); failing open");
             Verdict::Allow(allowed)
         } else {
@@ -184,6 +205,7 @@ impl Hooks {
 
     /// POSTs `body` and reads a JSON object back, within the timeout.
     async fn ask(&self, uri: &Uri, body: &Value) -> Result<Value, String> {
+        let config = self.current();
         let request = hyper::Request::post(uri.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
@@ -208,9 +230,9 @@ impl Hooks {
                 _ => Err("the hook's answer is not a JSON object".to_string()),
             }
         };
-        tokio::time::timeout(self.config.timeout, exchange)
+        tokio::time::timeout(config.timeout, exchange)
             .await
-            .map_err(|_| format!("the hook did not answer within {:?}", self.config.timeout))?
+            .map_err(|_| format!("the hook did not answer within {:?}", config.timeout))?
     }
 }
 

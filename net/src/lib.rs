@@ -54,5 +54,6 @@ pub use clock::Clock;
 pub use config::{Cli, Command, ServerArgs, ServerConfig, TokenArgs, parse_cli};
 pub use conn::online::Online;
 pub use http::peer::PeerAddr;
+pub use http::reload::{ConfigSource, LogFilter, Reloaded};
 pub use http::tls::TlsFiles;
-pub use server::Server;
+pub use server::{Reloader, Server};

@@ -2,20 +2,24 @@
 //! development token.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use roomhub_net::dev::{TokenSpec, dev_secret, dev_secret_display, mint_token};
-use roomhub_net::{Clock, Command, Server, ServerArgs, ServerConfig, TokenArgs, parse_cli};
+use roomhub_net::{
+    Clock, Command, LogFilter, Server, ServerArgs, ServerConfig, TokenArgs, parse_cli,
+};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = match parse_cli(std::env::args_os()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match parse_cli(argv.clone()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     match cli.command {
         Some(Command::Token(args)) => token(&args),
-        None => serve(cli.server),
+        None => serve(cli.server, argv),
     }
 }
 
@@ -54,48 +58,74 @@ fn token(args: &TokenArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging(args: &ServerArgs) {
+/// Starts logging; the setter a reload changes the filter with.
+fn init_logging(args: &ServerArgs) -> LogFilter {
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only on a terminal: not in a journal or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    macro_rules! setter {
+        ($handle:expr) => {{
+            let handle = $handle;
+            Arc::new(move |filter: &str| {
+                let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }};
+    }
     if args.log_json {
-        builder.json().init();
-    } else {
+        let builder = builder.json().with_filter_reloading();
+        let set = setter!(builder.reload_handle());
         builder.init();
+        set
+    } else {
+        let builder = builder.with_filter_reloading();
+        let set = setter!(builder.reload_handle());
+        builder.init();
+        set
     }
 }
 
-fn serve(mut args: ServerArgs) -> ExitCode {
-    init_logging(&args);
-    let dev_mode =
-        args.jwt_secret.is_none() && args.jwt_public_key.is_empty() && args.jwt_jwks_url.is_none();
-    if dev_mode {
-        if !args.listen.ip().is_loopback() {
-            error!(
-                listen = %args.listen,
-                "refusing to serve a non-loopback address with the development secret: set --jwt-secret or --jwt-public-key"
-            );
-            return ExitCode::from(2);
-        }
-        match dev_secret() {
-            Ok(secret) => args.jwt_secret = Some(secret),
-            Err(e) => {
-                error!(
-                    "cannot read or create {}: {e}",
-                    dev_secret_display().display()
-                );
-                return ExitCode::from(1);
-            }
-        }
+/// The configuration `args` say, as the binary runs it: without a key on
+/// loopback, the development secret and the demo page.
+fn resolve(mut args: ServerArgs, seed: u64) -> Result<ServerConfig, String> {
+    let dev = dev_mode(&args);
+    if dev {
+        args.jwt_secret = Some(dev_secret().map_err(|e| {
+            format!(
+                "cannot read or create {}: {e}",
+                dev_secret_display().display()
+            )
+        })?);
     }
-    let config = match ServerConfig::from_args(&args, rand::random()) {
-        Ok(mut c) if dev_mode => {
-            // The demo page logs in by name with the development secret.
-            c.demo = args.demo.unwrap_or(true);
-            c.demo_token_secret = args.jwt_secret.clone().filter(|_| c.demo);
-            c
-        }
+    let mut config = ServerConfig::from_args(&args, seed)?;
+    if dev {
+        // The demo page logs in by name with the development secret.
+        config.demo = args.demo.unwrap_or(true);
+        config.demo_token_secret = args.jwt_secret.clone().filter(|_| config.demo);
+    }
+    Ok(config)
+}
+
+/// No key of any kind is configured: the development secret is used.
+fn dev_mode(args: &ServerArgs) -> bool {
+    args.jwt_secret.is_none() && args.jwt_public_key.is_empty() && args.jwt_jwks_url.is_none()
+}
+
+fn serve(args: ServerArgs, argv: Vec<std::ffi::OsString>) -> ExitCode {
+    let set_log = init_logging(&args);
+    let dev_mode = dev_mode(&args);
+    if dev_mode && !args.listen.ip().is_loopback() {
+        error!(
+            listen = %args.listen,
+            "refusing to serve a non-loopback address with the development secret: set --jwt-secret, --jwt-public-key or --jwt-jwks-url"
+        );
+        return ExitCode::from(2);
+    }
+    let config = match resolve(args.clone(), rand::random()) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -132,7 +162,18 @@ fn serve(mut args: ServerArgs) -> ExitCode {
         };
         let addr = server.local_addr();
         info!(%addr, "roomhub listening on {ws}://{addr}/ws");
-        if let Some(secret) = args.jwt_secret.as_deref().filter(|_| dev_mode) {
+        server.set_log_filter(set_log);
+        server.set_config_source(Arc::new(move || {
+            let cli = parse_cli(argv.clone()).map_err(|e| {
+                // clap's message, without its "error: " and help hint.
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                first.trim_start_matches("error: ").to_string()
+            })?;
+            resolve(cli.server, 0)
+        }));
+        let dev_secret = dev_mode.then(dev_secret).and_then(Result::ok);
+        if let Some(secret) = dev_secret.as_deref() {
             let spec = TokenSpec {
                 user: "alice".into(),
                 name: Some("Alice".into()),
@@ -150,6 +191,25 @@ fn serve(mut args: ServerArgs) -> ExitCode {
             );
             if config_demo {
                 println!("Or open the demo chat in a browser:  {http}://{addr}/\n");
+            }
+        }
+        #[cfg(unix)]
+        {
+            // SIGHUP: read the configuration again (the file, the
+            // environment, the command line) and the TLS files.
+            use tokio::signal::unix::{SignalKind, signal};
+            let reloader = server.reloader();
+            match signal(SignalKind::hangup()) {
+                Ok(mut hangups) => {
+                    tokio::spawn(async move {
+                        while hangups.recv().await.is_some() {
+                            info!("SIGHUP: reloading the configuration");
+                            // Refusals are logged by the reload itself.
+                            let _ = reloader.reload().await;
+                        }
+                    });
+                }
+                Err(e) => warn!("cannot listen for SIGHUP (no reload): {e}"),
             }
         }
         let stop = server.shutdown_token();

@@ -28,6 +28,7 @@ use crate::conn::online::Online;
 use crate::conn::sse::Sessions;
 use crate::http::accept::accept_loop;
 use crate::http::admission::Admission;
+use crate::http::reload::{ConfigSource, LogFilter, Reloaded};
 use crate::http::state::HttpState;
 use crate::http::tls::Certificates;
 use crate::hub::engine::{Engine, Journaled};
@@ -178,6 +179,9 @@ impl Server {
             warn!("no --allowed-origins: WebSocket upgrades from any origin are accepted");
         }
         let (inbox, events) = inbox::channel();
+        // One set of hooks, shared by the HTTP side (connect) and the hub's
+        // services (join, publish), so that a reload changes both.
+        let hooks = crate::hooks::Hooks::new(config.hooks.clone());
         // `shutdown` starts a graceful shutdown (SIGTERM, `Server::shutdown`);
         // `closing` follows it after the shutdown delay and is what closes
         // every connection with 1001.
@@ -208,21 +212,20 @@ impl Server {
             next_publish: 0,
             calls: FxHashMap::default(),
             services: Services {
-                hooks: crate::hooks::Hooks::new(config.hooks.clone()),
+                hooks: hooks.clone(),
                 io: tokio::runtime::Handle::current(),
                 answers: inbox.answers(),
                 auth: auth.clone(),
                 clock,
             },
         };
-        let conn = Arc::new(ConnContext {
+        let conn = Arc::new(ConnContext::new(
             inbox,
             online,
-            metrics: metrics.clone(),
-            send_queue_bytes: config.send_queue_bytes,
-            write_wait: config.write_wait,
-        });
-        let config_hooks = config.hooks.clone();
+            metrics.clone(),
+            config.send_queue_bytes,
+            config.write_wait,
+        ));
         let node_id = config.core.node_id;
         let tls = match &config.tls {
             Some(files) => Some(Certificates::open(files.clone()).map_err(std::io::Error::other)?),
@@ -230,12 +233,13 @@ impl Server {
         };
         let state = Arc::new(HttpState {
             tls,
+            reload: Default::default(),
             admission: Arc::new(Admission::new(
                 config.max_connections,
                 config.max_connections_per_user,
                 config.per_ip,
             )),
-            config,
+            config: std::sync::RwLock::new(Arc::new(config)),
             auth,
             clock,
             conn,
@@ -245,7 +249,7 @@ impl Server {
             draining: AtomicBool::new(false),
             metrics,
             connections: TaskTracker::new(),
-            hooks: crate::hooks::Hooks::new(config_hooks),
+            hooks,
             store_health,
             sessions: Arc::new(Sessions::new(node_id)),
             admin_series: Default::default(),
@@ -258,7 +262,7 @@ impl Server {
         {
             tokio::spawn(crate::http::sse::take_forwarded(state.clone(), forwarded));
         }
-        let hub = hub.start(state.config.io_threads, state.config.hub_thread)?;
+        let hub = hub.start(state.config().io_threads, state.config().hub_thread)?;
         tokio::spawn(unready_then_close(
             state.clone(),
             shutdown.clone(),
@@ -304,6 +308,38 @@ impl Server {
         let _ = self.store_closed.await;
     }
 
+    /// Where [`Server::reload`] and `POST /api/reload` read the
+    /// configuration from (the binary: its command line, environment
+    /// and config file, read again). Set once.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        let _ = self.state.reload.source.set(source);
+    }
+
+    /// How a reload sets the log filter (the binary's subscriber). Set once.
+    pub fn set_log_filter(&self, set: LogFilter) {
+        let _ = self.state.reload.log_filter.set(set);
+    }
+
+    /// Reads the configuration from its source and puts what can change
+    /// live in force (see [`crate::http::reload`]); an invalid one is
+    /// refused with the reason, and the one in force stays.
+    pub async fn reload(&self) -> Result<Reloaded, String> {
+        crate::http::reload::reload(&self.state).await
+    }
+
+    /// A handle that reloads this server from another task (a signal
+    /// handler).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Puts `config` in force as a reload would.
+    pub async fn reload_with(&self, config: ServerConfig) -> Result<Reloaded, String> {
+        crate::http::reload::apply(&self.state, config).await
+    }
+
     /// A token that, when cancelled, shuts the server down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -313,6 +349,18 @@ impl Server {
     pub async fn wait(self) {
         let _ = self.done.await;
         let _ = self.store_closed.await;
+    }
+}
+
+/// Reloads a server's configuration; see [`Server::reload`].
+#[derive(Clone)]
+pub struct Reloader {
+    state: Arc<HttpState>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> Result<Reloaded, String> {
+        crate::http::reload::reload(&self.state).await
     }
 }
 
@@ -328,7 +376,7 @@ async fn unready_then_close(
     state
         .draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let delay = state.config.shutdown_delay;
+    let delay = state.config().shutdown_delay;
     if !delay.is_zero() {
         info!(
             delay_ms = delay.as_millis() as u64,

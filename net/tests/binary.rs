@@ -607,3 +607,101 @@ fn get_ok(port: u16, path: &str) -> bool {
     let _ = s.read_to_string(&mut raw);
     raw.starts_with("HTTP/1.1 200")
 }
+
+/// The status of a WebSocket upgrade to `listen` by `user` from `origin`.
+async fn upgrade_status(listen: &str, user: &str, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{listen}/ws?token={}", token_for(user, "s3cret"));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("no HTTP answer: {e}"),
+    }
+}
+
+fn hangup(server: &Running) {
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The lines of the server's log so far.
+fn log_of(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+}
+
+/// SIGHUP reads the config file again: a new allowed origin works at once
+/// while the connection opened before stays open; a file that does not
+/// resolve is refused with its reason in the log and the configuration in
+/// force stays; a setting that needs a restart is said to.
+#[test]
+fn sighup_reloads_the_config_file_without_dropping_connections() {
+    let dir = workdir("sighup");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let file = dir.join("roomhub.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap();
+    write("allowed-origins = [\"https://a.example\"]\njwt-secret = \"s3cret\"\n");
+    let server = start(
+        &dir,
+        &[
+            "--listen",
+            &listen,
+            "--config",
+            file.to_str().unwrap(),
+            "--memory",
+        ],
+    );
+    wait_for_port(port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        assert_eq!(upgrade_status(&listen, "a", "https://a.example").await, 101);
+        assert_eq!(upgrade_status(&listen, "b", "https://b.example").await, 403);
+        let mut old = joining_g(&listen, "old", "s3cret").await;
+        next_of_type(&mut old, "room_info").await;
+
+        write("allowed-origins = [\"https://a.example\", \"https://b.example\"]\njwt-secret = \"s3cret\"\nnode-ttl-ms = 5000\n");
+        hangup(&server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while upgrade_status(&listen, "b", "https://b.example").await != 101 {
+            assert!(Instant::now() < deadline, "the new origin never worked:\n{}", log_of(&dir));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = log_of(&dir);
+        assert!(log.contains("configuration reloaded"), "{log}");
+        assert!(
+            log.contains(r#"changed=["allowed-origins"]"#)
+                && log.contains(r#"needs_restart=["node-ttl-ms"]"#),
+            "{log}"
+        );
+        // The connection from before is open and served.
+        old.send(Message::text(r#"{"type":"online_users","room":"g","id":"q1"}"#))
+            .await
+            .unwrap();
+        next_of_type(&mut old, "ack").await;
+
+        // An invalid file: refused, logged with the reason; nothing changes.
+        write("allowed-origins = [\"https://a.example\"]\njwt-secret = \"s3cret\"\nmax-connections = \"lots\"\n");
+        hangup(&server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log_of(&dir).contains("reload refused") {
+            assert!(Instant::now() < deadline, "no refusal logged:\n{}", log_of(&dir));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = log_of(&dir);
+        assert!(log.contains("max-connections") || log.contains("lots"), "{log}");
+        assert_eq!(upgrade_status(&listen, "c", "https://b.example").await, 101);
+        old.send(Message::text(r#"{"type":"online_users","room":"g","id":"q2"}"#))
+            .await
+            .unwrap();
+        next_of_type(&mut old, "ack").await;
+    });
+    drop(server);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -36,12 +36,12 @@ pub(crate) async fn run(
         write_half,
         Some(live.clone()),
         cx.metrics.clone(),
-        cx.send_queue_bytes,
+        cx.send_queue_bytes(),
     );
     if !cx.inbox.open(conn, identity, outbox.clone()).done().await {
         return;
     }
-    let writer = outbox.clone().write_loop(cx.write_wait);
+    let writer = outbox.clone().write_loop(cx.write_wait());
     let read = read_loop(
         read_half,
         max_message,
@@ -83,7 +83,7 @@ async fn after_reading(
         ReadEnd::PeerClosed(code) => outbox.close_reply(*code),
         _ => outbox.release(),
     }
-    let _ = tokio::time::timeout(cx.write_wait, writer).await;
+    let _ = tokio::time::timeout(cx.write_wait(), writer).await;
     end.describe()
 }
 

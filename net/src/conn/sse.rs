@@ -162,7 +162,7 @@ impl Sessions {
             write,
             Some(live.clone()),
             cx.metrics.clone(),
-            cx.send_queue_bytes,
+            cx.send_queue_bytes(),
             Framing::Sse,
         );
         let session = self.name();
@@ -210,14 +210,14 @@ pub(crate) async fn run(
     for join in joins {
         let _ = sessions.deliver(&cx, &session, Posted::Text(join)).await;
     }
-    let writer = outbox.clone().write_loop(cx.write_wait);
+    let writer = outbox.clone().write_loop(cx.write_wait());
     let mut gone = gone;
     let reason = tokio::select! {
         biased;
         end = writer => {
             // The final event is in the pipe; the connection counts (for a
             // graceful shutdown's drain) until the response has taken it.
-            let _ = tokio::time::timeout(cx.write_wait, &mut gone).await;
+            let _ = tokio::time::timeout(cx.write_wait(), &mut gone).await;
             end.describe()
         }
         _ = &mut gone => {

@@ -34,15 +34,17 @@ pub(crate) async fn accept_loop<L>(
     L: Listener<Addr = SocketAddr>,
 {
     let app = router(state.clone());
-    let pong_wait = std::time::Duration::from_millis(state.config.core.pong_wait_ms);
     loop {
         let (io, addr) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        // Read for each connection: a reload changes them for the next.
+        let config = state.config();
+        let pong_wait = Duration::from_millis(config.core.pong_wait_ms);
         crate::os::bound_unacknowledged(&io, pong_wait);
         let service = app.clone();
-        let handshake_timeout = state.config.handshake_timeout;
+        let handshake_timeout = config.handshake_timeout;
         let stopping = shutdown.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(PeerAddr(addr));
@@ -76,7 +78,8 @@ pub(crate) async fn accept_loop<L>(
     state.shutting_down.store(true, Ordering::Relaxed);
     state.connections.close();
     // The hub saw the same cancellation and closed every connection.
-    let drained = tokio::time::timeout(state.config.drain_timeout, state.connections.wait()).await;
+    let drained =
+        tokio::time::timeout(state.config().drain_timeout, state.connections.wait()).await;
     if drained.is_err() {
         warn!(
             remaining = state.admission.sockets(),

@@ -26,7 +26,7 @@ const DISCONNECT_CODE: u64 = 4100;
 
 /// Whether the admin UI is on.
 fn enabled(state: &HttpState) -> bool {
-    state.config.admin_password.is_some() || state.config.api_key.is_some()
+    state.config().admin_password.is_some() || state.config().api_key.is_some()
 }
 
 /// Samples the counters once a second while the server runs (started only
@@ -82,7 +82,7 @@ fn refusal(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
         return Some(json_error(StatusCode::NOT_FOUND, "not found"));
     }
     let given = bearer(headers).unwrap_or("");
-    let opens = [&state.config.admin_password, &state.config.api_key]
+    let opens = [&state.config().admin_password, &state.config().api_key]
         .into_iter()
         .flatten()
         .any(|secret| constant_time_eq(given.as_bytes(), secret.as_bytes()));
@@ -106,7 +106,7 @@ pub(crate) async fn overview(State(state): State<Arc<HttpState>>, headers: Heade
         Ok(info) => info,
         Err(e) => return e.into_response(),
     };
-    let c = &state.config;
+    let c = state.config();
     let limits = json!({
         "max_connections": c.max_connections,
         "max_connections_per_user": c.max_connections_per_user,

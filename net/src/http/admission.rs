@@ -20,9 +20,9 @@ pub(crate) struct Admission {
     /// Sockets held, upgrading or open or closing: what admission counts.
     sockets: AtomicUsize,
     per_user: Mutex<FxHashMap<Arc<str>, usize>>,
-    max_connections: usize,
+    max_connections: AtomicUsize,
     /// 0: no limit.
-    max_per_user: usize,
+    max_per_user: AtomicUsize,
     /// What one client address may open, checked first.
     pub(crate) per_ip: Arc<PerIp>,
 }
@@ -52,10 +52,23 @@ impl Admission {
         Admission {
             sockets: AtomicUsize::new(0),
             per_user: Mutex::default(),
-            max_connections,
-            max_per_user,
+            max_connections: AtomicUsize::new(max_connections),
+            max_per_user: AtomicUsize::new(max_per_user),
             per_ip: Arc::new(PerIp::new(per_ip)),
         }
+    }
+
+    /// New limits for the connections from now on; open ones stay.
+    pub(crate) fn set_limits(
+        &self,
+        max_connections: usize,
+        max_per_user: usize,
+        per_ip: PerIpLimits,
+    ) {
+        self.max_connections
+            .store(max_connections, Ordering::Relaxed);
+        self.max_per_user.store(max_per_user, Ordering::Relaxed);
+        self.per_ip.set_limits(per_ip);
     }
 
     /// Sockets held now.
@@ -73,13 +86,16 @@ impl Admission {
         self: &Arc<Self>,
         user: &Arc<str>,
     ) -> Result<Slot, (StatusCode, &'static str)> {
-        if self.sockets.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+        if self.sockets.fetch_add(1, Ordering::Relaxed)
+            >= self.max_connections.load(Ordering::Relaxed)
+        {
             self.sockets.fetch_sub(1, Ordering::Relaxed);
             return Err((StatusCode::SERVICE_UNAVAILABLE, "server full"));
         }
         let mut per_user = self.per_user();
         let count = per_user.entry(user.clone()).or_insert(0);
-        if self.max_per_user > 0 && *count >= self.max_per_user {
+        let max_per_user = self.max_per_user.load(Ordering::Relaxed);
+        if max_per_user > 0 && *count >= max_per_user {
             drop(per_user);
             self.sockets.fetch_sub(1, Ordering::Relaxed);
             return Err((

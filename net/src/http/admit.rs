@@ -49,7 +49,7 @@ pub(crate) async fn admit(
             return Err(json_error(status, why));
         }
     };
-    if !origin_allowed(&state.config.allowed_origins, headers) {
+    if !origin_allowed(&state.config().allowed_origins, headers) {
         warn!(%addr, origin = ?headers.get(ORIGIN), "origin refused");
         return Err(json_error(StatusCode::FORBIDDEN, "origin not allowed"));
     }

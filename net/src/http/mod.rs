@@ -11,6 +11,7 @@ pub(crate) mod error;
 pub(crate) mod pages;
 pub(crate) mod peer;
 pub(crate) mod per_ip;
+pub(crate) mod reload;
 pub(crate) mod router;
 pub(crate) mod series;
 pub(crate) mod sse;

@@ -16,7 +16,7 @@ use crate::http::state::HttpState;
 pub const DEMO_HTML: &str = include_str!("../../assets/demo.html");
 
 pub(crate) async fn demo_page(State(state): State<Arc<HttpState>>) -> Response {
-    if !state.config.demo {
+    if !state.config().demo {
         return json_error(StatusCode::NOT_FOUND, "not found");
     }
     (
@@ -37,7 +37,7 @@ pub(crate) async fn demo_token(
     State(state): State<Arc<HttpState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(secret) = &state.config.demo_token_secret else {
+    let Some(secret) = &state.config().demo_token_secret else {
         return json_error(StatusCode::NOT_FOUND, "not found");
     };
     let login: DemoLogin = match serde_json::from_slice(&body) {

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::StatusCode;
 use governor::state::keyed::HashMapStateStore;
@@ -35,8 +35,9 @@ type Limiter = RateLimiter<IpAddr, HashMapStateStore<IpAddr>, TokioClock>;
 const REMEMBERED: usize = 16_384;
 
 pub(crate) struct PerIp {
-    limits: PerIpLimits,
-    rate: Option<Limiter>,
+    /// The limits in force and their rate limiter (a reload replaces
+    /// both; the counts of open connections stay).
+    rules: RwLock<(PerIpLimits, Option<Arc<Limiter>>)>,
     /// When the rate limiter next forgets addresses whose bucket is full.
     prune_at: AtomicUsize,
     open: Mutex<FxHashMap<IpAddr, usize>>,
@@ -65,16 +66,21 @@ impl Drop for IpSlot {
 
 impl PerIp {
     pub(crate) fn new(limits: PerIpLimits) -> Self {
-        let rate = NonZeroU32::new(limits.connections_per_second).map(|n| {
-            let clock = TokioClock(tokio::time::Instant::now());
-            RateLimiter::new(Quota::per_second(n), HashMapStateStore::default(), clock)
-        });
         PerIp {
-            limits,
-            rate,
+            rules: RwLock::new((limits, rate_limiter(limits))),
             prune_at: AtomicUsize::new(REMEMBERED),
             open: Mutex::default(),
         }
+    }
+
+    /// New limits for the connections from now on. A new rate starts
+    /// every address with a full bucket; an unchanged one keeps them.
+    pub(crate) fn set_limits(&self, limits: PerIpLimits) {
+        let mut rules = self.rules.write().unwrap_or_else(|e| e.into_inner());
+        if rules.0.connections_per_second != limits.connections_per_second {
+            rules.1 = rate_limiter(limits);
+        }
+        rules.0 = limits;
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, FxHashMap<IpAddr, usize>> {
@@ -88,11 +94,12 @@ impl PerIp {
         ip: IpAddr,
     ) -> Result<IpSlot, (StatusCode, &'static str)> {
         let ip = ip.to_canonical();
+        let (limits, rate) = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
         let unlimited = IpSlot {
             per_ip: self.clone(),
             key: None,
         };
-        if self.limits.exempt_loopback && ip.is_loopback() {
+        if limits.exempt_loopback && ip.is_loopback() {
             return Ok(unlimited);
         }
         let key = match ip {
@@ -102,7 +109,7 @@ impl PerIp {
                 IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         };
-        if let Some(rate) = &self.rate {
+        if let Some(rate) = &rate {
             if rate.check_key(&key).is_err() {
                 return Err((
                     StatusCode::TOO_MANY_REQUESTS,
@@ -116,12 +123,12 @@ impl PerIp {
                 self.prune_at.store(next, Ordering::Relaxed);
             }
         }
-        if self.limits.max_connections == 0 {
+        if limits.max_connections == 0 {
             return Ok(unlimited);
         }
         let mut open = self.open();
         let n = open.entry(key).or_insert(0);
-        if *n >= self.limits.max_connections {
+        if *n >= limits.max_connections {
             return Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address",
@@ -133,6 +140,17 @@ impl PerIp {
             key: Some(key),
         })
     }
+}
+
+fn rate_limiter(limits: PerIpLimits) -> Option<Arc<Limiter>> {
+    NonZeroU32::new(limits.connections_per_second).map(|n| {
+        let clock = TokioClock(tokio::time::Instant::now());
+        Arc::new(RateLimiter::new(
+            Quota::per_second(n),
+            HashMapStateStore::default(),
+            clock,
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ pub(crate) async fn send(
 }
 
 async fn send_inner(state: &HttpState, headers: &HeaderMap, uri: &Uri, body: Body) -> Response {
-    if !origin_allowed(&state.config.allowed_origins, headers) {
+    if !origin_allowed(&state.config().allowed_origins, headers) {
         return json_error(StatusCode::FORBIDDEN, "origin not allowed");
     }
     let Some(session) = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
@@ -172,7 +172,7 @@ async fn send_inner(state: &HttpState, headers: &HeaderMap, uri: &Uri, body: Bod
     let Some(node) = Sessions::node_of(&session) else {
         return json_error(StatusCode::NOT_FOUND, "unknown session");
     };
-    let max = state.config.core.max_message_bytes;
+    let max = state.config().core.max_message_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -253,7 +253,7 @@ pub(crate) async fn preflight(State(state): State<Arc<HttpState>>, headers: Head
 /// SSE endpoints (the same `--allowed-origins` rule as WebSocket upgrades).
 fn allowed_origin(state: &HttpState, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(ORIGIN)?;
-    origin_allowed(&state.config.allowed_origins, headers).then(|| origin.clone())
+    origin_allowed(&state.config().allowed_origins, headers).then(|| origin.clone())
 }
 
 /// Lets a page on an allowed origin read the answer.

@@ -1,7 +1,7 @@
 //! What the HTTP handlers of one server share.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, RwLock};
 
 use tokio_util::task::TaskTracker;
 
@@ -14,7 +14,9 @@ use crate::http::admission::Admission;
 use crate::metrics::Metrics;
 
 pub(crate) struct HttpState {
-    pub(crate) config: ServerConfig,
+    /// The configuration in force (a reload replaces it; what cannot
+    /// change without a restart keeps its value from the start).
+    pub(crate) config: RwLock<Arc<ServerConfig>>,
     pub(crate) auth: Authenticator,
     pub(crate) clock: Clock,
     /// What each connection is handed: the hub's inbox, the online count.
@@ -36,8 +38,27 @@ pub(crate) struct HttpState {
     pub(crate) admin_series: crate::http::series::Series,
     /// This node's SSE sessions.
     pub(crate) sessions: Arc<crate::conn::sse::Sessions>,
+    /// How to reload: set by the binary.
+    pub(crate) reload: ReloadHooks,
     /// With `--tls-cert`: the certificate new handshakes get.
     pub(crate) tls: Option<Arc<crate::http::tls::Certificates>>,
     /// Whether the embedded store's writes succeed.
     pub(crate) store_health: crate::seq::faults::StoreHealth,
+}
+
+impl HttpState {
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What a reload needs from whoever started the server.
+#[derive(Default)]
+pub(crate) struct ReloadHooks {
+    pub(crate) source: std::sync::OnceLock<crate::http::reload::ConfigSource>,
+    pub(crate) log_filter: std::sync::OnceLock<crate::http::reload::LogFilter>,
 }

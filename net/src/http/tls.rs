@@ -55,7 +55,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// The certificate new handshakes get, and where it came from.
 pub(crate) struct Certificates {
-    files: TlsFiles,
+    files: RwLock<TlsFiles>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
     /// The files' stamps when last loaded or tried, so that a file that
@@ -66,7 +66,7 @@ pub(crate) struct Certificates {
 impl fmt::Debug for Certificates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Certificates")
-            .field("files", &self.files)
+            .field("files", &self.files())
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +124,7 @@ impl Certificates {
         let seen = (stamp(&files.cert), stamp(&files.key));
         let key = load_with(&files, &provider)?;
         Ok(Arc::new(Certificates {
-            files,
+            files: RwLock::new(files),
             provider,
             current: RwLock::new(Arc::new(key)),
             seen: Mutex::new(seen),
@@ -143,11 +143,31 @@ impl Certificates {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
+    fn files(&self) -> TlsFiles {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload: `files` (the same or others) are read now; if they do not
+    /// load, the files and the certificate in use stay.
+    pub(crate) fn replace(&self, files: TlsFiles) -> Result<(), String> {
+        if files == self.files() {
+            return self.reload(true).map(drop);
+        }
+        let seen = (stamp(&files.cert), stamp(&files.key));
+        let key = load_with(&files, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+        info!(cert = %files.cert.display(), "TLS certificate files changed: new handshakes use them");
+        *self.files.write().unwrap_or_else(|e| e.into_inner()) = files;
+        Ok(())
+    }
+
     /// Re-reads the files: if they changed since last read, or always
     /// with `force`. Ok(true) when a new certificate is in use; an error
     /// (logged too) leaves the one in use in place.
     pub(crate) fn reload(&self, force: bool) -> Result<bool, String> {
-        let now = (stamp(&self.files.cert), stamp(&self.files.key));
+        let files = self.files();
+        let now = (stamp(&files.cert), stamp(&files.key));
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if !force && *seen == now {
@@ -155,10 +175,10 @@ impl Certificates {
             }
             *seen = now;
         }
-        match load_with(&self.files, &self.provider) {
+        match load_with(&files, &self.provider) {
             Ok(key) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
-                info!(cert = %self.files.cert.display(), "TLS certificate reloaded: new handshakes use it");
+                info!(cert = %files.cert.display(), "TLS certificate reloaded: new handshakes use it");
                 Ok(true)
             }
             Err(e) => {

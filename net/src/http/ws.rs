@@ -45,7 +45,7 @@ pub(crate) async fn ws_handler(
     };
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     // Larger frames and messages close the connection with 1009.
-    let max_message = state.config.core.max_message_bytes;
+    let max_message = state.config().core.max_message_bytes;
     // Select a subprotocol the client offered, or browsers drop the socket.
     let protocol = match source {
         TokenSource::Subprotocol {

@@ -63,7 +63,12 @@ impl<C: Core> Journaled<C> {
     }
 
     fn handle(&mut self, input: Input, now: Timestamp) {
+        let reconfigured = matches!(input, Input::Reconfigure(_));
         self.hub.handle(input, now);
+        if reconfigured {
+            let (max_messages, max_age_ms) = self.hub.hub().config().history_retained();
+            self.store.set_history(max_messages, max_age_ms);
+        }
         self.take_outputs(now);
         self.store.checkpoint_when_idle();
     }

@@ -128,7 +128,7 @@ impl JournaledStore {
             .sync_in_background(journal::SYNC_INTERVAL)
             .map_err(journal_failed)?;
         let aside = dir.join(SET_ASIDE);
-        let checkpointer = Checkpointer::spawn(db.clone(), limits, aside.clone(), health.clone())
+        let checkpointer = Checkpointer::spawn(db.clone(), aside.clone(), health.clone())
             .map_err(|e| StoreError::Open(format!("the checkpoint thread: {e}")))?;
         Ok(JournaledStore {
             db,
@@ -144,6 +144,14 @@ impl JournaledStore {
             checkpointer: Some(checkpointer),
             _closed: closed,
         })
+    }
+
+    /// Keeps `max_messages` per room for `max_age_ms` from now on (the
+    /// disk budget stays): reads and checkpoints use them, and a room
+    /// over the count is trimmed at its next checkpoint.
+    pub fn set_history(&mut self, max_messages: usize, max_age_ms: u64) {
+        self.limits.max_messages = max_messages;
+        self.limits.max_age_ms = max_age_ms;
     }
 }
 
@@ -308,7 +316,7 @@ impl JournaledStore {
         self.in_flight = Some(segment.clone());
         self.last_checkpoint = Instant::now();
         if let Some(checkpointer) = &self.checkpointer {
-            let _ = checkpointer.jobs.send(segment);
+            let _ = checkpointer.jobs.send((segment, self.limits));
         }
         Ok(())
     }
@@ -348,25 +356,21 @@ impl Drop for JournaledStore {
 /// The `roomhub-checkpoint` thread: writes each set-aside segment to the
 /// database, deletes its file, and reports back.
 struct Checkpointer {
-    jobs: mpsc::Sender<Arc<Tails>>,
+    /// Each segment with the limits in force when it was set aside.
+    jobs: mpsc::Sender<(Arc<Tails>, HistoryLimits)>,
     done: mpsc::Receiver<()>,
     thread: JoinHandle<()>,
 }
 
 impl Checkpointer {
-    fn spawn(
-        db: Arc<Db>,
-        limits: HistoryLimits,
-        aside: PathBuf,
-        health: StoreHealth,
-    ) -> std::io::Result<Self> {
-        let (jobs, queued) = mpsc::channel::<Arc<Tails>>();
+    fn spawn(db: Arc<Db>, aside: PathBuf, health: StoreHealth) -> std::io::Result<Self> {
+        let (jobs, queued) = mpsc::channel::<(Arc<Tails>, HistoryLimits)>();
         let (report, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("roomhub-checkpoint".into())
             .spawn(move || {
                 loop {
-                    let segment = match queued.recv_timeout(CHECKPOINT_INTERVAL) {
+                    let (segment, limits) = match queued.recv_timeout(CHECKPOINT_INTERVAL) {
                         Ok(segment) => segment,
                         // Idle: a reopen the hub's reads asked for.
                         Err(mpsc::RecvTimeoutError::Timeout) => {

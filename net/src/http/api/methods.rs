@@ -35,7 +35,7 @@ pub(super) async fn run(
 ) -> Result<Value, ApiError> {
     let p = Params {
         map: &params,
-        max_room_bytes: state.config.core.max_room_name_bytes,
+        max_room_bytes: state.config().core.max_room_name_bytes,
     };
     match method {
         "publish" => publish(state, params.clone()).await,
@@ -267,7 +267,7 @@ fn info(state: &HttpState, answers: Vec<ApiAnswer>) -> Result<Value, ApiError> {
 /// sequenced, stored and delivered like a member's message (the same rules
 /// and error codes as `send_message`); answered once stored.
 async fn publish(state: &HttpState, params: Map<String, Value>) -> Result<Value, ApiError> {
-    let limits = ParseLimits::from(&state.config.core);
+    let limits = ParseLimits::from(&state.config().core);
     let body = serde_json::to_vec(&Value::Object(params)).unwrap_or_default();
     let publish = parse_publish(&body, &limits)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code.as_str(), e.message))?;

@@ -82,6 +82,11 @@ pub(crate) async fn call(
     };
     let answer = if method == "batch" {
         batch(&state, params).await
+    } else if method == "reload" {
+        crate::http::reload::reload(&state)
+            .await
+            .map(|done| json!(done))
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONFIG", why))
     } else {
         methods::run(&state, &method, params).await
     };
@@ -93,7 +98,7 @@ pub(crate) async fn call(
 
 /// The API is on only with `--api-key`; then the key must be given.
 fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &state.config.api_key else {
+    let Some(key) = &state.config().api_key else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
