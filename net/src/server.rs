@@ -289,6 +289,11 @@ impl Server {
         self.local_addr
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> ServerConfig {
+        (*self.state.config()).clone()
+    }
+
     /// Live WebSocket connections (what `/ws/online` reports).
     pub fn online(&self) -> usize {
         self.state.conn.online.get()

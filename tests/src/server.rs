@@ -113,6 +113,22 @@ impl TestServer {
         self
     }
 
+    /// The running server.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Puts the configuration in force, as `adjust` changes it, as a
+    /// reload would.
+    pub async fn reconfigure(
+        &self,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Result<roomhub_net::Reloaded, String> {
+        let mut config = self.server().config();
+        adjust(&mut config);
+        self.server().reload_with(config).await
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
