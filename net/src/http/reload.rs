@@ -17,13 +17,7 @@ use tracing::{info, warn};
 use crate::config::ServerConfig;
 use crate::http::state::HttpState;
 
-/// Produces the configuration a reload puts in force: the binary reads
-/// its command line, environment and config file again.
-pub type ConfigSource = Arc<dyn Fn() -> Result<ServerConfig, String> + Send + Sync>;
-
-/// Sets the log filter (tracing's EnvFilter syntax): the binary's global
-/// subscriber.
-pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub use crate::http::state::{ConfigSource, LogFilter};
 
 /// What a reload did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -56,9 +56,18 @@ impl HttpState {
     }
 }
 
-/// What a reload needs from whoever started the server.
+/// Produces the configuration a reload puts in force: the binary reads
+/// its command line, environment and config file again.
+pub type ConfigSource = Arc<dyn Fn() -> Result<ServerConfig, String> + Send + Sync>;
+
+/// Sets the log filter (tracing's EnvFilter syntax): the binary's global
+/// subscriber.
+pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What a reload (`crate::http::reload`) needs from whoever started the
+/// server.
 #[derive(Default)]
 pub(crate) struct ReloadHooks {
-    pub(crate) source: std::sync::OnceLock<crate::http::reload::ConfigSource>,
-    pub(crate) log_filter: std::sync::OnceLock<crate::http::reload::LogFilter>,
+    pub(crate) source: std::sync::OnceLock<ConfigSource>,
+    pub(crate) log_filter: std::sync::OnceLock<LogFilter>,
 }
