@@ -303,3 +303,61 @@ async fn a_node_is_unready_until_the_first_keys_arrive() {
     let s = s.ready().await;
     joins(&s, &token(Algorithm::EdDSA, "d1", "alice")).await;
 }
+
+/// The hostile part of the catalog, from the provider's side: documents
+/// that are too large, nested past any sane depth, not UTF-8, full of
+/// entries of the wrong type, or far longer than any real set. Each costs
+/// the server nothing but the fetch: the last good keys stay, tokens are
+/// answered 401 or 101 as the keys say, and the node stays ready; of a
+/// thousand keys, the first hundred are kept. A `kid`
+/// with path characters is only a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jwks_documents_cost_nothing_but_the_fetch() {
+    let odd_kid = "../../etc/passwd?x=1#y";
+    let (provider, url) = Provider::start(json!({"keys": [ec_jwk("e1"), ed_jwk(odd_kid)]})).await;
+    let s = server(&url, Duration::from_secs(1), Duration::from_millis(100)).await;
+    let s = s.ready().await;
+    joins(&s, &token(Algorithm::EdDSA, odd_kid, "alice")).await;
+    let padding = "x".repeat(2 << 20);
+    let many: Vec<Value> = (0..1_000).map(|i| ec_jwk(&format!("k{i}"))).collect();
+    let hostile: Vec<(&str, Value)> = vec![
+        (
+            "over 1 MiB",
+            json!({"keys": [ed_jwk("d2")], "padding": padding}),
+        ),
+        ("nested 100,000 deep", Value::String("[".repeat(100_000))),
+        (
+            "not UTF-8",
+            Value::String(String::from_utf8_lossy(&[0xff, 0xfe, 0x00]).into()),
+        ),
+        (
+            "entries of every wrong type",
+            json!({"keys": [null, 1, "key", [], {}, {"kty": null}, {"kty": "EC", "crv": "P-256"}]}),
+        ),
+        ("keys is an object", json!({"keys": {"kty": "EC"}})),
+    ];
+    for (name, doc) in hostile {
+        provider.set(doc);
+        let hits = provider.hits();
+        eventually(name, || async { provider.hits() > hits }).await;
+        // The last good set (e1 and the odd kid) still verifies.
+        joins(&s, &token(Algorithm::ES256, "e1", "alice")).await;
+        joins(&s, &token(Algorithm::EdDSA, odd_kid, "alice")).await;
+        assert_eq!(s.get("/readyz").await.0, 200, "{name}");
+    }
+    // A thousand keys: the first hundred are kept.
+    provider.set(json!({"keys": many}));
+    eventually("the long set is taken", || async {
+        Client::connect(format!(
+            "{}?token={}",
+            s.url(),
+            token(Algorithm::ES256, "k0", "bob")
+        ))
+        .await
+        .is_ok()
+    })
+    .await;
+    joins(&s, &token(Algorithm::ES256, "k99", "bob")).await;
+    let why = refused(&s, &token(Algorithm::ES256, "k100", "bob")).await;
+    assert!(why.contains("k100"), "{why}");
+}

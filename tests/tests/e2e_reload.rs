@@ -184,3 +184,35 @@ async fn the_api_reloads_the_config_file_and_refuses_an_invalid_one() {
     assert_eq!(reload(Some("wrong")).await.0, 401);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A join hook added by a reload decides the joins after it; the member
+/// who joined before stays in its room and keeps talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_added_by_reload_decides_the_joins_after_it() {
+    use axum::Json;
+    use axum::routing::post;
+    async fn join_hook(Json(body): Json<Value>) -> Json<Value> {
+        let allowed = body["room"] != "vip";
+        Json(json!({"allow": allowed, "code": "NOT_INVITED", "message": "ask an admin"}))
+    }
+    let app = axum::Router::new().route("/hooks/join", post(join_hook));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = TestServer::start().await;
+    let mut early = s.client("early").await;
+    early.join("vip").await;
+    let done = s
+        .reconfigure(|c| c.hooks.join = Some(format!("http://{hook}/hooks/join").parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(done.changed, ["hooks"]);
+    let mut late = s.client("late").await;
+    late.send_json(json!({"type": "join_room", "room": "vip", "id": "j"}))
+        .await;
+    let refused = late.recv().await;
+    assert_eq!(refused["payload"]["code"], "NOT_INVITED", "{refused}");
+    assert_eq!(late.join("lobby").await["payload"]["room_id"], "lobby");
+    assert_eq!(say(&mut early, "vip", "still in", "m").await["type"], "ack");
+}
