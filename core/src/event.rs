@@ -186,6 +186,13 @@ pub enum Output {
         request_id: Option<Arc<str>>,
         token: Arc<str>,
     },
+    /// A reload changed how much history rooms keep: the sequencer keeps
+    /// `max_messages` per room for `max_age_ms` from now on (its byte
+    /// budget stays).
+    HistoryLimits {
+        max_messages: usize,
+        max_age_ms: u64,
+    },
 }
 
 /// What became of a backend's publish.
@@ -222,7 +229,8 @@ impl Output {
             | Output::Presence { .. }
             | Output::Relay(_)
             | Output::FollowUser { .. }
-            | Output::UnfollowUser { .. } => true,
+            | Output::UnfollowUser { .. }
+            | Output::HistoryLimits { .. } => true,
             Output::Send { .. }
             | Output::Ping { .. }
             | Output::Close { .. }

@@ -547,6 +547,13 @@ impl Hub {
         self.limits = ParseLimits::from(&new);
         self.rate
             .set_quota(new.rate_limit_per_second, new.rate_limit_burst);
+        let (max_messages, max_age_ms) = new.history_retained();
+        if (max_messages, max_age_ms) != self.config.history_retained() {
+            self.out.push_back(Output::HistoryLimits {
+                max_messages,
+                max_age_ms,
+            });
+        }
         self.config = new;
     }
 

@@ -143,6 +143,13 @@ impl MemorySequencer {
             }
             // Nothing to stop: this sequencer hands messages straight back.
             Output::CloseRoom { .. } => true,
+            Output::HistoryLimits {
+                max_messages,
+                max_age_ms,
+            } => {
+                self.set_history(*max_messages, *max_age_ms);
+                true
+            }
             // Cluster outputs are the broker's; a hub that is not clustered
             // never emits them.
             Output::Send { .. }

@@ -40,15 +40,7 @@ impl<C: Core> SingleNode<C> {
 
     /// Feeds one input and settles every sequencer round trip it causes.
     pub fn handle(&mut self, input: Input, now: Timestamp) {
-        let reconfigured = matches!(input, Input::Reconfigure(_));
         self.hub.handle(input, now);
-        if reconfigured {
-            // The sequencer keeps what the new rules keep (its byte
-            // budget and room count stay).
-            let wanted = HistoryLimits::from_config(self.hub.hub().config());
-            self.sequencer
-                .set_history(wanted.max_messages, wanted.max_age_ms);
-        }
         // Each round answers appends and opens; answers only produce sends,
         // so this ends after a few rounds.
         loop {

@@ -430,6 +430,7 @@ impl FuzzWorld {
                     }
                 }
                 Output::CloseRoom { .. }
+                | Output::HistoryLimits { .. }
                 | Output::Presence { .. }
                 | Output::FollowUser { .. }
                 | Output::UnfollowUser { .. }

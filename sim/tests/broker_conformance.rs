@@ -340,6 +340,27 @@ async fn confirmations_come_after_earlier_publications(b: &impl Broker) {
     expect_confirmed(&mut sub).await;
 }
 
+/// A reload's history limits: this node's opens return the newest so
+/// many from then on, and all retained ones once the limit is back up.
+async fn new_history_limits_apply_to_later_opens(b: &impl Broker) {
+    let batch: Vec<AppendRequest> = (1..=4).map(|i| request("h1", &format!("m{i}"))).collect();
+    b.append(&batch).await.unwrap();
+    let offsets = |snap: &roomhub_core::RoomSnapshot| {
+        snap.messages.iter().map(|m| m.offset).collect::<Vec<_>>()
+    };
+    b.set_history(2, MAX_AGE_MS);
+    let now = Clock::system().now();
+    assert_eq!(
+        offsets(&b.open(&room("h1"), None, now).await.unwrap()),
+        [3, 4]
+    );
+    b.set_history(MAX_MESSAGES, MAX_AGE_MS);
+    assert_eq!(
+        offsets(&b.open(&room("h1"), None, now).await.unwrap()),
+        [1, 2, 3, 4]
+    );
+}
+
 /// The history age limit of the expiry case.
 const SHORT_AGE_MS: u64 = 400;
 
@@ -350,6 +371,7 @@ async fn suite(b: &impl Broker) {
     presence_follows_live_nodes(b).await;
     relays_count_receivers_and_unsubscribe_stops_delivery(b).await;
     confirmations_come_after_earlier_publications(b).await;
+    new_history_limits_apply_to_later_opens(b).await;
 }
 
 /// Each room lives on its shard alone, and rooms spread over every shard;

@@ -216,3 +216,72 @@ async fn a_hook_added_by_reload_decides_the_joins_after_it() {
     assert_eq!(late.join("lobby").await["payload"]["room_id"], "lobby");
     assert_eq!(say(&mut early, "vip", "still in", "m").await["type"], "ack");
 }
+
+/// New history limits on every engine (in memory, the journaled store,
+/// the `--fsync always` store thread, a cluster's Redis broker), read back
+/// through the server API's `history`: what the API and rejoining members
+/// see follows them at once. (That each sequencer itself keeps the new
+/// count is shown where each is tested alone: the core's sequencer tests,
+/// the stores' unit tests, and the broker conformance suite.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_limits_reach_every_engine() {
+    use roomhub_tests::redis::RedisServer;
+    let redis = RedisServer::start();
+    for engine in ["memory", "journaled", "fsync-always", "redis"] {
+        let dir = std::env::temp_dir().join(format!(
+            "roomhub-reload-history-{engine}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let place = |c: &mut ServerConfig| {
+            c.api_key = Some("k".into());
+            c.core.rate_limit_per_second = 0;
+            match engine {
+                "memory" => {}
+                "journaled" => c.data_dir = Some(dir.clone()),
+                "fsync-always" => {
+                    c.data_dir = Some(dir.clone());
+                    c.fsync = roomhub_net::seq::store::Fsync::Always;
+                }
+                _ => {}
+            }
+        };
+        let s = if engine == "redis" {
+            let Some(redis) = &redis else { continue };
+            let url = redis.url();
+            TestServer::clustered(|c| {
+                place(c);
+                c.redis = vec![url];
+            })
+            .await
+        } else {
+            TestServer::start_with(place).await
+        };
+        let done = s
+            .reconfigure(|c| c.core.history_max_messages = 3)
+            .await
+            .unwrap();
+        assert!(
+            done.changed.contains(&"history limits"),
+            "{engine}: {done:?}"
+        );
+        assert!(done.needs_restart.is_empty(), "{engine}: {done:?}");
+        let room = format!("log-{engine}");
+        for i in 1..=6 {
+            let body = json!({"room": room, "payload": {"content": format!("m{i}")}}).to_string();
+            let (status, answer) = http_post(s.addr, "/api/publish", Some("k"), &body).await;
+            assert_eq!(status, 200, "{engine}: {answer}");
+        }
+        let body = json!({"room": room, "limit": 10}).to_string();
+        let (status, answer) = http_post(s.addr, "/api/history", Some("k"), &body).await;
+        assert_eq!(status, 200, "{engine}: {answer}");
+        let page: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(
+            roomhub_tests::contents(&page["result"]["messages"]),
+            ["m4", "m5", "m6"],
+            "{engine}: {answer}"
+        );
+        s.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -190,4 +190,8 @@ pub trait Broker: Send + Sync + 'static {
     -> impl Future<Output = Result<usize, BrokerError>> + Send;
 
     fn subscribe(&self) -> impl Future<Output = Result<Subscription, BrokerError>> + Send;
+
+    /// A reload changed how much history rooms keep: this node's appends
+    /// and opens use `max_messages` per room and `max_age_ms` from now on.
+    fn set_history(&self, max_messages: usize, max_age_ms: u64);
 }

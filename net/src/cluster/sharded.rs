@@ -315,6 +315,12 @@ impl<B: Broker> Broker for ShardedBroker<B> {
         ));
         Ok(Subscription { control, messages })
     }
+
+    fn set_history(&self, max_messages: usize, max_age_ms: u64) {
+        for shard in &self.shards {
+            shard.set_history(max_messages, max_age_ms);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -95,6 +95,13 @@ impl<B: Broker> Worker<B> {
                 }
                 None
             }
+            Output::HistoryLimits {
+                max_messages,
+                max_age_ms,
+            } => {
+                self.broker.set_history(max_messages, max_age_ms);
+                None
+            }
             // Appends come batched; the hub task's outputs never reach here.
             Output::Append(_)
             | Output::Send { .. }

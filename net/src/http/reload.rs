@@ -131,12 +131,6 @@ pub(crate) async fn apply(state: &HttpState, mut new: ServerConfig) -> Result<Re
         "ping and pong",
         (a.ping_interval_ms, a.pong_wait_ms) != (b.ping_interval_ms, b.pong_wait_ms),
     );
-    if (new.core.history_retained() != old.core.history_retained()) && delegated(&old) {
-        // The store thread (--fsync always) and the brokers keep the
-        // history limits they started with.
-        done.needs_restart
-            .push("history limits (of the store or the broker)");
-    }
 
     state.admission.set_limits(
         new.max_connections,
@@ -158,13 +152,6 @@ pub(crate) async fn apply(state: &HttpState, mut new: ServerConfig) -> Result<Re
         "configuration reloaded"
     );
     Ok(done)
-}
-
-/// Whether history is kept by a sequencer off the hub's thread (the
-/// store thread of `--fsync always`, or a cluster's brokers).
-fn delegated(config: &ServerConfig) -> bool {
-    config.data_dir.is_none() && config.core.clustered
-        || config.data_dir.is_some() && config.fsync == crate::seq::store::Fsync::Always
 }
 
 /// Settings that only a restart changes keep their value, and are named

@@ -63,12 +63,7 @@ impl<C: Core> Journaled<C> {
     }
 
     fn handle(&mut self, input: Input, now: Timestamp) {
-        let reconfigured = matches!(input, Input::Reconfigure(_));
         self.hub.handle(input, now);
-        if reconfigured {
-            let (max_messages, max_age_ms) = self.hub.hub().config().history_retained();
-            self.store.set_history(max_messages, max_age_ms);
-        }
         self.take_outputs(now);
         self.store.checkpoint_when_idle();
     }
@@ -89,6 +84,10 @@ impl<C: Core> Journaled<C> {
                     let answer = self.store.answer_end_lineage(&room, ticket);
                     self.hub.handle(answer, now);
                 }
+                Output::HistoryLimits {
+                    max_messages,
+                    max_age_ms,
+                } => self.store.set_history(max_messages, max_age_ms),
                 // Nothing to stop or follow: this store delivers only to
                 // its own node.
                 out if out.is_for_sequencer() => {}

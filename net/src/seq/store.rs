@@ -532,6 +532,16 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Keeps `max_messages` per room for `max_age_ms` from now on (the
+    /// disk budget stays); a room over the count is trimmed at its next
+    /// append.
+    pub fn set_history(&mut self, max_messages: usize, max_age_ms: u64) {
+        self.limits.max_messages = max_messages;
+        self.limits.max_age_ms = max_age_ms;
+    }
+}
+
 impl History for Store {
     fn health(&self) -> &StoreHealth {
         &self.health
@@ -675,6 +685,41 @@ pub(crate) mod tests {
             .snapshot(&RoomName::parse("new", 64).unwrap(), Timestamp(0))
             .unwrap();
         assert_eq!((other.head, other.messages.len()), (0, 0));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn new_history_limits_apply_to_the_next_reads_of_both_stores() {
+        let room = RoomName::parse("g", 64).unwrap();
+        let offsets = |snap: &roomhub_core::RoomSnapshot| {
+            snap.messages.iter().map(|m| m.offset).collect::<Vec<_>>()
+        };
+        let five = || (1..=5).map(|t| append_request("g", t * 1000)).collect();
+        let dir = scratch("set-history-always");
+        let mut store = Store::open(&dir, limits(10)).unwrap();
+        store.append_batch(five()).unwrap();
+        store.set_history(2, 60_000);
+        assert_eq!(
+            offsets(&store.snapshot(&room, Timestamp(5_000)).unwrap()),
+            [4, 5]
+        );
+        drop(store);
+        std::fs::remove_dir_all(&dir).ok();
+        let dir = scratch("set-history-journaled");
+        let mut store = JournaledStore::open(&dir, limits(10), None).unwrap();
+        store.append_batch(five()).unwrap();
+        store.set_history(2, 60_000);
+        assert_eq!(
+            offsets(&store.snapshot(&room, Timestamp(5_000)).unwrap()),
+            [4, 5]
+        );
+        // And the age: messages older than a second at 5.5 s are gone.
+        store.set_history(10, 1_000);
+        assert_eq!(
+            offsets(&store.snapshot(&room, Timestamp(5_500)).unwrap()),
+            [5]
+        );
+        drop(store);
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -50,6 +50,10 @@ pub(crate) fn spawn(
                         Step::Other(Output::EndLineage { room, ticket }) => {
                             replies.push(store.answer_end_lineage(&room, ticket));
                         }
+                        Step::Other(Output::HistoryLimits {
+                            max_messages,
+                            max_age_ms,
+                        }) => store.set_history(max_messages, max_age_ms),
                         // Nothing to stop or follow: this store delivers
                         // only to its own node.
                         Step::Other(_) => {}

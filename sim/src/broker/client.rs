@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,7 +43,10 @@ type Lines = (
 pub struct SimBroker {
     connect: Connector,
     conn: tokio::sync::Mutex<Option<Lines>>,
-    max_age_ms: u64,
+    max_age_ms: AtomicU64,
+    /// The most messages this node's opens return (the server keeps its
+    /// own cap for every node): as a Redis node reads the newest so many.
+    max_messages: AtomicUsize,
     timeout: Duration,
 }
 
@@ -51,7 +55,8 @@ impl SimBroker {
         SimBroker {
             connect,
             conn: tokio::sync::Mutex::new(None),
-            max_age_ms,
+            max_age_ms: AtomicU64::new(max_age_ms),
+            max_messages: AtomicUsize::new(usize::MAX),
             timeout: Duration::from_secs(2),
         }
     }
@@ -132,7 +137,10 @@ impl Broker for SimBroker {
         else {
             return Err(unexpected());
         };
-        snapshot(room, &epoch, head, messages, presence, now, self.max_age_ms)
+        let max_age_ms = self.max_age_ms.load(Ordering::Relaxed);
+        let keep = self.max_messages.load(Ordering::Relaxed);
+        let messages = messages[messages.len().saturating_sub(keep)..].to_vec();
+        snapshot(room, &epoch, head, messages, presence, now, max_age_ms)
     }
 
     async fn presence(
@@ -242,6 +250,13 @@ impl Broker for SimBroker {
             }
         });
         Ok(Subscription { control, messages })
+    }
+
+    /// What this node's opens return; the simulated broker's server,
+    /// shared by every node, keeps the cap it was started with.
+    fn set_history(&self, max_messages: usize, max_age_ms: u64) {
+        self.max_age_ms.store(max_age_ms, Ordering::Relaxed);
+        self.max_messages.store(max_messages, Ordering::Relaxed);
     }
 }
 

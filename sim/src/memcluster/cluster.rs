@@ -207,11 +207,12 @@ impl Cluster {
             Output::UnfollowUser { user } => {
                 self.nodes[n].subs.remove(&channel::user(&user));
             }
-            // No schedule sends `refresh`.
+            // No schedule sends `refresh` or reloads the configuration.
             Output::Published { .. }
             | Output::ApiAnswered { .. }
             | Output::Hook { .. }
-            | Output::VerifyToken { .. } => {}
+            | Output::VerifyToken { .. }
+            | Output::HistoryLimits { .. } => {}
         }
     }
 

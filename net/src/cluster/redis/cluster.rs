@@ -35,7 +35,7 @@ struct SlotMap {
 /// A Redis Cluster, reached through its seeds.
 pub struct RedisClusterBroker {
     seeds: Vec<ConnectionInfo>,
-    limits: HistoryLimits,
+    limits: std::sync::Mutex<HistoryLimits>,
     node_ttl: Duration,
     current: RwLock<Option<(SlotMap, Arc<ShardedBroker<RedisBroker>>)>>,
 }
@@ -57,7 +57,7 @@ impl RedisClusterBroker {
         }
         Ok(RedisClusterBroker {
             seeds,
-            limits,
+            limits: std::sync::Mutex::new(limits),
             node_ttl,
             current: RwLock::new(None),
         })
@@ -86,6 +86,7 @@ impl RedisClusterBroker {
         {
             return Ok(broker.clone());
         }
+        let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let shards = map
             .masters
             .iter()
@@ -95,7 +96,7 @@ impl RedisClusterBroker {
                 let info = self.seeds[0]
                     .clone()
                     .set_addr(ConnectionAddr::Tcp(host.clone(), *port));
-                RedisBroker::on_cluster_master(info, &tag, self.limits, self.node_ttl)
+                RedisBroker::on_cluster_master(info, &tag, limits, self.node_ttl)
             })
             .collect();
         let placement = Placement::Slots(map.owners.iter().copied().collect());
@@ -230,5 +231,17 @@ impl Broker for RedisClusterBroker {
     /// A new session reads the slot map again first.
     async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         self.refresh().await?.subscribe().await
+    }
+
+    /// For the masters now and those a new slot map brings.
+    fn set_history(&self, max_messages: usize, max_age_ms: u64) {
+        {
+            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            limits.max_messages = max_messages;
+            limits.max_age_ms = max_age_ms;
+        }
+        if let Some(masters) = self.current() {
+            masters.set_history(max_messages, max_age_ms);
+        }
     }
 }

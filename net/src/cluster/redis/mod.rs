@@ -58,7 +58,8 @@ pub struct RedisBroker {
     /// The same Redis over RESP3, for sharded subscriptions.
     resp3: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
-    limits: HistoryLimits,
+    /// A reload changes them ([`Broker::set_history`]).
+    limits: std::sync::Mutex<HistoryLimits>,
     node_ttl: Duration,
     /// Where node liveness lives on this Redis.
     node_keys: NodeKeys,
@@ -115,7 +116,7 @@ impl RedisBroker {
             client: redis::Client::open(info).expect("a parsed connection info opens"),
             resp3: redis::Client::open(resp3).expect("a parsed connection info opens"),
             conn: Mutex::new(None),
-            limits,
+            limits: std::sync::Mutex::new(limits),
             node_ttl,
             node_keys,
             sharded,
@@ -124,6 +125,10 @@ impl RedisBroker {
             presence: script(PRESENCE),
             heartbeat: script(HEARTBEAT),
         }
+    }
+
+    fn limits(&self) -> HistoryLimits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn publish_command(&self) -> &'static str {
@@ -167,14 +172,14 @@ impl RedisBroker {
     /// How often a busy room's expiry is pushed back: an eighth of the
     /// history age limit.
     fn refresh_ms(&self) -> u64 {
-        (self.limits.max_age_ms / 8).max(1)
+        (self.limits().max_age_ms / 8).max(1)
     }
 
     /// A room's keys expire this long after their expiry was last pushed
     /// back: the age limit plus the refresh interval, so that they outlive
     /// the room's last message by at least the age limit.
     fn ttl_ms(&self) -> u64 {
-        self.limits.max_age_ms.max(1) + self.refresh_ms()
+        self.limits().max_age_ms.max(1) + self.refresh_ms()
     }
 }
 
@@ -242,7 +247,7 @@ impl Broker for RedisBroker {
             .flat_map(|room| [keys::room_meta(room), keys::room_log(room)])
             .collect();
         let mut call = self.call(&self.append, &room_keys);
-        call.arg(self.limits.max_messages.max(1))
+        call.arg(self.limits().max_messages.max(1))
             .arg(self.ttl_ms())
             .arg(self.refresh_ms());
         for room in &rooms {
@@ -306,7 +311,7 @@ impl Broker for RedisBroker {
             .arg(new_epoch())
             .arg(self.ttl_ms())
             .arg(after.map_or(0, |p| p.offset))
-            .arg(self.limits.max_messages)
+            .arg(self.limits().max_messages)
             .arg(after.map_or("", |p| p.epoch.as_str()))
             .invoke_async(&mut conn)
             .await?;
@@ -342,7 +347,7 @@ impl Broker for RedisBroker {
             entries,
             presence,
             now,
-            self.limits.max_age_ms,
+            self.limits().max_age_ms,
         )
     }
 
@@ -486,5 +491,11 @@ impl Broker for RedisBroker {
             }
         });
         Ok(Subscription { control, messages })
+    }
+
+    fn set_history(&self, max_messages: usize, max_age_ms: u64) {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits.max_messages = max_messages;
+        limits.max_age_ms = max_age_ms;
     }
 }
