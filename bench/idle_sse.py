@@ -19,6 +19,14 @@ def rss_kib():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
 
+async def read_until(r, marker):
+    buf = b""
+    while marker not in buf:
+        chunk = await r.read(4096)
+        if not chunk: raise RuntimeError("closed")
+        buf += chunk
+    return buf
+
 async def open_one(i):
     tls = None
     if kind == "wss":
@@ -30,21 +38,13 @@ async def open_one(i):
     if kind == "sse":
         w.write(f"GET /sse?token={t} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
         await w.drain()
-        buf = b""
-        while b'"session"' not in buf:
-            chunk = await r.read(4096)
-            if not chunk: raise RuntimeError("closed")
-            buf += chunk
+        await read_until(r, b'"session"')
     else:
         key = base64.b64encode(os.urandom(16)).decode()
         w.write((f"GET /ws?token={t} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
         await w.drain()
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = await r.read(4096)
-            if not chunk: raise RuntimeError("closed")
-            buf += chunk
+        buf = await read_until(r, b"\r\n\r\n")
         assert b" 101 " in buf.split(b"\r\n")[0], buf[:100]
     return r, w
 

@@ -600,6 +600,16 @@ fn url_list(flag: &str, list: Option<&str>) -> Result<Vec<String>, String> {
 }
 
 impl ServerConfig {
+    /// Derives what follows from other settings, as the server runs them
+    /// (at start and on every reload): the hub waits for the app's say on
+    /// joins and messages only when there is a hook to ask, and a publish
+    /// hook may put in no longer content than a member may.
+    pub(crate) fn settle(&mut self) {
+        self.core.join_hook = self.hooks.join.is_some();
+        self.core.publish_hook = self.hooks.publish.is_some();
+        self.hooks.max_content_bytes = self.core.max_content_bytes;
+    }
+
     /// Defaults (the seed's), with `secret` for HS256 tokens.
     pub fn with_secret(secret: &str) -> Self {
         let args = Cli::try_parse_from(["roomhub", "--jwt-secret", secret, "--memory"])

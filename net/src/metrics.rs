@@ -34,6 +34,10 @@ struct Inner {
     /// The most bytes any one connection has had queued; never above the bound.
     queue_peak: Gauge,
     queue_peak_bytes: std::sync::atomic::AtomicUsize,
+    /// Frames received and sent so far, as the two counters above count
+    /// them, for the admin page's chart.
+    received_total: std::sync::atomic::AtomicU64,
+    sent_total: std::sync::atomic::AtomicU64,
     errors: Vec<(ErrorCode, Counter)>,
 }
 
@@ -160,6 +164,8 @@ impl Metrics {
             queue_peak: gauge("roomhub_send_queue_peak_bytes"),
             store_bytes: gauge("roomhub_store_history_bytes"),
             queue_peak_bytes: std::sync::atomic::AtomicUsize::new(0),
+            received_total: std::sync::atomic::AtomicU64::new(0),
+            sent_total: std::sync::atomic::AtomicU64::new(0),
             errors,
             started: Instant::now(),
             handle,
@@ -181,12 +187,18 @@ impl Metrics {
 
     pub fn received(&self) {
         self.inner.messages_received.increment(1);
+        self.inner
+            .received_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// One socket write that completed `frames` frames.
     pub fn wrote(&self, frames: u64) {
         self.inner.socket_writes.increment(1);
         self.inner.messages_sent.increment(frames);
+        self.inner
+            .sent_total
+            .fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// One write by a connection's writer task, draining its backlog.
@@ -270,16 +282,10 @@ impl Metrics {
     /// Frames received from clients and frames written to them, so far (as
     /// `/metrics` shows them).
     pub(crate) fn totals(&self) -> (u64, u64) {
-        let text = self.inner.handle.render();
-        let read = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map_or(0, |v| v as u64)
-        };
+        use std::sync::atomic::Ordering::Relaxed;
         (
-            read("roomhub_messages_received_total"),
-            read("roomhub_messages_sent_total"),
+            self.inner.received_total.load(Relaxed),
+            self.inner.sent_total.load(Relaxed),
         )
     }
 

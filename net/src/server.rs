@@ -169,11 +169,7 @@ impl Server {
     {
         let local_addr = listener.local_addr()?;
         let mut config = config;
-        // The hub waits for the app's say on joins and messages only when
-        // there is a hook to ask.
-        config.core.join_hook = config.hooks.join.is_some();
-        config.core.publish_hook = config.hooks.publish.is_some();
-        config.hooks.max_content_bytes = config.core.max_content_bytes;
+        config.settle();
         let auth = Authenticator::new(&config.auth).map_err(std::io::Error::other)?;
         if config.allowed_origins.is_empty() {
             warn!("no --allowed-origins: WebSocket upgrades from any origin are accepted");
@@ -325,13 +321,6 @@ impl Server {
         let _ = self.state.reload.log_filter.set(set);
     }
 
-    /// Reads the configuration from its source and puts what can change
-    /// live in force (see [`crate::http::reload`]); an invalid one is
-    /// refused with the reason, and the one in force stays.
-    pub async fn reload(&self) -> Result<Reloaded, String> {
-        crate::http::reload::reload(&self.state).await
-    }
-
     /// A handle that reloads this server from another task (a signal
     /// handler).
     pub fn reloader(&self) -> Reloader {
@@ -357,13 +346,17 @@ impl Server {
     }
 }
 
-/// Reloads a server's configuration; see [`Server::reload`].
+/// Reloads a server's configuration from another task (a signal handler).
 #[derive(Clone)]
 pub struct Reloader {
     state: Arc<HttpState>,
 }
 
 impl Reloader {
+    /// Reads the configuration from the server's source (see
+    /// [`Server::set_config_source`]) and puts what can change live in
+    /// force (see [`crate::http::reload`]); an invalid one is refused
+    /// with the reason, and the one in force stays.
     pub async fn reload(&self) -> Result<Reloaded, String> {
         crate::http::reload::reload(&self.state).await
     }

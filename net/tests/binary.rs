@@ -158,6 +158,35 @@ async fn next_of_type(ws: &mut Ws, kind: &str) -> serde_json::Value {
     }
 }
 
+/// The code of the close frame that ends `ws` (within 10 s).
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+/// Waits (at most 15 s) for the server to exit after a SIGTERM.
+fn exited(server: &mut Running) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "roomhub did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let dir = workdir("sigterm");
@@ -172,37 +201,12 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
             clients.push(joining_g(&listen, user, "s3cret").await);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let status = Command::new("kill")
-            .args(["-TERM", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(&server, "-TERM");
         for ws in &mut clients {
-            let code = loop {
-                match tokio::time::timeout(Duration::from_secs(10), ws.next())
-                    .await
-                    .unwrap()
-                {
-                    Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
-                    Some(Ok(_)) => {}
-                    other => panic!("no close frame: {other:?}"),
-                }
-            };
-            assert_eq!(code, 1001);
+            assert_eq!(close_code(ws).await, 1001);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "roomhub did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exited(&mut server).code(), Some(0));
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -231,11 +235,7 @@ fn sigterm_turns_unready_before_the_1001_closes() {
     rt.block_on(async {
         let mut ws = joining_g(&listen, "a", "s3cret").await;
         next_of_type(&mut ws, "room_info").await;
-        let status = Command::new("kill")
-            .args(["-TERM", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(&server, "-TERM");
         let signalled = Instant::now();
         while readyz_ok(port) {
             assert!(
@@ -253,16 +253,7 @@ fn sigterm_turns_unready_before_the_1001_closes() {
         .await
         .unwrap();
         next_of_type(&mut ws, "ack").await;
-        let code = loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .unwrap()
-            {
-                Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
-                Some(Ok(_)) => {}
-                other => panic!("no close frame: {other:?}"),
-            }
-        };
+        let code = close_code(&mut ws).await;
         let closed = signalled.elapsed();
         assert_eq!(code, 1001);
         assert!(
@@ -270,11 +261,7 @@ fn sigterm_turns_unready_before_the_1001_closes() {
             "unready after {unready:?}, closed after {closed:?}"
         );
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while server.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "roomhub did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exited(&mut server);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -623,9 +610,10 @@ async fn upgrade_status(listen: &str, user: &str, origin: &str) -> u16 {
     }
 }
 
-fn hangup(server: &Running) {
+/// Sends `sig` (`-TERM`, `-HUP`) to the server.
+fn signal(server: &Running, sig: &str) {
     let status = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
+        .args([sig, &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -667,7 +655,7 @@ fn sighup_reloads_the_config_file_without_dropping_connections() {
         next_of_type(&mut old, "room_info").await;
 
         write("allowed-origins = [\"https://a.example\", \"https://b.example\"]\njwt-secret = \"s3cret\"\nnode-ttl-ms = 5000\n");
-        hangup(&server);
+        signal(&server, "-HUP");
         let deadline = Instant::now() + Duration::from_secs(10);
         while upgrade_status(&listen, "b", "https://b.example").await != 101 {
             assert!(Instant::now() < deadline, "the new origin never worked:\n{}", log_of(&dir));
@@ -688,7 +676,7 @@ fn sighup_reloads_the_config_file_without_dropping_connections() {
 
         // An invalid file: refused, logged with the reason; nothing changes.
         write("allowed-origins = [\"https://a.example\"]\njwt-secret = \"s3cret\"\nmax-connections = \"lots\"\n");
-        hangup(&server);
+        signal(&server, "-HUP");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !log_of(&dir).contains("reload refused") {
             assert!(Instant::now() < deadline, "no refusal logged:\n{}", log_of(&dir));

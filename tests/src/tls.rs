@@ -119,13 +119,7 @@ pub async fn https_get(
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
-    let presented = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .cloned()
-        .expect("a certificate");
+    let presented = first_certificate(tls.get_ref().1);
     tls.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -149,13 +143,15 @@ pub async fn https_get(
 /// The certificate a `wss://` client's server presented.
 pub fn presented(client: &crate::server::Client) -> CertificateDer<'static> {
     match client.ws.get_ref() {
-        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .cloned()
-            .expect("a certificate"),
+        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => first_certificate(tls.get_ref().1),
         _ => panic!("not a TLS connection"),
     }
+}
+
+/// The end-entity certificate the server presented on `tls`.
+fn first_certificate(tls: &rustls::CommonState) -> CertificateDer<'static> {
+    tls.peer_certificates()
+        .and_then(|c| c.first())
+        .cloned()
+        .expect("a certificate")
 }

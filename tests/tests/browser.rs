@@ -175,6 +175,28 @@ async fn launch(chromium: &Path, dir: &Path) -> (Browser, tokio::task::JoinHandl
     (browser, events)
 }
 
+/// A fresh scratch directory for one scenario (its data and the browser
+/// profile).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("roomhub-browser-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Closes the browser, stops the server and removes the scratch directory.
+async fn finish(
+    mut browser: Browser,
+    events: tokio::task::JoinHandle<()>,
+    server: Server,
+    dir: &Path,
+) {
+    browser.close().await.ok();
+    browser.wait().await.ok();
+    events.abort();
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Chromium's path; `None` (the test is skipped) where it is not installed,
 /// which fails under `CI=true`.
 fn chromium_or_skip() -> Option<PathBuf> {
@@ -298,13 +320,12 @@ async fn scenario() {
     let Some(chromium) = chromium_or_skip() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("roomhub-browser-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("demo");
     let server = start_server("127.0.0.1:0".parse().unwrap(), &dir).await;
     let addr = server.local_addr();
     let base = format!("http://{addr}/");
 
-    let (mut browser, events) = launch(&chromium, &dir).await;
+    let (browser, events) = launch(&chromium, &dir).await;
     let alice = browser.new_page(base.as_str()).await.expect("page");
     let bob = browser.new_page(base.as_str()).await.expect("page");
     log_in(&alice, "Alice").await;
@@ -480,11 +501,7 @@ async fn scenario() {
         "no second WebSocket"
     );
 
-    browser.close().await.ok();
-    browser.wait().await.ok();
-    events.abort();
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(browser, events, server, &dir).await;
 }
 
 /// A page without WebSocket (removed before any script runs, as on a
@@ -503,12 +520,11 @@ async fn sse_scenario() {
     let Some(chromium) = chromium_or_skip() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("roomhub-browser-sse-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("sse");
     let server = start_server("127.0.0.1:0".parse().unwrap(), &dir).await;
     let addr = server.local_addr();
     let base = format!("http://{addr}/");
-    let (mut browser, events) = launch(&chromium, &dir).await;
+    let (browser, events) = launch(&chromium, &dir).await;
     let alice = browser.new_page(base.as_str()).await.expect("page");
     let bob = browser.new_page("about:blank").await.expect("page");
     bob.evaluate_on_new_document("delete window.WebSocket;")
@@ -590,11 +606,7 @@ async fn sse_scenario() {
     )
     .await;
 
-    browser.close().await.ok();
-    browser.wait().await.ok();
-    events.abort();
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(browser, events, server, &dir).await;
 }
 
 /// The admin page in Chromium: opened with its password, its live chart
@@ -613,8 +625,7 @@ async fn admin_scenario() {
     let Some(chromium) = chromium_or_skip() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("roomhub-browser-admin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("admin");
     let mut config = ServerConfig::with_secret(SECRET);
     config.core.rate_limit_per_second = 0;
     config.io_threads = 2;
@@ -644,7 +655,7 @@ async fn admin_scenario() {
         .expect("bob");
     bob.join("lobby").await;
 
-    let (mut browser, events) = launch(&chromium, &dir).await;
+    let (browser, events) = launch(&chromium, &dir).await;
     let page = browser
         .new_page(format!("http://{addr}/admin").as_str())
         .await
@@ -753,11 +764,7 @@ async fn admin_scenario() {
     )
     .await;
 
-    browser.close().await.ok();
-    browser.wait().await.ok();
-    events.abort();
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(browser, events, server, &dir).await;
 }
 
 /// The demo over `https://` and `wss://`: two users chat in Chromium.
@@ -772,8 +779,7 @@ async fn wss_scenario() {
     let Some(chromium) = chromium_or_skip() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("roomhub-browser-wss-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("wss");
     std::fs::create_dir_all(&dir).unwrap();
     let files = roomhub_tests::tls::TestCa::new()
         .leaf("localhost")
@@ -781,7 +787,7 @@ async fn wss_scenario() {
     let any = "127.0.0.1:0".parse().unwrap();
     let server = start_server_with(any, &dir.join("data"), Some(files)).await;
     let base = format!("https://localhost:{}/", server.local_addr().port());
-    let (mut browser, events) = launch(&chromium, &dir).await;
+    let (browser, events) = launch(&chromium, &dir).await;
     // Each page opens blank first: chromiumoxide accepts the test's
     // certificate for a target once it is attached, which a page created
     // with the URL may not be by its first navigation.
@@ -801,9 +807,5 @@ async fn wss_scenario() {
         "the page's socket is wss://"
     );
     chat_both_ways(alice, bob, "hello over tls", "hi over tls").await;
-    browser.close().await.ok();
-    browser.wait().await.ok();
-    events.abort();
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(browser, events, server, &dir).await;
 }

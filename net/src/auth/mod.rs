@@ -315,26 +315,50 @@ impl Authenticator {
     /// most once per refetch interval) before the token is refused.
     pub async fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
         let verifier = self.verifier();
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let mut fetched = verifier.jwks.as_ref().map(|j| j.keys()).unwrap_or_default();
-        if let (Some(jwks), Some(kid)) = (&verifier.jwks, &header.kid)
-            && kid.len() <= MAX_KID_BYTES
-            && !names(&verifier.keys, kid)
-            && !names(&fetched, kid)
-        {
-            fetched = jwks.refetch_for(kid).await;
-        }
-        let claims = verifier.decode(token, &header, &fetched)?;
-        verifier.identity(claims, now_unix)
+        let header = header_of(token)?;
+        let fetched = match verifier.unknown_kid(&header) {
+            Some((jwks, kid)) => jwks.refetch_for(kid).await,
+            None => verifier.fetched(),
+        };
+        verifier.check(token, &header, &fetched, now_unix)
     }
 
     /// [`Authenticator::verify`] with the keys at hand, never fetching.
     pub fn verify_now(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
         let verifier = self.verifier();
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let fetched = verifier.jwks.as_ref().map(|j| j.keys()).unwrap_or_default();
-        let claims = verifier.decode(token, &header, &fetched)?;
-        verifier.identity(claims, now_unix)
+        let header = header_of(token)?;
+        verifier.check(token, &header, &verifier.fetched(), now_unix)
+    }
+}
+
+fn header_of(token: &str) -> Result<Header, AuthError> {
+    decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))
+}
+
+impl Verifier {
+    /// The provider's keys as last fetched (none without a JWKS).
+    fn fetched(&self) -> Arc<Vec<Key>> {
+        self.jwks.as_ref().map(|j| j.keys()).unwrap_or_default()
+    }
+
+    /// The JWKS to fetch again and the `kid` it lacks, when the token
+    /// names a key no source has.
+    fn unknown_kid<'a>(&'a self, header: &'a Header) -> Option<(&'a Jwks, &'a str)> {
+        let (jwks, kid) = (self.jwks.as_deref()?, header.kid.as_deref()?);
+        let known = names(&self.keys, kid) || names(&jwks.keys(), kid);
+        (kid.len() <= MAX_KID_BYTES && !known).then_some((jwks, kid))
+    }
+
+    /// The signature against the keys at hand, then the claims.
+    fn check(
+        &self,
+        token: &str,
+        header: &Header,
+        fetched: &[Key],
+        now_unix: u64,
+    ) -> Result<Identity, AuthError> {
+        let claims = self.decode(token, header, fetched)?;
+        self.identity(claims, now_unix)
     }
 }
 

@@ -45,10 +45,7 @@ pub(crate) async fn apply(state: &HttpState, mut new: ServerConfig) -> Result<Re
     let old = state.config();
     let mut done = Reloaded::default();
     keep_restart_only(&old, &mut new, &mut done.needs_restart);
-    // As at start: the hub asks the app only when there is a hook to ask.
-    new.core.join_hook = new.hooks.join.is_some();
-    new.core.publish_hook = new.hooks.publish.is_some();
-    new.hooks.max_content_bytes = new.core.max_content_bytes;
+    new.settle();
 
     // What can fail goes first, before anything has changed.
     if let Some(certs) = &state.tls
