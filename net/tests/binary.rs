@@ -55,7 +55,8 @@ fn start(dir: &std::path::Path, args: &[&str]) -> Running {
         .args(args)
         .current_dir(dir)
         .env_remove("ROOMHUB_JWT_SECRET")
-        .env("ROOMHUB_LOG", "info")
+        // The default filter (info), which a config file may change.
+        .env_remove("ROOMHUB_LOG")
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -689,6 +690,24 @@ fn sighup_reloads_the_config_file_without_dropping_connections() {
             .await
             .unwrap();
         next_of_type(&mut old, "ack").await;
+
+        // The log filter changes live too: new connections of the quieted
+        // module are no longer logged.
+        write("allowed-origins = [\"https://a.example\", \"https://b.example\"]\njwt-secret = \"s3cret\"\nlog = \"info,roomhub_net::http::ws=warn\"\n");
+        signal(&server, "-HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log_of(&dir).contains(r#"changed=["log"]"#) {
+            assert!(Instant::now() < deadline, "the log filter never reloaded:\n{}", log_of(&dir));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(upgrade_status(&listen, "quiet", "https://a.example").await, 101);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let log = log_of(&dir);
+        let connected = |user: &str| {
+            log.lines()
+                .any(|l| l.contains("http::ws: connected") && l.ends_with(&format!("user={user}")))
+        };
+        assert!(connected("old") && !connected("quiet"), "{log}");
     });
     drop(server);
     std::fs::remove_dir_all(dir).ok();
