@@ -620,6 +620,19 @@ fn signal(server: &Running, sig: &str) {
     assert!(status.success());
 }
 
+/// Waits (at most 10 s) until the server's log contains `needle`.
+async fn logged(dir: &std::path::Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_of(dir).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "never logged {needle:?}:\n{}",
+            log_of(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The lines of the server's log so far.
 fn log_of(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
@@ -678,11 +691,7 @@ fn sighup_reloads_the_config_file_without_dropping_connections() {
         // An invalid file: refused, logged with the reason; nothing changes.
         write("allowed-origins = [\"https://a.example\"]\njwt-secret = \"s3cret\"\nmax-connections = \"lots\"\n");
         signal(&server, "-HUP");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !log_of(&dir).contains("reload refused") {
-            assert!(Instant::now() < deadline, "no refusal logged:\n{}", log_of(&dir));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        logged(&dir, "reload refused").await;
         let log = log_of(&dir);
         assert!(log.contains("max-connections") || log.contains("lots"), "{log}");
         assert_eq!(upgrade_status(&listen, "c", "https://b.example").await, 101);
@@ -695,11 +704,7 @@ fn sighup_reloads_the_config_file_without_dropping_connections() {
         // module are no longer logged.
         write("allowed-origins = [\"https://a.example\", \"https://b.example\"]\njwt-secret = \"s3cret\"\nlog = \"info,roomhub_net::http::ws=warn\"\n");
         signal(&server, "-HUP");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !log_of(&dir).contains(r#"changed=["log"]"#) {
-            assert!(Instant::now() < deadline, "the log filter never reloaded:\n{}", log_of(&dir));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        logged(&dir, r#"changed=["log"]"#).await;
         assert_eq!(upgrade_status(&listen, "quiet", "https://a.example").await, 101);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let log = log_of(&dir);
